@@ -1,0 +1,93 @@
+"""What the Hydra entry points share: building objects from the config, and clean errors."""
+
+from __future__ import annotations
+
+import functools
+import sys
+from pathlib import Path
+from typing import Any, Callable
+
+import hydra
+from omegaconf import DictConfig, OmegaConf
+from rich.console import Console
+from rich.table import Table
+
+from mhc.config import register_configs
+from mhc.errors import ConfigError, MhcError
+from mhc.tasks import TASK_OPTION_NAMES, TaskSpec, resolve_tasks
+
+CONFIG_PATH = str(Path(__file__).resolve().parents[2] / "conf")
+console = Console(stderr=True)
+register_configs()
+
+
+def hydra_app(config_name: str) -> Callable[[Callable[[DictConfig], Any]], Callable[[], Any]]:
+    """``@hydra.main`` on the project's ``conf/``, printing an :class:`MhcError` as one line (exit 1)."""
+
+    def decorator(fn: Callable[[DictConfig], Any]) -> Callable[[], Any]:
+        @functools.wraps(fn)
+        def guarded(cfg: DictConfig) -> Any:
+            try:
+                return fn(cfg)
+            except MhcError as err:
+                console.print(f"[bold red]error:[/] {err}", highlight=False, soft_wrap=True)
+                sys.exit(1)
+
+        return hydra.main(version_base="1.3", config_path=CONFIG_PATH, config_name=config_name)(guarded)
+
+    return decorator
+
+
+def instantiate(node: Any, what: str, **kwargs: Any) -> Any:
+    """``hydra.utils.instantiate`` with a one-line error naming the config group."""
+    try:
+        return hydra.utils.instantiate(node, **kwargs)
+    except Exception as err:  # noqa: BLE001 - instantiate wraps every constructor error
+        if isinstance(err, MhcError):
+            raise
+        cause = err.__cause__ or err
+        if isinstance(cause, MhcError):
+            raise cause from None
+        raise ConfigError(f"{what}: {' '.join(str(cause).split())}") from None
+
+
+def build_datamodule(cfg: DictConfig):
+    return instantiate(cfg.data, "data")
+
+
+def config_tasks(cfg: DictConfig, provided: list[TaskSpec]) -> list[TaskSpec]:
+    """The data's tasks with ``head`` defaults and ``tasks.<name>`` options applied."""
+    head = OmegaConf.to_container(cfg.head, resolve=True)
+    overrides = OmegaConf.to_container(cfg.tasks, resolve=True) if cfg.get("tasks") else {}
+    for name, options in overrides.items():
+        unknown = set(options) - TASK_OPTION_NAMES
+        if unknown:
+            raise ConfigError(f"tasks.{name}: unknown option(s) {sorted(unknown)}")
+    with_defaults = [TaskSpec.from_dict({**t.to_dict(), **head}) for t in provided]
+    return resolve_tasks(with_defaults, overrides)
+
+
+def build_callbacks(cfg: DictConfig) -> list[Any]:
+    return [instantiate(node, f"callbacks.{name}") for name, node in (cfg.get("callbacks") or {}).items() if node]
+
+
+def build_loggers(cfg: DictConfig) -> list[Any]:
+    loggers = []
+    for name, node in (cfg.get("logger") or {}).items():
+        if node:
+            loggers.append(instantiate(node, f"logger.{name}"))
+    return loggers
+
+
+def results_table(results: dict[str, dict[str, float]], title: str) -> Table:
+    """A rich table: one row per head, one column per metric, and a mean row."""
+    names = sorted({m for values in results.values() for m in values}, key=["acc", "f1", "auroc"].index)
+    table = Table(title=title, title_justify="left")
+    table.add_column("task")
+    for name in names:
+        table.add_column(name, justify="right")
+    for task, values in results.items():
+        table.add_row(task, *[f"{values[m]:.4f}" if m in values else "-" for m in names])
+    means = [[v[m] for v in results.values() if m in v] for m in names]
+    table.add_row("[bold]mean[/]", *[f"[bold]{sum(v) / len(v):.4f}[/]" for v in means], end_section=True)
+    return table

@@ -1,0 +1,99 @@
+"""``mhc-train``: fit a multi-head model, test its best checkpoint, print a per-head table.
+
+Examples::
+
+    mhc-train                                   # built-in scenes, compact CNN, CSV logs
+    mhc-train backbone=resnet18 tasks.shape.loss=focal logger=tensorboard
+    mhc-train data=manifest data.train=train.csv data.val=val.csv
+    mhc-train resume=auto                       # continue the newest run from its last.ckpt
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytorch_lightning as pl
+from omegaconf import DictConfig, OmegaConf
+
+from mhc.cli.common import (
+    build_callbacks,
+    build_datamodule,
+    build_loggers,
+    config_tasks,
+    console,
+    hydra_app,
+    instantiate,
+    results_table,
+)
+from mhc.errors import ConfigError
+from mhc.tasks import tasks_to_dicts
+from mhc.training import MultiHeadModule
+
+
+def resolve_resume(resume: str | None, output_root: Path) -> str | None:
+    """A checkpoint path from ``resume``: a file, a run directory, or ``auto`` (newest run)."""
+    if not resume:
+        return None
+    if resume == "auto":
+        candidates = sorted(output_root.glob("*/checkpoints/last.ckpt"), key=lambda p: p.stat().st_mtime)
+        return str(candidates[-1]) if candidates else None
+    path = Path(resume)
+    if path.is_dir():
+        path = path / "checkpoints" / "last.ckpt"
+    if not path.is_file():
+        raise ConfigError(f"resume: no checkpoint at '{path}'")
+    return str(path)
+
+
+def build_module(cfg: DictConfig, datamodule: Any) -> MultiHeadModule:
+    tasks = config_tasks(cfg, datamodule.task_specs())
+    datamodule.set_tasks(tasks)
+    backbone = OmegaConf.to_container(cfg.backbone, resolve=True)
+    net_config = {"backbone": backbone, "tasks": tasks_to_dicts(tasks), "preprocess": datamodule.preprocess()}
+    optimizer = instantiate(cfg.optimizer, "optimizer") if cfg.get("optimizer") else None
+    scheduler = instantiate(cfg.scheduler, "scheduler") if cfg.get("scheduler") else None
+    return MultiHeadModule(net_config, optimizer=optimizer, scheduler=scheduler)
+
+
+def train(cfg: DictConfig) -> dict[str, float]:
+    pl.seed_everything(cfg.seed, workers=True, verbose=False)
+    datamodule = build_datamodule(cfg)
+    module = build_module(cfg, datamodule)
+    output_dir = Path(cfg.paths.output_dir)
+    ckpt_path = resolve_resume(cfg.resume, output_dir.parent)
+    if ckpt_path:
+        console.print(f"resuming from {ckpt_path}")
+    trainer: pl.Trainer = instantiate(cfg.trainer, "trainer", callbacks=build_callbacks(cfg), logger=build_loggers(cfg) or False)
+    trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
+
+    best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
+    tables = []
+    if best:  # the epoch-end metrics belong to the last epoch; report the best checkpoint's
+        trainer.validate(module, datamodule=datamodule, ckpt_path=best, verbose=False)
+    results = module.last_results.get("val", {})
+    tables.append(("val", results))
+    if cfg.test and best:
+        trainer.test(module, datamodule=datamodule, ckpt_path=best, verbose=False)
+        tables.append(("test", module.last_results.get("test", {})))
+    if trainer.is_global_zero:
+        for split, split_results in tables:
+            if split_results:
+                console.print(results_table(split_results, f"{split} metrics of the {'best' if best else 'last'} checkpoint"))
+        if best:
+            console.print(f"best checkpoint: {best}")
+            console.print(f"last checkpoint: {Path(best).with_name('last.ckpt')}")
+        for logger in trainer.loggers:
+            console.print(f"{type(logger).__name__} logs: {logger.log_dir or logger.save_dir}")
+    return {f"{task}/{m}": v for task, values in results.items() for m, v in values.items()}
+
+
+@hydra_app("train")
+def main(cfg: DictConfig) -> float | None:
+    metrics = train(cfg)
+    accs = [v for k, v in metrics.items() if k.endswith("/acc")]
+    return sum(accs) / len(accs) if accs else None  # the value a Hydra sweeper optimises
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,67 @@
+"""The structured schema of the Hydra configs, so mistakes fail before anything runs.
+
+Hydra merges ``conf/train.yaml`` onto :class:`TrainConfig`: an unknown key, a wrong type
+(``seed=abc``) or an unknown per-task option is one error line naming the key. Groups that
+build objects through ``_target_`` (data, optimizer, trainer, ...) stay open dictionaries;
+their constructors check their own arguments.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Dict, List, Optional
+
+from hydra.core.config_store import ConfigStore
+
+
+@dataclass
+class TaskOptions:
+    """Per-task overrides of :class:`mhc.tasks.TaskSpec`; ``None`` keeps what the data provides."""
+
+    kind: Optional[str] = None
+    classes: Optional[List[str]] = None
+    masked: Optional[bool] = None
+    parent: Optional[str] = None
+    allowed_by_parent: Optional[Dict[str, List[str]]] = None
+    loss: Optional[str] = None
+    weight: Optional[float] = None
+    hidden: Optional[List[int]] = None
+    dropout: Optional[float] = None
+    label_smoothing: Optional[float] = None
+    class_weights: Optional[List[float]] = None
+    pos_weight: Optional[List[float]] = None
+    focal_gamma: Optional[float] = None
+
+
+@dataclass
+class HeadDefaults:
+    """Head options applied to every task that does not set its own."""
+
+    hidden: List[int] = field(default_factory=list)
+    dropout: float = 0.0
+
+
+@dataclass
+class TrainConfig:
+    task_name: str = "train"
+    seed: int = 0
+    data: Any = None
+    tasks: Dict[str, TaskOptions] = field(default_factory=dict)
+    head: HeadDefaults = field(default_factory=HeadDefaults)
+    backbone: Dict[str, Any] = field(default_factory=dict)
+    optimizer: Any = None
+    scheduler: Any = None
+    trainer: Any = None
+    logger: Dict[str, Any] = field(default_factory=dict)
+    callbacks: Dict[str, Any] = field(default_factory=dict)
+    paths: Dict[str, Any] = field(default_factory=dict)
+    resume: Optional[str] = None
+    test: bool = True
+    # mhc-eval / mhc-predict
+    ckpt: Optional[str] = None
+    split: str = "test"
+    output: Optional[str] = None
+
+
+def register_configs() -> None:
+    ConfigStore.instance().store(name="train_schema", node=TrainConfig)

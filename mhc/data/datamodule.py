@@ -1,0 +1,107 @@
+"""LightningDataModules: a shared base that serves splits, and the generated-scenes module.
+
+A data module knows its tasks (``task_specs()``) before training starts, so the network's
+heads and the config's per-task options can be checked against the data up front.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytorch_lightning as pl
+from torch.utils.data import DataLoader, Dataset
+
+from mhc.data import generated
+from mhc.data.labels import ArrayDataset
+from mhc.tasks import TaskSpec
+
+
+class TaskDataModule(pl.LightningDataModule):
+    """Common loader settings and split bookkeeping; subclasses build ``self.splits``."""
+
+    def __init__(self, batch_size: int = 128, num_workers: int = 0, pin_memory: bool = False, eval_batch_size: int | None = None) -> None:
+        super().__init__()
+        self.batch_size = batch_size
+        self.eval_batch_size = eval_batch_size or batch_size
+        self.num_workers = num_workers
+        self.pin_memory = pin_memory
+        self.splits: dict[str, Dataset] = {}
+
+    def task_specs(self) -> list[TaskSpec]:
+        """The tasks this data provides, with their classes (before config overrides)."""
+        raise NotImplementedError
+
+    def set_tasks(self, tasks: list[TaskSpec]) -> None:
+        """The tasks after config overrides; datasets are (re)built against them."""
+        self.tasks = tasks
+        self.splits = {}
+
+    def preprocess(self) -> dict[str, list]:
+        """Input size and normalisation the network should carry (see ``mhc.model.Preprocess``)."""
+        return {"image_size": [64, 64], "mean": [0.5, 0.5, 0.5], "std": [0.25, 0.25, 0.25]}
+
+    def _loader(self, split: str, shuffle: bool) -> DataLoader:
+        if split not in self.splits:
+            self.setup(split)
+        return DataLoader(
+            self.splits[split],
+            batch_size=self.batch_size if shuffle else self.eval_batch_size,
+            shuffle=shuffle,
+            num_workers=self.num_workers,
+            pin_memory=self.pin_memory,
+            persistent_workers=self.num_workers > 0,
+            drop_last=False,
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader("train", shuffle=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader("val", shuffle=False)
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader("test", shuffle=False)
+
+    def predict_dataloader(self) -> DataLoader:
+        return self._loader("predict", shuffle=False)
+
+
+class ScenesDataModule(TaskDataModule):
+    """The built-in generated scenes (see :mod:`mhc.data.generated`), cached under ``cache_dir``."""
+
+    def __init__(
+        self,
+        cache_dir: str = "~/.cache/mhc",
+        num_train: int = 8000,
+        num_val: int = 1000,
+        num_test: int = 1000,
+        missing_fraction: float = 0.1,
+        seed: int = 0,
+        **loader: Any,
+    ) -> None:
+        super().__init__(**loader)
+        self.cache_dir = cache_dir
+        self.sizes = {"train": num_train, "val": num_val, "test": num_test, "predict": num_test}
+        self.missing_fraction = missing_fraction
+        self.seed = seed
+        self.tasks = generated.scene_tasks()
+
+    def task_specs(self) -> list[TaskSpec]:
+        return generated.scene_tasks()
+
+    def prepare_data(self) -> None:
+        for split in ("train", "val", "test"):
+            generated.load_or_generate(self.cache_dir, split, self.sizes[split], self.seed, self.missing_fraction)
+
+    def setup(self, stage: str | None = None) -> None:
+        wanted = {"fit": ["train", "val"], "validate": ["val"], "test": ["test"], "predict": ["predict"]}.get(
+            stage or "fit", [stage]
+        )
+        for split in wanted:
+            if split in self.splits:
+                continue
+            source = "test" if split == "predict" else split
+            images, labels = generated.load_or_generate(
+                self.cache_dir, source, self.sizes[source], self.seed, self.missing_fraction
+            )
+            self.splits[split] = ArrayDataset(images, labels, self.tasks, source=f"scenes/{source}")

@@ -1,0 +1,30 @@
+"""Errors that reach users as one clear sentence instead of a traceback."""
+
+from __future__ import annotations
+
+
+class MhcError(Exception):
+    """Base class: the message alone tells the user what is wrong and what was expected."""
+
+
+class ConfigError(MhcError):
+    """The configuration names an unknown key, task or value, or has a wrong type."""
+
+
+class CheckpointError(MhcError):
+    """A checkpoint or export is missing, truncated, corrupt or unsafe to load."""
+
+
+class DataError(MhcError):
+    """Input data is malformed; the message names the file, row, column or task.
+
+    DataLoader workers re-raise exceptions as ``type(exc)(text)`` where ``text`` wraps the
+    original message in a worker traceback; the constructor recovers the original sentence
+    so users never see a traceback from inside a worker.
+    """
+
+    def __init__(self, message: str) -> None:
+        marker = f"{type(self).__name__}: "
+        if "Original Traceback" in message and marker in message:
+            message = message.rsplit(marker, 1)[1].strip()
+        super().__init__(message)

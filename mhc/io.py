@@ -1,0 +1,105 @@
+"""Safe loading of trained models: ``mhc.load(path)``.
+
+Checkpoints are read with ``torch.load(weights_only=True)``: no pickled code ever runs, and
+the network is rebuilt from the plain-data description the checkpoint carries, through the
+backbone registry (never by instantiating a ``_target_`` found in a file).
+"""
+
+from __future__ import annotations
+
+import json
+import pickle
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from mhc.errors import CheckpointError
+from mhc.model.net import MultiHeadNet
+
+EXPORT_WEIGHTS = "model.safetensors"
+EXPORT_CONFIG = "config.json"
+
+
+def read_checkpoint(path: str | Path) -> dict[str, Any]:
+    """A Lightning checkpoint as plain data; any failure is a :class:`CheckpointError`."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint '{path}' not found")
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as err:
+        first = str(err).strip().splitlines()[0]
+        raise CheckpointError(
+            f"checkpoint '{path}' was refused: it holds pickled objects that safe loading does not run ({first[:200]})"
+        ) from None
+    except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError) as err:
+        raise CheckpointError(f"checkpoint '{path}' is truncated or not a checkpoint ({str(err).splitlines()[0][:200]})") from None
+    if not isinstance(checkpoint, dict) or "mhc" not in checkpoint or "state_dict" not in checkpoint:
+        raise CheckpointError(f"checkpoint '{path}' is not an mhc checkpoint (no model description inside)")
+    return checkpoint
+
+
+def net_state(checkpoint: dict[str, Any]) -> dict[str, torch.Tensor]:
+    """The network's weights from a Lightning ``state_dict`` (keys under ``net.``)."""
+    return {k[len("net.") :]: v for k, v in checkpoint["state_dict"].items() if k.startswith("net.")}
+
+
+def load_weights(net: MultiHeadNet, state: dict[str, torch.Tensor], source: str | Path) -> None:
+    try:
+        net.load_state_dict(state, strict=True)
+    except RuntimeError as err:
+        detail = " ".join(str(err).split())[:300]
+        raise CheckpointError(f"'{source}': the weights do not fit the described model ({detail})") from None
+
+
+def load(path: str | Path, map_location: str | torch.device = "cpu") -> MultiHeadNet:
+    """Load a trained model from a checkpoint (``.ckpt``) or an export folder, in eval mode.
+
+    The model knows its tasks (label maps), preprocessing and output masks::
+
+        model = mhc.load("outputs/train/.../checkpoints/last.ckpt")
+        out = model.predict(images)          # {task: TaskPrediction(labels, probs)}
+    """
+    path = Path(path)
+    if path.is_dir():
+        net = _load_export(path)
+    else:
+        checkpoint = read_checkpoint(path)
+        try:
+            net = MultiHeadNet.from_config(checkpoint["mhc"]["net"])
+        except (KeyError, TypeError) as err:
+            raise CheckpointError(f"checkpoint '{path}' has an invalid model description ({err})") from None
+        load_weights(net, net_state(checkpoint), path)
+    return net.to(map_location).eval()
+
+
+def _load_export(folder: Path) -> MultiHeadNet:
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    weights, config = folder / EXPORT_WEIGHTS, folder / EXPORT_CONFIG
+    for required in (weights, config):
+        if not required.is_file():
+            raise CheckpointError(f"export folder '{folder}' has no {required.name}")
+    try:
+        description = json.loads(config.read_text())
+        state = load_file(str(weights))
+    except (json.JSONDecodeError, SafetensorError, OSError) as err:
+        raise CheckpointError(f"export folder '{folder}' is corrupt ({err})") from None
+    net = MultiHeadNet.from_config(description["net"])
+    load_weights(net, state, weights)
+    return net
+
+
+def save_export(net: MultiHeadNet, folder: str | Path, extra: dict[str, Any] | None = None) -> Path:
+    """Write ``model.safetensors`` and ``config.json`` (the model description) to ``folder``."""
+    from safetensors.torch import save_file
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().contiguous().cpu() for k, v in net.state_dict().items()}
+    save_file(state, str(folder / EXPORT_WEIGHTS))
+    (folder / EXPORT_CONFIG).write_text(json.dumps({"net": net.config(), **(extra or {})}, indent=2))
+    return folder

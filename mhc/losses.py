@@ -1,0 +1,77 @@
+"""Per-task losses with label masks and output masks.
+
+Every loss is computed per sample, then averaged over the labelled samples only, so the
+masked loss equals the loss of the labelled subset, and a batch without labels for a task
+contributes exactly zero (with zero gradient, never NaN).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from mhc.masks import apply_output_mask
+from mhc.tasks import TaskSpec
+
+
+def masked_mean(per_sample: Tensor, label_mask: Tensor | None, sample_weight: Tensor | None = None) -> Tensor:
+    """Weighted mean of ``per_sample`` [B] over the samples where ``label_mask`` [B] is true."""
+    weight = torch.ones_like(per_sample) if sample_weight is None else sample_weight.to(per_sample.dtype)
+    if label_mask is not None:
+        weight = weight * label_mask.to(per_sample.dtype)
+    total = weight.sum()
+    # where() rather than division by a clamped total keeps the empty case exactly 0 with 0 grad.
+    return torch.where(total > 0, (per_sample * weight).sum() / total.clamp(min=torch.finfo(total.dtype).tiny), total * 0)
+
+
+def multiclass_loss(
+    task: TaskSpec, logits: Tensor, target: Tensor, label_mask: Tensor | None = None, allowed: Tensor | None = None
+) -> Tensor:
+    """Cross-entropy (label smoothing, class weights) or focal loss over the allowed classes.
+
+    logits: [B, C]; target: [B] class indices; allowed: [B, C] bool. Label smoothing spreads
+    its mass over the allowed classes only, so masked classes never receive target mass.
+    """
+    target = target.long().clamp(min=0)
+    log_probs = F.log_softmax(apply_output_mask(logits.float(), allowed), dim=-1)
+    nll = -log_probs.gather(1, target.unsqueeze(1)).squeeze(1)
+    class_weights = None if task.class_weights is None else logits.new_tensor(task.class_weights)
+    sample_weight = None if class_weights is None else class_weights[target]
+    if task.loss == "focal":
+        p_true = torch.exp(-nll)
+        per_sample = (1.0 - p_true).pow(task.focal_gamma) * nll
+    else:
+        per_sample = nll
+        if task.label_smoothing > 0:
+            allowed_f = torch.ones_like(log_probs) if allowed is None else allowed.to(log_probs.dtype)
+            safe = torch.where(allowed_f > 0, log_probs, torch.zeros_like(log_probs))
+            if class_weights is not None:  # same convention as torch's weighted, smoothed cross-entropy
+                smooth = -(safe * class_weights * allowed_f).sum(-1) / allowed_f.sum(-1)
+                smooth = smooth / sample_weight.clamp(min=torch.finfo(smooth.dtype).tiny)
+            else:
+                smooth = -(safe * allowed_f).sum(-1) / allowed_f.sum(-1)
+            per_sample = (1.0 - task.label_smoothing) * nll + task.label_smoothing * smooth
+    return masked_mean(per_sample, label_mask, sample_weight)
+
+
+def sigmoid_loss(task: TaskSpec, logits: Tensor, target: Tensor, label_mask: Tensor | None = None) -> Tensor:
+    """BCE-with-logits (pos_weight) or sigmoid focal loss, for binary [B] / [B, 1] and multilabel [B, C]."""
+    logits = logits.float().reshape(target.shape[0], -1)
+    target = target.float().reshape(logits.shape)
+    pos_weight = None if task.pos_weight is None else logits.new_tensor(task.pos_weight)
+    per_element = F.binary_cross_entropy_with_logits(logits, target, pos_weight=pos_weight, reduction="none")
+    if task.loss == "focal":
+        p = torch.sigmoid(logits)
+        p_true = p * target + (1 - p) * (1 - target)
+        per_element = (1.0 - p_true).pow(task.focal_gamma) * per_element
+    return masked_mean(per_element.mean(dim=1), label_mask)
+
+
+def task_loss(
+    task: TaskSpec, logits: Tensor, target: Tensor, label_mask: Tensor | None = None, allowed: Tensor | None = None
+) -> Tensor:
+    """The loss of one head on one batch, averaged over the samples labelled for ``task``."""
+    if task.kind == "multiclass":
+        return multiclass_loss(task, logits, target, label_mask, allowed)
+    return sigmoid_loss(task, logits, target, label_mask)

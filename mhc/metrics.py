@@ -1,0 +1,94 @@
+"""Per-head torchmetrics, fed only the labelled samples of each task.
+
+Masked samples are removed before ``update`` (rather than through ``ignore_index``), so a
+head's metric on masked data equals the metric on its labelled subset, and a batch with no
+labels for a task is simply skipped.
+"""
+
+from __future__ import annotations
+
+from typing import Mapping
+
+import torch
+from torch import Tensor, nn
+from torchmetrics import MetricCollection
+from torchmetrics.classification import (
+    AUROC,
+    Accuracy,
+    ConfusionMatrix,
+    F1Score,
+)
+
+from mhc.tasks import TaskSpec
+
+HIGHER_IS_BETTER = {"acc": True, "f1": True, "auroc": True}
+
+
+def task_metrics(task: TaskSpec) -> MetricCollection:
+    """Accuracy and macro-F1 for every head; AUROC for binary and multilabel heads."""
+    if task.kind == "multiclass":
+        kw = {"task": "multiclass", "num_classes": task.num_classes}
+        return MetricCollection({"acc": Accuracy(**kw), "f1": F1Score(average="macro", **kw)})
+    if task.kind == "binary":
+        return MetricCollection({"acc": Accuracy(task="binary"), "f1": F1Score(task="binary"), "auroc": AUROC(task="binary")})
+    kw = {"task": "multilabel", "num_labels": task.num_classes}
+    return MetricCollection(
+        {"acc": Accuracy(average="macro", **kw), "f1": F1Score(average="macro", **kw), "auroc": AUROC(average="macro", **kw)}
+    )
+
+
+def task_confusion(task: TaskSpec) -> ConfusionMatrix:
+    """Confusion matrix: [C, C] for multiclass, [2, 2] for binary, [C, 2, 2] for multilabel."""
+    if task.kind == "multiclass":
+        return ConfusionMatrix(task="multiclass", num_classes=task.num_classes)
+    if task.kind == "binary":
+        return ConfusionMatrix(task="binary")
+    return ConfusionMatrix(task="multilabel", num_labels=task.num_classes)
+
+
+
+class HeadMetrics(nn.Module):
+    """One ``MetricCollection`` per task; ``update`` takes probabilities, targets and label masks."""
+
+    def __init__(self, tasks: Mapping[str, TaskSpec], confusion: bool = False) -> None:
+        super().__init__()
+        self.tasks = dict(tasks)
+        self.metrics = nn.ModuleDict({name: task_metrics(t) for name, t in self.tasks.items()})
+        self.confusion = nn.ModuleDict({name: task_confusion(t) for name, t in self.tasks.items()}) if confusion else None
+
+    @torch.no_grad()
+    def update(self, probs: Mapping[str, Tensor], targets: Mapping[str, Tensor], label_mask: Mapping[str, Tensor]) -> None:
+        for name in self.tasks:
+            keep = label_mask[name].bool()
+            if not keep.any():
+                continue
+            p, y = probs[name][keep], targets[name][keep].long()
+            self.metrics[name].update(p, y)
+            if self.confusion is not None:
+                self.confusion[name].update(p, y)
+
+    def compute(self) -> dict[str, dict[str, float]]:
+        """``{task: {metric: value}}`` for tasks that saw at least one labelled sample."""
+        results: dict[str, dict[str, float]] = {}
+        for name, collection in self.metrics.items():
+            if not any(m.update_called for m in collection.values()):
+                continue
+            results[name] = {k: float(v) for k, v in collection.compute().items()}
+        return results
+
+    def reset(self) -> None:
+        for collection in self.metrics.values():
+            collection.reset()
+        if self.confusion is not None:
+            for matrix in self.confusion.values():
+                matrix.reset()
+
+
+def flatten_results(results: Mapping[str, Mapping[str, float]], prefix: str) -> dict[str, float]:
+    """``{prefix/task/metric: v}`` plus ``{prefix/mean/metric: mean over tasks}``."""
+    flat = {f"{prefix}/{task}/{name}": value for task, values in results.items() for name, value in values.items()}
+    names = sorted({name for values in results.values() for name in values})
+    for name in names:
+        values = [v[name] for v in results.values() if name in v]
+        flat[f"{prefix}/mean/{name}"] = sum(values) / len(values)
+    return flat

@@ -1,0 +1,7 @@
+"""Plain PyTorch models: backbones, heads and the multi-head network."""
+
+from mhc.model.backbones import create_backbone, list_backbones, register_backbone
+from mhc.model.heads import ClassificationHead
+from mhc.model.net import MultiHeadNet, Preprocess
+
+__all__ = ["ClassificationHead", "MultiHeadNet", "Preprocess", "create_backbone", "list_backbones", "register_backbone"]

@@ -1,0 +1,73 @@
+"""Backbones by name: ``create_backbone("resnet18", small_input=True)``.
+
+A backbone is an ``nn.Module`` mapping images [B, 3, H, W] (normalised) to pooled features
+[B, num_features]. Transformer backbones may also offer ``forward_tokens`` (token features
+[B, L, D]) and attention maps; heads only rely on the pooled features.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+from torch import nn
+
+from mhc.errors import CheckpointError, ConfigError
+
+BackboneFactory = Callable[..., nn.Module]
+_REGISTRY: dict[str, BackboneFactory] = {}
+
+
+def register_backbone(name: str) -> Callable[[BackboneFactory], BackboneFactory]:
+    """Decorator that makes a backbone constructor selectable by ``name``."""
+
+    def decorator(factory: BackboneFactory) -> BackboneFactory:
+        if name in _REGISTRY:
+            raise ValueError(f"backbone '{name}' is already registered")
+        _REGISTRY[name] = factory
+        return factory
+
+    return decorator
+
+
+def list_backbones() -> list[str]:
+    return sorted(_REGISTRY)
+
+
+def create_backbone(name: str, weights: str | None = None, **kwargs: Any) -> nn.Module:
+    """Build a registered backbone; ``weights`` is an optional local file (never a download)."""
+    if name not in _REGISTRY:
+        raise ConfigError(f"backbone.name: unknown backbone '{name}'; available: {list_backbones()}")
+    try:
+        backbone = _REGISTRY[name](**kwargs)
+    except TypeError as err:
+        raise ConfigError(f"backbone '{name}': {err}") from None
+    if weights:
+        load_backbone_weights(backbone, weights)
+    return backbone
+
+
+def load_backbone_weights(backbone: nn.Module, path: str | Path) -> None:
+    """Load a local state dict (safetensors or a weights-only torch file), strictly."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"backbone weights '{path}' not found")
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            state = load_file(str(path))
+        else:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+            state = state.get("state_dict", state)
+    except Exception as err:  # noqa: BLE001 - any reader failure means a bad file
+        raise CheckpointError(f"backbone weights '{path}' could not be read ({type(err).__name__}: {err})") from None
+    result = backbone.load_state_dict(state, strict=False)
+    problems = []
+    if result.missing_keys:
+        problems.append(f"missing keys {result.missing_keys[:3]}")
+    if result.unexpected_keys:
+        problems.append(f"unexpected keys {result.unexpected_keys[:3]}")
+    if problems:
+        raise CheckpointError(f"backbone weights '{path}' do not fit this backbone: {'; '.join(problems)}")

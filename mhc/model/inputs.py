@@ -1,0 +1,67 @@
+"""Turning user images (paths, PIL images, arrays, tensors) into a network batch."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from mhc.errors import DataError
+
+
+def read_image(path: str | Path) -> np.ndarray:
+    """An RGB image file as uint8 [H, W, 3]; an unreadable file is a :class:`DataError`."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as image:
+            return np.asarray(image.convert("RGB"))
+    except FileNotFoundError:
+        raise DataError(f"image '{path}' not found") from None
+    except (UnidentifiedImageError, OSError, SyntaxError) as err:
+        raise DataError(f"image '{path}' could not be read ({err})") from None
+
+
+def image_tensor(image: Any) -> Tensor:
+    """One image as float [3, H, W] in [0, 1]."""
+    if isinstance(image, (str, Path)):
+        image = read_image(image)
+    elif type(image).__module__.startswith("PIL"):
+        image = np.asarray(image.convert("RGB"))
+    if isinstance(image, np.ndarray):
+        if image.ndim == 2:
+            image = np.repeat(image[..., None], 3, axis=-1)
+        if image.ndim != 3 or image.shape[-1] not in (1, 3):
+            raise DataError(f"an image array must be [H, W, 3] or [H, W], got shape {list(image.shape)}")
+        tensor = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1)
+    elif isinstance(image, Tensor):
+        tensor = image
+    else:
+        raise DataError(f"cannot read an image from a {type(image).__name__}; expected a path, PIL image, array or tensor")
+    if tensor.ndim != 3 or tensor.shape[0] not in (1, 3):
+        raise DataError(f"an image tensor must be [3, H, W], got shape {list(tensor.shape)}")
+    tensor = tensor.expand(3, -1, -1)
+    return tensor.float() / 255 if tensor.dtype == torch.uint8 else tensor.float()
+
+
+def to_batch(images: Any, size: Sequence[int]) -> Tensor:
+    """Images -> float [B, 3, H, W] in [0, 1], resized to ``size`` [H, W] where needed."""
+    if isinstance(images, Tensor) and images.ndim == 4:
+        batch = images.float() / 255 if images.dtype == torch.uint8 else images.float()
+        items = list(batch)
+    elif isinstance(images, np.ndarray) and images.ndim == 4:
+        items = [image_tensor(im) for im in images]
+    elif isinstance(images, (list, tuple)):
+        items = [image_tensor(im) for im in images]
+    else:
+        items = [image_tensor(images)]
+    size = tuple(int(s) for s in size)
+    resized = [
+        F.interpolate(t[None], size=size, mode="bilinear", antialias=True, align_corners=False)[0] if t.shape[-2:] != size else t
+        for t in items
+    ]
+    return torch.stack(resized)

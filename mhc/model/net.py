@@ -1,0 +1,148 @@
+"""The network: a shared backbone feeding one classification head per task.
+
+Plain PyTorch, no Lightning: ``MultiHeadNet(images) -> {task: logits}``. The net carries its
+preprocessing (input size, mean, std) and its tasks, so a checkpoint describes itself.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Mapping, Sequence
+
+import torch
+from torch import Tensor, nn
+
+from mhc.masks import apply_output_mask, hierarchy_matrix
+from mhc.model.backbones import create_backbone
+from mhc.model.heads import ClassificationHead
+from mhc.model.inputs import to_batch
+from mhc.tasks import TaskSpec, tasks_from_dicts, tasks_to_dicts
+
+
+@dataclass
+class TaskPrediction:
+    """One task's predictions for a batch: class names and probabilities [B, C] in ``classes`` order.
+
+    ``labels`` holds one class name per sample, or a list of names per sample for multilabel.
+    """
+
+    classes: list[str]
+    labels: list[Any]
+    probs: Tensor
+
+
+@dataclass
+class Preprocess:
+    """How raw images become network input: resize to ``image_size``, scale to [0, 1], normalise."""
+
+    image_size: list[int] = field(default_factory=lambda: [64, 64])  # [H, W]
+    mean: list[float] = field(default_factory=lambda: [0.5, 0.5, 0.5])
+    std: list[float] = field(default_factory=lambda: [0.25, 0.25, 0.25])
+
+
+class MultiHeadNet(nn.Module):
+    """Shared backbone + per-task heads; forward returns raw logits per task.
+
+    Args:
+        backbone: backbone options, ``{"name": "resnet18", ...}`` (see ``create_backbone``).
+        tasks: the tasks, in the order heads are evaluated.
+        preprocess: input size and normalisation; applied inside ``forward`` so exported
+            models take images scaled to [0, 1].
+    """
+
+    def __init__(self, backbone: Mapping[str, Any], tasks: Sequence[TaskSpec], preprocess: Preprocess | None = None) -> None:
+        super().__init__()
+        self.backbone_config = dict(backbone)
+        self.tasks = {t.name: t for t in tasks}
+        self.preprocess = preprocess or Preprocess()
+        self.backbone = create_backbone(**self.backbone_config)
+        dim = self.backbone.num_features
+        self.heads = nn.ModuleDict(
+            {t.name: ClassificationHead(dim, t.num_outputs, t.hidden, t.dropout) for t in tasks}
+        )
+        self.register_buffer("mean", torch.tensor(self.preprocess.mean).view(1, -1, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(self.preprocess.std).view(1, -1, 1, 1), persistent=False)
+        for t in tasks:
+            if t.parent is not None:
+                matrix = hierarchy_matrix(t, self.tasks[t.parent])
+                self.register_buffer(f"allowed_{t.name}", matrix, persistent=False)
+
+    def forward_features(self, images: Tensor) -> Tensor:
+        """Images [B, 3, H, W] in [0, 1] -> shared features [B, D]."""
+        return self.backbone((images - self.mean) / self.std)
+
+    def forward_heads(self, features: Tensor) -> dict[str, Tensor]:
+        return {name: head(features) for name, head in self.heads.items()}
+
+    def forward(self, images: Tensor) -> dict[str, Tensor]:
+        return self.forward_heads(self.forward_features(images))
+
+    def hierarchy(self, task: str) -> Tensor:
+        """Bool [parent classes, task classes] of the classes a parent class allows."""
+        return getattr(self, f"allowed_{task}")
+
+    @torch.no_grad()
+    def probabilities(self, logits: Mapping[str, Tensor], allowed: Mapping[str, Tensor] | None = None) -> dict[str, Tensor]:
+        """Per-task probabilities; child tasks are decoded under their parent's predicted class.
+
+        ``allowed`` may give per-sample allowed-class masks [B, C] that are applied as well.
+        Multiclass: softmax over allowed classes [B, C]; binary: P(positive) [B];
+        multilabel: independent sigmoids [B, C].
+        """
+        allowed = dict(allowed or {})
+        probs: dict[str, Tensor] = {}
+        order = sorted(self.tasks.values(), key=lambda t: t.parent is not None)  # parents first
+        for task in order:
+            out = logits[task.name].float()
+            if task.kind == "multiclass":
+                mask = allowed.get(task.name)
+                if task.parent is not None:
+                    derived = self.hierarchy(task.name)[probs[task.parent].argmax(-1)]
+                    mask = derived if mask is None else mask & derived
+                probs[task.name] = torch.softmax(apply_output_mask(out, mask), dim=-1)
+            elif task.kind == "binary":
+                probs[task.name] = torch.sigmoid(out.squeeze(-1))
+            else:
+                probs[task.name] = torch.sigmoid(out)
+        return {t: probs[t] for t in self.tasks}
+
+    @torch.no_grad()
+    def predict(self, images: Any, batch_size: int = 64, threshold: float = 0.5) -> dict[str, TaskPrediction]:
+        """Class names and probabilities per task for images (paths, PIL, arrays or tensors).
+
+        Runs in eval mode without gradients; a child task is decoded under its parent's
+        predicted class, so a prediction is never outside its allowed set.
+        """
+        was_training = self.training
+        self.eval()
+        batch = to_batch(images, self.preprocess.image_size)
+        device = self.mean.device
+        chunks = [self.probabilities(self(part.to(device))) for part in batch.split(batch_size)]
+        self.train(was_training)
+        out: dict[str, TaskPrediction] = {}
+        for name, task in self.tasks.items():
+            probs = torch.cat([c[name] for c in chunks]).cpu()
+            if task.kind == "binary":
+                probs = torch.stack([1 - probs, probs], dim=-1)
+            if task.kind == "multilabel":
+                labels = [[task.classes[j] for j in torch.nonzero(row >= threshold).flatten().tolist()] for row in probs]
+            else:
+                labels = [task.classes[j] for j in probs.argmax(-1).tolist()]
+            out[name] = TaskPrediction(classes=list(task.classes), labels=labels, probs=probs)
+        return out
+
+    def config(self) -> dict[str, Any]:
+        """Plain-data description that rebuilds this network with :meth:`from_config`."""
+        return {
+            "backbone": {k: v for k, v in self.backbone_config.items() if k != "weights"},
+            "tasks": tasks_to_dicts(self.tasks.values()),
+            "preprocess": vars(self.preprocess).copy(),
+        }
+
+    @classmethod
+    def from_config(cls, config: Mapping[str, Any]) -> "MultiHeadNet":
+        return cls(
+            backbone=config["backbone"],
+            tasks=tasks_from_dicts(config["tasks"]),
+            preprocess=Preprocess(**config.get("preprocess", {})),
+        )

@@ -1,0 +1,188 @@
+"""What a task is: its kind, classes, head, loss, weight, and label/output masks.
+
+A :class:`TaskSpec` is plain data (JSON-serialisable through :meth:`TaskSpec.to_dict`), so it
+travels inside checkpoints and exports without pickling code.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any, Iterable, Literal, Mapping
+
+from mhc.errors import ConfigError
+
+TaskKind = Literal["multiclass", "binary", "multilabel"]
+TASK_KINDS: tuple[str, ...] = ("multiclass", "binary", "multilabel")
+LOSSES_BY_KIND: dict[str, tuple[str, ...]] = {
+    "multiclass": ("ce", "focal"),
+    "binary": ("bce", "focal"),
+    "multilabel": ("bce", "focal"),
+}
+DEFAULT_LOSS: dict[str, str] = {"multiclass": "ce", "binary": "bce", "multilabel": "bce"}
+
+
+@dataclass
+class TaskSpec:
+    """One classification task and the head that predicts it.
+
+    Attributes:
+        name: task name, used in batch keys, metric names and outputs.
+        kind: ``multiclass`` (one of C), ``binary`` (yes/no, one logit) or ``multilabel``
+            (any subset of C, one logit per class).
+        classes: class names; for ``binary`` the negative and the positive name.
+        masked: a masked head accepts samples without this task's label (label mask):
+            they are left out of its loss and metrics. An unmasked head rejects them.
+        parent: name of a multiclass task whose label restricts this task's classes
+            (output mask), through ``allowed_by_parent``.
+        allowed_by_parent: parent class -> classes of this task allowed under it.
+        loss: ``ce`` or ``focal`` for multiclass; ``bce`` or ``focal`` for binary/multilabel.
+        weight: static weight of this task's loss in the total.
+        hidden: widths of the head's hidden layers (empty: a linear head).
+        dropout: dropout before each linear layer of the head.
+        label_smoothing: cross-entropy label smoothing (multiclass ``ce``).
+        class_weights: per-class loss weights (multiclass), in ``classes`` order.
+        pos_weight: positive-class weight per output (binary/multilabel ``bce``).
+        focal_gamma: focusing parameter of the focal loss (Lin et al. 2017).
+    """
+
+    name: str
+    kind: TaskKind
+    classes: list[str]
+    masked: bool = False
+    parent: str | None = None
+    allowed_by_parent: dict[str, list[str]] = field(default_factory=dict)
+    loss: str | None = None
+    weight: float = 1.0
+    hidden: list[int] = field(default_factory=list)
+    dropout: float = 0.0
+    label_smoothing: float = 0.0
+    class_weights: list[float] | None = None
+    pos_weight: list[float] | None = None
+    focal_gamma: float = 2.0
+
+    def __post_init__(self) -> None:
+        self.classes = [str(c) for c in self.classes]
+        self.hidden = [int(h) for h in self.hidden]
+        if self.loss is None:
+            self.loss = DEFAULT_LOSS.get(self.kind)
+        self.validate()
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+    @property
+    def num_outputs(self) -> int:
+        """Width of the head's output: one logit for binary, one per class otherwise."""
+        return 1 if self.kind == "binary" else len(self.classes)
+
+    @property
+    def has_output_mask(self) -> bool:
+        return self.parent is not None
+
+    def validate(self) -> None:
+        where = f"task '{self.name}'"
+        if self.kind not in TASK_KINDS:
+            raise ConfigError(f"{where}: kind must be one of {list(TASK_KINDS)}, got '{self.kind}'")
+        if len(set(self.classes)) != len(self.classes):
+            raise ConfigError(f"{where}: class names must be unique, got {self.classes}")
+        if self.kind == "binary" and len(self.classes) != 2:
+            raise ConfigError(f"{where}: a binary task has exactly 2 classes (negative, positive), got {self.classes}")
+        if self.kind != "binary" and len(self.classes) < 2:
+            raise ConfigError(f"{where}: a {self.kind} task needs at least 2 classes, got {self.classes}")
+        if self.loss not in LOSSES_BY_KIND[self.kind]:
+            raise ConfigError(
+                f"{where}: loss '{self.loss}' does not fit a {self.kind} task; expected one of {list(LOSSES_BY_KIND[self.kind])}"
+            )
+        if self.weight < 0:
+            raise ConfigError(f"{where}: weight must be >= 0, got {self.weight}")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ConfigError(f"{where}: dropout must be in [0, 1), got {self.dropout}")
+        if not 0.0 <= self.label_smoothing < 1.0:
+            raise ConfigError(f"{where}: label_smoothing must be in [0, 1), got {self.label_smoothing}")
+        if self.class_weights is not None and len(self.class_weights) != self.num_classes:
+            raise ConfigError(
+                f"{where}: class_weights has {len(self.class_weights)} values, expected one per class ({self.num_classes})"
+            )
+        if self.pos_weight is not None and len(self.pos_weight) != self.num_outputs:
+            raise ConfigError(f"{where}: pos_weight has {len(self.pos_weight)} values, expected {self.num_outputs}")
+        for parent_class, allowed in self.allowed_by_parent.items():
+            unknown = [c for c in allowed if c not in self.classes]
+            if unknown:
+                raise ConfigError(f"{where}: allowed_by_parent['{parent_class}'] names unknown classes {unknown}")
+        if self.allowed_by_parent and self.parent is None:
+            raise ConfigError(f"{where}: allowed_by_parent is set but parent is not")
+
+    def class_index(self, name: str) -> int:
+        try:
+            return self.classes.index(name)
+        except ValueError:
+            raise KeyError(name) from None
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> "TaskSpec":
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ConfigError(f"task '{data.get('name', '?')}': unknown option(s) {unknown}; expected some of {sorted(known)}")
+        return cls(**dict(data))
+
+
+TASK_OPTION_NAMES: frozenset[str] = frozenset(f.name for f in fields(TaskSpec)) - {"name"}
+
+
+def resolve_tasks(
+    inferred: Iterable[TaskSpec], overrides: Mapping[str, Mapping[str, Any]] | None = None
+) -> list[TaskSpec]:
+    """Merge the tasks a data set provides with the user's per-task options.
+
+    ``overrides`` maps task name -> options (``loss``, ``weight``, ``hidden``, ...). A name the
+    data does not provide is an error unless the override declares it completely (kind and
+    classes), which is how a task whose labels come from a manifest column gets declared.
+    """
+    tasks = {t.name: t for t in inferred}
+    for name, options in (overrides or {}).items():
+        options = {k: v for k, v in dict(options).items() if v is not None}
+        unknown = sorted(set(options) - TASK_OPTION_NAMES)
+        if unknown:
+            raise ConfigError(f"tasks.{name}: unknown option(s) {unknown}; expected some of {sorted(TASK_OPTION_NAMES)}")
+        if name in tasks:
+            merged = {**tasks[name].to_dict(), **options}
+            if "kind" in options and options["kind"] != tasks[name].kind and "loss" not in options:
+                merged["loss"] = None
+            tasks[name] = TaskSpec.from_dict(merged)
+        elif options:
+            raise ConfigError(f"tasks.{name}: unknown task; the data provides {sorted(tasks)}")
+    check_task_graph(tasks.values())
+    return list(tasks.values())
+
+
+def check_task_graph(tasks: Iterable[TaskSpec]) -> None:
+    """Every parent exists, is multiclass, and its classes cover ``allowed_by_parent``."""
+    by_name = {t.name: t for t in tasks}
+    for task in by_name.values():
+        if task.parent is None:
+            continue
+        parent = by_name.get(task.parent)
+        if parent is None:
+            raise ConfigError(f"task '{task.name}': parent task '{task.parent}' does not exist; tasks are {sorted(by_name)}")
+        if parent.kind != "multiclass":
+            raise ConfigError(f"task '{task.name}': parent '{parent.name}' must be multiclass, it is {parent.kind}")
+        if parent.parent is not None:
+            raise ConfigError(f"task '{task.name}': parent '{parent.name}' has a parent itself; one level is supported")
+        unknown = [c for c in task.allowed_by_parent if c not in parent.classes]
+        if unknown:
+            raise ConfigError(f"task '{task.name}': allowed_by_parent names classes {unknown} that '{parent.name}' does not have")
+
+
+def tasks_to_dicts(tasks: Iterable[TaskSpec]) -> list[dict[str, Any]]:
+    return [t.to_dict() for t in tasks]
+
+
+def tasks_from_dicts(data: Iterable[Mapping[str, Any]]) -> list[TaskSpec]:
+    tasks = [TaskSpec.from_dict(d) for d in data]
+    check_task_graph(tasks)
+    return tasks

@@ -1,0 +1,65 @@
+"""Callbacks: per-head confusion matrices as images at the end of validation."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytorch_lightning as pl
+import numpy as np
+import torch
+
+from mhc.tasks import TaskSpec
+
+
+def confusion_figure(task: TaskSpec, matrix: torch.Tensor):
+    """A matplotlib figure of one head's confusion matrix (one panel per label for multilabel)."""
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+
+    panels = matrix.reshape(-1, *matrix.shape[-2:]).cpu().numpy()
+    names = task.classes if task.kind == "multilabel" else [task.name]
+    ticks = ["no", "yes"] if task.kind == "multilabel" else task.classes
+    fig, axes = plt.subplots(1, len(panels), figsize=(2.0 + 2.4 * len(panels), 3.2), squeeze=False)
+    for ax, panel, title in zip(axes[0], panels, names):
+        ax.imshow(panel, cmap="Blues")
+        for (i, j), value in np.ndenumerate(panel):
+            ax.text(j, i, int(value), ha="center", va="center", fontsize=7)
+        ax.set_xticks(range(len(ticks)), ticks, rotation=45, ha="right", fontsize=7)
+        ax.set_yticks(range(len(ticks)), ticks, fontsize=7)
+        ax.set_xlabel("predicted")
+        ax.set_ylabel("true")
+        ax.set_title(title, fontsize=9)
+    fig.tight_layout()
+    return fig
+
+
+class ConfusionMatrixLogger(pl.Callback):
+    """Logs each head's validation confusion matrix: as an image to TensorBoard / wandb, and as
+    PNG files under ``<log dir>/confusion/`` (so CSV-only runs get them too)."""
+
+    def __init__(self, every_n_epochs: int = 1) -> None:
+        self.every_n_epochs = every_n_epochs
+
+    def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if trainer.sanity_checking or not trainer.is_global_zero or pl_module.stage_metrics("val").confusion is None:
+            return
+        if (trainer.current_epoch + 1) % self.every_n_epochs and not trainer.is_last_batch:
+            return
+        import matplotlib.pyplot as plt
+
+        out_dir = Path(trainer.log_dir or trainer.default_root_dir) / "confusion"
+        out_dir.mkdir(parents=True, exist_ok=True)
+        for name, metric in pl_module.stage_metrics("val").confusion.items():
+            if not metric.update_called:
+                continue
+            fig = confusion_figure(pl_module.tasks[name], metric.compute())
+            fig.savefig(out_dir / f"{name}.png", dpi=90)
+            for logger in trainer.loggers:
+                experiment = getattr(logger, "experiment", None)
+                if hasattr(experiment, "add_figure"):  # TensorBoard
+                    experiment.add_figure(f"val/{name}/confusion", fig, global_step=trainer.global_step, close=False)
+                elif type(logger).__name__ == "WandbLogger":
+                    logger.log_image(key=f"val/{name}/confusion", images=[fig], step=trainer.global_step)
+            plt.close(fig)

@@ -1,0 +1,167 @@
+"""The LightningModule that trains a :class:`~mhc.model.MultiHeadNet`.
+
+It owns the training logic only: masked per-task losses, their static weighting, per-head
+metrics, the optimizer and schedule, and what a checkpoint carries. The network is rebuilt
+from plain data (``net_config``), so checkpoints load with ``weights_only=True``.
+"""
+
+from __future__ import annotations
+
+import inspect
+import random
+from typing import Any, Callable, Mapping
+
+import numpy as np
+import pytorch_lightning as pl
+import torch
+from torch import Tensor
+
+from mhc.losses import task_loss
+from mhc.masks import batch_allowed
+from mhc.metrics import HeadMetrics, flatten_results
+from mhc.model.net import MultiHeadNet
+
+CHECKPOINT_FORMAT = 1
+STAGES = ("train", "val", "test")
+OptimizerFactory = Callable[..., torch.optim.Optimizer]
+SchedulerFactory = Callable[..., Any]
+
+
+class MultiHeadModule(pl.LightningModule):
+    """Trains a shared backbone with one head per task.
+
+    Args:
+        net_config: ``MultiHeadNet.config()``-style plain data (backbone, tasks, preprocess).
+        optimizer: factory ``optimizer(params) -> Optimizer`` (a Hydra ``_partial_``).
+        scheduler: optional factory ``scheduler(optimizer[, total_steps]) -> LRScheduler``,
+            stepped every optimizer step.
+        confusion: collect per-head confusion matrices during validation and test.
+    """
+
+    def __init__(
+        self,
+        net_config: Mapping[str, Any],
+        optimizer: OptimizerFactory | None = None,
+        scheduler: SchedulerFactory | None = None,
+        confusion: bool = True,
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters({"net_config": dict(net_config)})
+        self.net = MultiHeadNet.from_config(net_config)
+        self.tasks = self.net.tasks
+        self.optimizer_factory = optimizer
+        self.scheduler_factory = scheduler
+        self.metrics = torch.nn.ModuleDict(
+            {f"{stage}_": HeadMetrics(self.tasks, confusion=confusion and stage != "train") for stage in STAGES}
+        )
+        self.last_results: dict[str, dict[str, dict[str, float]]] = {}
+
+    def stage_metrics(self, stage: str) -> HeadMetrics:
+        return self.metrics[f"{stage}_"]  # ModuleDict keys may not shadow Module attributes ("train")
+
+    def forward(self, images: Tensor) -> dict[str, Tensor]:
+        return self.net(images)
+
+    # -- losses -----------------------------------------------------------------------------
+    def output_masks(self, batch: Mapping[str, Any]) -> dict[str, Tensor]:
+        """Allowed classes per task: from the parent's label where known, and as the data gives them."""
+        matrices = {name: self.net.hierarchy(name) for name, t in self.tasks.items() if t.parent is not None}
+        return batch_allowed(self.tasks, matrices, batch["targets"], batch["label_mask"], batch.get("allowed"))
+
+    def task_losses(self, logits: Mapping[str, Tensor], batch: Mapping[str, Any]) -> dict[str, Tensor]:
+        allowed = self.output_masks(batch)
+        return {
+            name: task_loss(task, logits[name], batch["targets"][name], batch["label_mask"][name], allowed.get(name))
+            for name, task in self.tasks.items()
+        }
+
+    def combine(self, losses: Mapping[str, Tensor]) -> Tensor:
+        """Static weighting: sum of ``task.weight * loss``."""
+        return sum(self.tasks[name].weight * loss for name, loss in losses.items())
+
+    # -- steps ------------------------------------------------------------------------------
+    def _shared_step(self, batch: Mapping[str, Any], stage: str) -> Tensor:
+        logits = self.net(batch["image"])
+        losses = self.task_losses(logits, batch)
+        total = self.combine(losses)
+        probs = self.net.probabilities({k: v.detach() for k, v in logits.items()}, batch.get("allowed"))
+        self.stage_metrics(stage).update(probs, batch["targets"], batch["label_mask"])
+        batch_size = batch["image"].shape[0]
+        on_step = stage == "train"
+        self.log(f"{stage}/loss", total, prog_bar=True, on_step=on_step, on_epoch=True, batch_size=batch_size)
+        self.log_dict(
+            {f"{stage}/{name}/loss": loss.detach() for name, loss in losses.items()},
+            on_step=False, on_epoch=True, batch_size=batch_size,
+        )
+        return total
+
+    def training_step(self, batch: Mapping[str, Any], batch_idx: int) -> Tensor:
+        return self._shared_step(batch, "train")
+
+    def validation_step(self, batch: Mapping[str, Any], batch_idx: int) -> None:
+        self._shared_step(batch, "val")
+
+    def test_step(self, batch: Mapping[str, Any], batch_idx: int) -> None:
+        self._shared_step(batch, "test")
+
+    def predict_step(self, batch: Mapping[str, Any], batch_idx: int) -> dict[str, Tensor]:
+        return self.net.probabilities(self.net(batch["image"]), batch.get("allowed"))
+
+    def _log_epoch_metrics(self, stage: str) -> None:
+        results = self.stage_metrics(stage).compute()
+        self.last_results[stage] = results
+        flat = flatten_results(results, stage)
+        headline = f"{stage}/mean/acc"
+        self.log_dict({k: v for k, v in flat.items() if k != headline})
+        if headline in flat:
+            self.log(headline, flat[headline], prog_bar=stage == "val")
+
+    def on_train_epoch_end(self) -> None:
+        self._log_epoch_metrics("train")
+        self.stage_metrics("train").reset()
+
+    def on_validation_epoch_end(self) -> None:
+        self._log_epoch_metrics("val")
+
+    def on_validation_epoch_start(self) -> None:
+        self.stage_metrics("val").reset()
+
+    def on_test_epoch_start(self) -> None:
+        self.stage_metrics("test").reset()
+
+    def on_test_epoch_end(self) -> None:
+        self._log_epoch_metrics("test")
+
+    # -- optimisation -----------------------------------------------------------------------
+    def configure_optimizers(self) -> Any:
+        factory = self.optimizer_factory or (lambda params: torch.optim.AdamW(params, lr=1e-3))
+        optimizer = factory(self.parameters())
+        if self.scheduler_factory is None:
+            return optimizer
+        kwargs = {}
+        if "total_steps" in inspect.signature(self.scheduler_factory).parameters:
+            kwargs["total_steps"] = int(self.trainer.estimated_stepping_batches)
+        scheduler = self.scheduler_factory(optimizer, **kwargs)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    # -- checkpoints ------------------------------------------------------------------------
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Add the self-description ``mhc`` (plain data) and the RNG states for exact resume."""
+        checkpoint["mhc"] = {"format": CHECKPOINT_FORMAT, "net": self.net.config(), "metrics": self.last_results.get("val", {})}
+        np_state = np.random.get_state()
+        checkpoint["rng"] = {
+            "torch": torch.get_rng_state(),
+            "numpy": [np_state[0], torch.from_numpy(np_state[1].astype(np.int64)), *np_state[2:]],
+            "python": [random.getstate()[0], list(random.getstate()[1]), random.getstate()[2]],
+        }
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        # Restored here, before the train loader draws its seed (too late in on_train_start).
+        rng = checkpoint.get("rng")
+        if not rng:
+            return
+        torch.set_rng_state(rng["torch"])
+        name, keys, *rest = rng["numpy"]
+        np.random.set_state((name, keys.numpy().astype(np.uint32), *rest))
+        version, state, gauss = rng["python"]
+        random.setstate((version, tuple(state), gauss))

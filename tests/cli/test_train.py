@@ -1,0 +1,80 @@
+import subprocess
+import sys
+
+import pytest
+import torch
+
+import mhc
+from mhc.cli.train import train
+from mhc.errors import ConfigError
+from mhc.data.generated import scene_tasks
+
+
+def test_short_run_writes_checkpoints_and_metrics(make_cfg, tmp_path):
+    metrics = train(make_cfg())
+    assert {f"{t.name}/acc" for t in scene_tasks()} <= set(metrics)
+    assert all(0.0 <= v <= 1.0 for v in metrics.values())
+    assert (tmp_path / "checkpoints" / "last.ckpt").is_file()
+    assert list((tmp_path / "checkpoints").glob("best-epoch*.ckpt"))
+    header = (tmp_path / "csv" / "version_0" / "metrics.csv").read_text().splitlines()[0]
+    for name in ("val/shape/acc", "val/marks/f1", "val/outlined/auroc", "val/mean/acc", "train/color/loss"):
+        assert name in header
+    assert (tmp_path / "csv" / "version_0" / "confusion" / "color.png").is_file()
+
+
+def test_load_predict_round_trip(make_cfg, tmp_path):
+    train(make_cfg("test=false"))
+    model = mhc.load(tmp_path / "checkpoints" / "last.ckpt")
+    assert not model.training
+    assert set(model.tasks) == {t.name for t in scene_tasks()}
+    images = torch.rand(4, 3, 64, 64)
+    out = model.predict(images)
+    assert set(out["shape"].labels) <= set(model.tasks["shape"].classes)
+    for tone, color in zip(out["tone"].labels, out["color"].labels):
+        assert color in model.tasks["color"].allowed_by_parent[tone]
+    # Same weights as the Lightning checkpoint, without a Trainer.
+    state = torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"]
+    assert torch.equal(model.heads["shape"].layers[-1].weight, state["net.heads.shape.layers.1.weight"])
+
+
+def test_resume_continues_from_last_checkpoint(make_cfg, tmp_path):
+    train(make_cfg("test=false"))
+    last = tmp_path / "checkpoints" / "last.ckpt"
+    first = torch.load(last, weights_only=True)["global_step"]
+    assert first > 0
+    train(make_cfg("test=false", "trainer.max_epochs=2", f"resume={tmp_path}"))
+    assert torch.load(last, weights_only=True)["global_step"] == 2 * first
+
+
+def test_task_override_reaches_the_model(make_cfg, tmp_path):
+    train(make_cfg("test=false", "tasks.shape.loss=focal", "tasks.color.hidden=[16]", "head.dropout=0.1"))
+    model = mhc.load(tmp_path / "checkpoints" / "last.ckpt")
+    assert model.tasks["shape"].loss == "focal" and model.tasks["shape"].dropout == 0.1
+    assert model.tasks["color"].hidden == [16]
+
+
+def test_unknown_task_option_is_a_config_error(make_cfg):
+    with pytest.raises(ConfigError, match=r"tasks.shape: unknown option\(s\) \['foo'\]"):
+        train(make_cfg("+tasks.shape.foo=1"))
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("seed=abc", "Value 'abc' of type 'str' could not be converted to Integer"),
+        ("tasks.shape.lossx=focal", "Key 'lossx' not in 'TaskOptions'"),
+        ("tasks.shape.weight=abc", "could not be converted to Float"),
+        ("+tasks.colour.loss=focal", "Error merging override +tasks.colour.loss=focal"),
+        ("data=imagenet", "Could not find 'data/imagenet'"),
+        ("tasks.shape.loss=bce", "loss 'bce' does not fit a multiclass task"),
+        ("backbone.name=resnet19", "unknown backbone 'resnet19'"),
+    ],
+)
+def test_cli_errors_are_one_line_with_exit_code(override, message, tmp_path):
+    proc = subprocess.run(
+        [sys.executable, "-m", "mhc.train", override, f"hydra.run.dir={tmp_path}"],
+        capture_output=True, text=True, timeout=120,
+    )
+    assert proc.returncode == 1
+    assert message in proc.stderr
+    assert "Traceback" not in proc.stderr

@@ -1,0 +1,39 @@
+import numpy as np
+
+from mhc.data.generated import generate_split, load_or_generate, scene_tasks
+from mhc.data.labels import ArrayDataset
+
+
+def test_deterministic_and_cached(tmp_path):
+    a_images, a_labels = load_or_generate(tmp_path, "train", 50, seed=3, missing_fraction=0.2)
+    b_images, b_labels = load_or_generate(tmp_path, "train", 50, seed=3, missing_fraction=0.2)
+    fresh_images, _ = generate_split(50, 3, 0.2)
+    assert len(list(tmp_path.glob("scenes-train-*.npz"))) == 1
+    assert np.array_equal(a_images, b_images) and np.array_equal(a_images, fresh_images)
+    assert all(np.array_equal(a_labels[k], b_labels[k]) for k in a_labels)
+    other, _ = load_or_generate(tmp_path, "train", 50, seed=4, missing_fraction=0.2)
+    assert not np.array_equal(a_images, other)
+
+
+def test_labels_respect_task_contract():
+    images, labels = generate_split(400, 0, missing_fraction=0.25)
+    assert images.shape == (400, 64, 64, 3) and images.dtype == np.uint8
+    tasks = {t.name: t for t in scene_tasks()}
+    for name, task in tasks.items():
+        missing = (labels[name][:, 0] if task.kind == "multilabel" else labels[name]) == -1
+        assert missing.any() == task.masked
+        if task.masked:
+            assert 0.15 < missing.mean() < 0.35
+    known = (labels["color"] >= 0) & (labels["tone"] >= 0)
+    tone_names = np.array(tasks["tone"].classes)[labels["tone"][known]]
+    color_names = np.array(tasks["color"].classes)[labels["color"][known]]
+    for tone, color in zip(tone_names, color_names):
+        assert color in tasks["color"].allowed_by_parent[tone]
+
+
+def test_dataset_sample_format():
+    images, labels = generate_split(10, 0, 0.5)
+    sample = ArrayDataset(images, labels, scene_tasks())[0]
+    assert sample["image"].shape == (3, 64, 64) and 0 <= sample["image"].min() and sample["image"].max() <= 1
+    assert set(sample["targets"]) == set(sample["label_mask"]) == {t.name for t in scene_tasks()}
+    assert sample["targets"]["marks"].shape == (4,)
