@@ -55,6 +55,7 @@ class HeadMetrics(nn.Module):
         self.tasks = dict(tasks)
         self.metrics = nn.ModuleDict({name: task_metrics(t) for name, t in self.tasks.items()})
         self.confusion = nn.ModuleDict({name: task_confusion(t) for name, t in self.tasks.items()}) if confusion else None
+        self.seen = dict.fromkeys(self.tasks, 0)
 
     @torch.no_grad()
     def update(self, probs: Mapping[str, Tensor], targets: Mapping[str, Tensor], label_mask: Mapping[str, Tensor]) -> None:
@@ -62,21 +63,38 @@ class HeadMetrics(nn.Module):
             keep = label_mask[name].bool()
             if not keep.any():
                 continue
+            self.seen[name] += int(keep.sum())
             p, y = probs[name][keep], targets[name][keep].long()
             self.metrics[name].update(p, y)
             if self.confusion is not None:
                 self.confusion[name].update(p, y)
 
-    def compute(self) -> dict[str, dict[str, float]]:
-        """``{task: {metric: value}}`` for tasks that saw at least one labelled sample."""
-        results: dict[str, dict[str, float]] = {}
-        for name, collection in self.metrics.items():
-            if not any(m.update_called for m in collection.values()):
-                continue
-            results[name] = {k: float(v) for k, v in collection.compute().items()}
-        return results
+    def labelled_counts(self) -> Tensor:
+        """Labelled samples seen per task [T] (on this process), in task order."""
+        return torch.tensor([float(self.seen[name]) for name in self.tasks])
+
+    def compute(self, labelled_counts: Tensor | None = None) -> dict[str, dict[str, float]]:
+        """``{task: {metric: value}}`` for tasks that saw at least one labelled sample.
+
+        Under DDP pass the counts summed over processes, so every process computes (and
+        synchronises) the same metrics; computing on one process alone would deadlock.
+        """
+        counts = self.labelled_counts() if labelled_counts is None else labelled_counts
+        return {
+            name: {k: float(v) for k, v in self.metrics[name].compute().items()}
+            for name, count in zip(self.tasks, counts.tolist())
+            if count > 0
+        }
+
+    def confusion_matrices(self, labelled_counts: Tensor | None = None) -> dict[str, Tensor]:
+        """Per-task confusion matrices (synchronised like :meth:`compute`)."""
+        if self.confusion is None:
+            return {}
+        counts = self.labelled_counts() if labelled_counts is None else labelled_counts
+        return {name: self.confusion[name].compute() for name, count in zip(self.tasks, counts.tolist()) if count > 0}
 
     def reset(self) -> None:
+        self.seen = dict.fromkeys(self.tasks, 0)
         for collection in self.metrics.values():
             collection.reset()
         if self.confusion is not None:

@@ -29,6 +29,7 @@ from mhc.cli.common import (
 from mhc.errors import ConfigError
 from mhc.tasks import tasks_to_dicts
 from mhc.training import MultiHeadModule
+from mhc.training.checkpoint_io import AtomicCheckpointIO
 
 
 def resolve_resume(resume: str | None, output_root: Path) -> str | None:
@@ -64,7 +65,10 @@ def train(cfg: DictConfig) -> dict[str, float]:
     ckpt_path = resolve_resume(cfg.resume, output_dir.parent)
     if ckpt_path:
         console.print(f"resuming from {ckpt_path}")
-    trainer: pl.Trainer = instantiate(cfg.trainer, "trainer", callbacks=build_callbacks(cfg), logger=build_loggers(cfg) or False)
+    trainer: pl.Trainer = instantiate(
+        cfg.trainer, "trainer", callbacks=build_callbacks(cfg), logger=build_loggers(cfg) or False,
+        plugins=[AtomicCheckpointIO()],
+    )
     trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
 
     best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""

@@ -37,7 +37,7 @@ def image_tensor(image: Any) -> Tensor:
             image = np.repeat(image[..., None], 3, axis=-1)
         if image.ndim != 3 or image.shape[-1] not in (1, 3):
             raise DataError(f"an image array must be [H, W, 3] or [H, W], got shape {list(image.shape)}")
-        tensor = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1)
+        tensor = torch.from_numpy(np.array(image, copy=True)).permute(2, 0, 1)
     elif isinstance(image, Tensor):
         tensor = image
     else:

@@ -7,7 +7,7 @@ preprocessing (input size, mean, std) and its tasks, so a checkpoint describes i
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Mapping, Sequence
+from typing import Any, Iterable, Mapping, Sequence
 
 import torch
 from torch import Tensor, nn
@@ -29,6 +29,23 @@ class TaskPrediction:
     classes: list[str]
     labels: list[Any]
     probs: Tensor
+
+
+def decode_predictions(
+    tasks: Iterable[TaskSpec], probs: Mapping[str, Tensor], threshold: float = 0.5
+) -> dict[str, TaskPrediction]:
+    """Class names from :meth:`MultiHeadNet.probabilities` output; binary becomes [B, 2]."""
+    out: dict[str, TaskPrediction] = {}
+    for task in tasks:
+        p = probs[task.name]
+        if task.kind == "binary":
+            p = torch.stack([1 - p, p], dim=-1)
+        if task.kind == "multilabel":
+            labels: list[Any] = [[task.classes[j] for j in torch.nonzero(row >= threshold).flatten().tolist()] for row in p]
+        else:
+            labels = [task.classes[j] for j in p.argmax(-1).tolist()]
+        out[task.name] = TaskPrediction(classes=list(task.classes), labels=labels, probs=p)
+    return out
 
 
 @dataclass
@@ -119,17 +136,8 @@ class MultiHeadNet(nn.Module):
         device = self.mean.device
         chunks = [self.probabilities(self(part.to(device))) for part in batch.split(batch_size)]
         self.train(was_training)
-        out: dict[str, TaskPrediction] = {}
-        for name, task in self.tasks.items():
-            probs = torch.cat([c[name] for c in chunks]).cpu()
-            if task.kind == "binary":
-                probs = torch.stack([1 - probs, probs], dim=-1)
-            if task.kind == "multilabel":
-                labels = [[task.classes[j] for j in torch.nonzero(row >= threshold).flatten().tolist()] for row in probs]
-            else:
-                labels = [task.classes[j] for j in probs.argmax(-1).tolist()]
-            out[name] = TaskPrediction(classes=list(task.classes), labels=labels, probs=probs)
-        return out
+        probs = {name: torch.cat([c[name] for c in chunks]).cpu() for name in self.tasks}
+        return decode_predictions(self.tasks.values(), probs, threshold)
 
     def config(self) -> dict[str, Any]:
         """Plain-data description that rebuilds this network with :meth:`from_config`."""

@@ -43,18 +43,18 @@ class ConfusionMatrixLogger(pl.Callback):
         self.every_n_epochs = every_n_epochs
 
     def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if trainer.sanity_checking or not trainer.is_global_zero or pl_module.stage_metrics("val").confusion is None:
+        if trainer.sanity_checking or (trainer.current_epoch + 1) % self.every_n_epochs:
             return
-        if (trainer.current_epoch + 1) % self.every_n_epochs and not trainer.is_last_batch:
+        # Every process takes part in the synchronised compute; only rank 0 draws.
+        matrices = pl_module.stage_metrics("val").confusion_matrices(pl_module.labelled_counts("val"))
+        out_dir = Path(trainer.log_dir or trainer.default_root_dir) / "confusion"  # log_dir is a collective
+        if not trainer.is_global_zero:
             return
         import matplotlib.pyplot as plt
 
-        out_dir = Path(trainer.log_dir or trainer.default_root_dir) / "confusion"
         out_dir.mkdir(parents=True, exist_ok=True)
-        for name, metric in pl_module.stage_metrics("val").confusion.items():
-            if not metric.update_called:
-                continue
-            fig = confusion_figure(pl_module.tasks[name], metric.compute())
+        for name, matrix in matrices.items():
+            fig = confusion_figure(pl_module.tasks[name], matrix)
             fig.savefig(out_dir / f"{name}.png", dpi=90)
             for logger in trainer.loggers:
                 experiment = getattr(logger, "experiment", None)

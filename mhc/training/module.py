@@ -16,6 +16,7 @@ import pytorch_lightning as pl
 import torch
 from torch import Tensor
 
+from mhc.io import load_weights, net_state, read_checkpoint
 from mhc.losses import task_loss
 from mhc.masks import batch_allowed
 from mhc.metrics import HeadMetrics, flatten_results
@@ -87,11 +88,12 @@ class MultiHeadModule(pl.LightningModule):
         probs = self.net.probabilities({k: v.detach() for k, v in logits.items()}, batch.get("allowed"))
         self.stage_metrics(stage).update(probs, batch["targets"], batch["label_mask"])
         batch_size = batch["image"].shape[0]
-        on_step = stage == "train"
-        self.log(f"{stage}/loss", total, prog_bar=True, on_step=on_step, on_epoch=True, batch_size=batch_size)
+        training = stage == "train"
+        self.log(f"{stage}/loss", total, prog_bar=True, on_step=training, on_epoch=True, batch_size=batch_size,
+                 sync_dist=not training)
         self.log_dict(
             {f"{stage}/{name}/loss": loss.detach() for name, loss in losses.items()},
-            on_step=False, on_epoch=True, batch_size=batch_size,
+            on_step=False, on_epoch=True, batch_size=batch_size, sync_dist=not training,
         )
         return total
 
@@ -107,8 +109,13 @@ class MultiHeadModule(pl.LightningModule):
     def predict_step(self, batch: Mapping[str, Any], batch_idx: int) -> dict[str, Tensor]:
         return self.net.probabilities(self.net(batch["image"]), batch.get("allowed"))
 
+    def labelled_counts(self, stage: str) -> Tensor:
+        """Labelled samples per task summed over all processes."""
+        counts = self.stage_metrics(stage).labelled_counts().to(self.device)
+        return self.trainer.strategy.reduce(counts, reduce_op="sum") if self._trainer is not None else counts
+
     def _log_epoch_metrics(self, stage: str) -> None:
-        results = self.stage_metrics(stage).compute()
+        results = self.stage_metrics(stage).compute(self.labelled_counts(stage))
         self.last_results[stage] = results
         flat = flatten_results(results, stage)
         headline = f"{stage}/mean/acc"
@@ -145,6 +152,14 @@ class MultiHeadModule(pl.LightningModule):
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
     # -- checkpoints ------------------------------------------------------------------------
+    @classmethod
+    def from_checkpoint(cls, path: str, **kwargs: Any) -> "MultiHeadModule":
+        """Rebuild the module from a checkpoint's plain-data description, loading safely."""
+        checkpoint = read_checkpoint(path)
+        module = cls(checkpoint["mhc"]["net"], **kwargs)
+        load_weights(module.net, net_state(checkpoint), path)
+        return module
+
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """Add the self-description ``mhc`` (plain data) and the RNG states for exact resume."""
         checkpoint["mhc"] = {"format": CHECKPOINT_FORMAT, "net": self.net.config(), "metrics": self.last_results.get("val", {})}

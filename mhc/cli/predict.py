@@ -1,0 +1,56 @@
+"""``mhc-predict ckpt=PATH data.predict=FILE.csv``: per-task classes and probabilities to CSV.
+
+The input is a manifest (an ``image`` column; label columns are optional and ignored, a
+``<task>__allowed`` column still restricts that task's classes). The output has one row per
+input row, in order: ``image``, then per task the predicted class (multilabel: ``a|b``)
+and one ``<task>__p_<class>`` column per class.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pandas as pd
+import pytorch_lightning as pl
+import torch
+from omegaconf import DictConfig
+
+from mhc.cli.common import build_datamodule, console, hydra_app, instantiate
+from mhc.model.net import decode_predictions
+from mhc.training import MultiHeadModule
+
+
+def predictions_table(paths: list[str], predictions: dict) -> pd.DataFrame:
+    columns: dict[str, list] = {"image": paths}
+    for name, pred in predictions.items():
+        columns[name] = ["|".join(v) if isinstance(v, list) else v for v in pred.labels]
+        for j, cls in enumerate(pred.classes):
+            columns[f"{name}__p_{cls}"] = pred.probs[:, j].tolist()
+    return pd.DataFrame(columns)
+
+
+def predict(cfg: DictConfig) -> Path:
+    module = MultiHeadModule.from_checkpoint(cfg.ckpt)
+    datamodule = build_datamodule(cfg)
+    datamodule.set_tasks(list(module.tasks.values()))
+    trainer: pl.Trainer = instantiate(cfg.trainer, "trainer", logger=False, enable_checkpointing=False, callbacks=[])
+    batches = trainer.predict(module, datamodule=datamodule)
+    probs = {name: torch.cat([b[name] for b in batches]).cpu() for name in module.tasks}
+    table = predictions_table(datamodule.splits["predict"].paths, decode_predictions(module.tasks.values(), probs))
+    out = Path(cfg.output)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.tmp")
+    table.to_csv(tmp, index=False, float_format="%.6g")
+    os.replace(tmp, out)
+    console.print(f"{len(table)} predictions written to {out}")
+    return out
+
+
+@hydra_app("predict")
+def main(cfg: DictConfig) -> None:
+    predict(cfg)
+
+
+if __name__ == "__main__":
+    main()

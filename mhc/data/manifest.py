@@ -1,0 +1,468 @@
+"""Manifests: the table of image paths and labels that users bring (CSV, or Parquet with pyarrow).
+
+One row per image. The ``image`` column holds the image path, relative to the manifest's
+folder or absolute; every other column is a task, except ``<task>__allowed`` columns::
+
+    image,shape,size,marks,shape__allowed
+    img/0.png,circle,small,dot|ring,circle|square
+    img/1.png,square,,-,
+    img/2.png,,large,,
+
+Cells:
+
+* an empty cell means the label is missing (the task becomes masked, see below);
+* a multiclass or binary cell is a class name;
+* a multilabel cell is ``|``-separated class names; ``-`` or ``none`` is the empty set
+  (both are reserved words in multilabel cells, never class names);
+* a ``<task>__allowed`` cell is ``|``-separated class names the sample may be predicted as
+  (a data-given output mask, multiclass tasks only); an empty cell allows every class.
+
+Tasks not declared in the data config are inferred from the training manifest: a column
+with a ``|`` in any cell is multilabel; one with exactly two values forming a yes/no pair
+(``0/1``, ``false/true``, ``no/yes``, ...) is binary with classes ``[negative, positive]``;
+any other is multiclass. Classes are the sorted distinct values (numerically when all are
+numbers). A task with empty cells in the training manifest is masked. Declarations
+(``tasks: {name: {kind, classes, masked, parent, allowed_by_parent, ...}}``) take
+precedence over inference; whatever they leave out is inferred.
+
+Bad data is one :class:`~mhc.errors.DataError` naming the file, the row and the column.
+Rows are numbered from 1 over the data rows (the header is not counted): ``row 1`` is the
+first image.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import math
+from dataclasses import dataclass, replace
+from functools import cached_property
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+import pandas as pd
+import torch
+from omegaconf import DictConfig, ListConfig, OmegaConf
+from torch import Tensor
+from torch.utils.data import Dataset
+
+from mhc.data.datamodule import TaskDataModule
+from mhc.data.labels import MISSING, encode_sample, validate_labels
+from mhc.errors import ConfigError, DataError
+from mhc.model.inputs import to_batch
+from mhc.tasks import TaskSpec, check_task_graph
+
+IMAGE_COLUMN = "image"
+ALLOWED_SUFFIX = "__allowed"
+SEPARATOR = "|"
+EMPTY_SET = frozenset({"-", "none"})
+PARQUET_SUFFIXES = frozenset({".parquet", ".pq"})
+# Value pairs read as a binary task, each as (negative, positive), compared case-insensitively.
+BOOLEAN_PAIRS: tuple[tuple[str, str], ...] = (
+    ("0", "1"),
+    ("0.0", "1.0"),
+    ("false", "true"),
+    ("f", "t"),
+    ("no", "yes"),
+    ("n", "y"),
+    ("negative", "positive"),
+    ("neg", "pos"),
+    ("off", "on"),
+)
+STAGE_SPLITS: dict[str, tuple[str, ...]] = {
+    "fit": ("train", "val"),
+    "validate": ("val",),
+    "test": ("test",),
+    "predict": ("predict",),
+}
+
+
+# -- reading ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Manifest:
+    """A manifest's cells as stripped text (``""`` for an empty cell), by column."""
+
+    source: str
+    root: Path
+    columns: dict[str, list[str]]
+
+    def __len__(self) -> int:
+        return len(next(iter(self.columns.values()), []))
+
+    def where(self, row: int, column: str) -> str:
+        """Where a message about a cell points (see :func:`location`)."""
+        return location(self.source, row, column)
+
+
+def row_name(index: int) -> str:
+    """The spreadsheet-style name of a 0-based data row index: ``row 1`` is the first data row."""
+    return f"row {index + 1}"
+
+
+def location(source: str, row: int, column: str) -> str:
+    """``"<file>: row <n>, column '<name>'"`` for a 0-based row index: where a message points."""
+    return f"{source}: {row_name(row)}, column '{column}'"
+
+
+def read_manifest(path: str | Path) -> Manifest:
+    """Read a CSV (or Parquet) manifest; a missing, empty or unparsable file is a :class:`DataError`."""
+    path = Path(path)
+    source = str(path)
+    if not path.is_file():
+        raise DataError(f"{source}: manifest file not found")
+    frame = _read_parquet(path) if path.suffix.lower() in PARQUET_SUFFIXES else _read_csv(path)
+    if len(frame) == 0:
+        raise DataError(f"{source}: the manifest has no data rows")
+    columns = {str(name).strip(): [_cell_text(v) for v in frame[name].tolist()] for name in frame.columns}
+    if IMAGE_COLUMN not in columns:
+        raise DataError(f"{source}: no '{IMAGE_COLUMN}' column; the columns are {list(columns)}")
+    return Manifest(source, path.parent, columns)
+
+
+def _read_csv(path: Path) -> pd.DataFrame:
+    try:
+        return pd.read_csv(path, dtype=str, keep_default_na=False, skipinitialspace=True)
+    except pd.errors.EmptyDataError:
+        raise DataError(f"{path}: the manifest is empty; expected a header with an '{IMAGE_COLUMN}' column") from None
+    except (pd.errors.ParserError, UnicodeDecodeError) as err:
+        raise DataError(f"{path}: not a readable CSV file ({' '.join(str(err).split())})") from None
+
+
+def _read_parquet(path: Path) -> pd.DataFrame:
+    if importlib.util.find_spec("pyarrow") is None:
+        raise DataError(f"{path}: reading a Parquet manifest needs pyarrow (pip install pyarrow), or use CSV")
+    try:
+        return pd.read_parquet(path)
+    except Exception as err:  # noqa: BLE001 - pyarrow raises many types for a bad file
+        raise DataError(f"{path}: not a readable Parquet file ({' '.join(str(err).split())})") from None
+
+
+def _cell_text(value: Any) -> str:
+    """A cell as stripped text: missing values are ``""``, integral floats lose their ``.0``."""
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return ""
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    return str(value).strip()
+
+
+def split_set(cell: str) -> list[str]:
+    """The class names of a ``|``-separated cell (empty parts dropped)."""
+    return [part.strip() for part in cell.split(SEPARATOR) if part.strip()]
+
+
+def task_columns(manifest: Manifest) -> list[str]:
+    """The task columns, in file order: all but ``image`` and ``<task>__allowed``."""
+    return [c for c in manifest.columns if c != IMAGE_COLUMN and not c.endswith(ALLOWED_SUFFIX)]
+
+
+# -- task inference --------------------------------------------------------------------------
+
+
+def infer_tasks(manifest: Manifest, declared: Mapping[str, Mapping[str, Any]] | None = None) -> list[TaskSpec]:
+    """The tasks of a training manifest: declared options first, the rest inferred from the cells.
+
+    ``declared`` maps task name -> :class:`~mhc.tasks.TaskSpec` fields; every declared task
+    needs a column, and every column is a task.
+    """
+    declared = dict(declared or {})
+    names = task_columns(manifest)
+    for name in declared:
+        if name not in names:
+            raise DataError(f"{manifest.source}: no column for declared task '{name}'; the task columns are {names}")
+    tasks = [infer_task(manifest, name, declared.get(name)) for name in names]
+    check_task_graph(tasks)
+    return tasks
+
+
+def _set_options(options: Mapping[str, Any] | None) -> dict[str, Any]:
+    """Declared options without the unset (``None``) ones."""
+    return {key: value for key, value in dict(options or {}).items() if value is not None}
+
+
+def infer_task(manifest: Manifest, name: str, options: Mapping[str, Any] | None = None) -> TaskSpec:
+    """One task from its column, with ``options`` overriding what is inferred."""
+    options = _set_options(options)
+    cells = manifest.columns[name]
+    values = [cell for cell in cells if cell]
+    if not values:
+        raise DataError(f"{manifest.source}: column '{name}' has no labels; a task needs some in the training manifest")
+    kind = options.get("kind") or infer_kind(values)
+    classes = [str(c) for c in options.get("classes") or infer_classes(kind, values)]
+    if len(classes) < 2 or (kind == "binary" and len(classes) != 2):
+        raise DataError(
+            f"{manifest.source}: column '{name}' has the classes {classes}; a {kind} task needs "
+            f"{'exactly' if kind == 'binary' else 'at least'} 2, so declare them (data.tasks.{name}.classes=[...])"
+        )
+    masked = options.get("masked", len(values) < len(cells))
+    return TaskSpec.from_dict({**options, "name": name, "kind": kind, "classes": classes, "masked": masked})
+
+
+def infer_kind(values: Sequence[str]) -> str:
+    """``multilabel`` if any cell is a ``|`` set, ``binary`` for a yes/no pair, else ``multiclass``."""
+    if any(SEPARATOR in v for v in values):
+        return "multilabel"
+    return "binary" if _boolean_order(set(values)) else "multiclass"
+
+
+def infer_classes(kind: str, values: Sequence[str]) -> list[str]:
+    """Class names seen in non-empty cells: ``[negative, positive]`` for a yes/no pair, else sorted."""
+    if kind == "multilabel":
+        names = {part for v in values for part in split_set(v) if part.lower() not in EMPTY_SET}
+    else:
+        names = set(values)
+    if kind == "binary":
+        return _boolean_order(names) or _sorted_classes(names)
+    return _sorted_classes(names)
+
+
+def _boolean_order(values: set[str]) -> list[str] | None:
+    """``[negative, positive]`` spelled as in the data if ``values`` is a yes/no pair, else ``None``."""
+    by_lower = {v.lower(): v for v in values}
+    if len(values) != 2 or len(by_lower) != 2:
+        return None
+    for negative, positive in BOOLEAN_PAIRS:
+        if set(by_lower) == {negative, positive}:
+            return [by_lower[negative], by_lower[positive]]
+    return None
+
+
+def _sorted_classes(names: set[str]) -> list[str]:
+    """Sorted names; numerically when every name is a number, so ``2`` comes before ``10``."""
+    try:
+        return sorted(names, key=float)
+    except ValueError:
+        return sorted(names)
+
+
+# -- encoding --------------------------------------------------------------------------------
+
+
+def check_columns(manifest: Manifest, tasks: Sequence[TaskSpec], labelled: bool = True) -> None:
+    """Every task has a column (unless unlabelled) and every column is a task's.
+
+    An unlabelled manifest (prediction) may leave out task columns and carry other columns,
+    but an ``__allowed`` column must still belong to a task.
+    """
+    names = [t.name for t in tasks]
+    for column in manifest.columns:
+        if column == IMAGE_COLUMN:
+            continue
+        task = column.removesuffix(ALLOWED_SUFFIX)
+        if task not in names and (labelled or column.endswith(ALLOWED_SUFFIX)):
+            raise DataError(f"{manifest.source}: unknown column '{column}'; the tasks are {names}")
+    if labelled:
+        for name in names:
+            if name not in manifest.columns:
+                raise DataError(f"{manifest.source}: no column for task '{name}'; add it (empty cells: missing labels)")
+    for task in tasks:
+        if task.name + ALLOWED_SUFFIX in manifest.columns and task.kind != "multiclass":
+            raise DataError(
+                f"{manifest.source}: column '{task.name}{ALLOWED_SUFFIX}': allowed sets apply to multiclass tasks; "
+                f"'{task.name}' is {task.kind}"
+            )
+
+
+def class_indices(task: TaskSpec, names: Sequence[str], where: str) -> list[int]:
+    """Indices of ``names`` in ``task.classes``; an unknown name is a :class:`DataError` at ``where``."""
+    index = {name: i for i, name in enumerate(task.classes)}
+    for name in names:
+        if name not in index:
+            raise DataError(f"{where}: unknown class '{name}' for task '{task.name}'; expected one of {task.classes}")
+    return [index[name] for name in names]
+
+
+def encode_labels(manifest: Manifest, task: TaskSpec) -> np.ndarray:
+    """One task's column as encoded labels (see :mod:`mhc.data.labels`); no column: all missing."""
+    cells = manifest.columns.get(task.name, [""] * len(manifest))
+    if task.kind == "multilabel":
+        labels = np.full((len(cells), task.num_classes), MISSING, dtype=np.int64)
+    else:
+        labels = np.full(len(cells), MISSING, dtype=np.int64)
+    for row, cell in enumerate(cells):
+        if not cell:
+            continue
+        where = manifest.where(row, task.name)
+        if task.kind == "multilabel":
+            names = [] if cell.lower() in EMPTY_SET else split_set(cell)
+            labels[row] = 0
+            labels[row, class_indices(task, names, where)] = 1
+        else:
+            labels[row] = class_indices(task, [cell], where)[0]
+    return labels
+
+
+def encode_allowed(manifest: Manifest, task: TaskSpec) -> np.ndarray:
+    """Bool [N, C] allowed classes from ``<task>__allowed``; an empty cell allows every class."""
+    column = task.name + ALLOWED_SUFFIX
+    allowed = np.ones((len(manifest), task.num_classes), dtype=bool)
+    for row, cell in enumerate(manifest.columns[column]):
+        if not cell:
+            continue
+        where = manifest.where(row, column)
+        indices = class_indices(task, split_set(cell), where)
+        if not indices:
+            raise DataError(f"{where}: an allowed set must name at least one class")
+        allowed[row] = False
+        allowed[row, indices] = True
+    return allowed
+
+
+def image_files(manifest: Manifest) -> list[Path]:
+    """Image paths resolved against the manifest's folder; every file must exist."""
+    files = []
+    for row, cell in enumerate(manifest.columns[IMAGE_COLUMN]):
+        if not cell:
+            raise DataError(f"{manifest.where(row, IMAGE_COLUMN)}: no image path")
+        path = Path(cell).expanduser()
+        files.append(path if path.is_absolute() else manifest.root / path)
+    missing = [row for row, path in enumerate(files) if not path.is_file()]
+    if missing:
+        others = len(missing) - 1
+        more = f" (and {others} more row{'s' if others > 1 else ''})" if others else ""
+        row = missing[0]
+        raise DataError(f"{manifest.where(row, IMAGE_COLUMN)}: image file '{files[row]}' not found{more}")
+    return files
+
+
+# -- dataset and data module -----------------------------------------------------------------
+
+
+class ManifestDataset(Dataset):
+    """One manifest split: images read lazily and resized, labels encoded and checked up front.
+
+    Samples follow :mod:`mhc.data.labels`. Row order is kept, and ``paths`` holds each row's
+    ``image`` cell as written, so predictions can be joined back to the manifest.
+
+    Args:
+        manifest: the split's cells (:func:`read_manifest`).
+        tasks: the tasks to encode, usually inferred from the training manifest.
+        image_size: ``[height, width]`` every image is resized to.
+        labelled: ``False`` for prediction: task columns are optional, labels may be missing
+            on any task, and columns that are not tasks are ignored.
+    """
+
+    def __init__(
+        self, manifest: Manifest, tasks: Sequence[TaskSpec], image_size: Sequence[int] = (64, 64), labelled: bool = True
+    ) -> None:
+        check_columns(manifest, tasks, labelled)
+        self.source = manifest.source
+        self.tasks = list(tasks)
+        self.image_size = [int(s) for s in image_size]
+        self.labels = {t.name: encode_labels(manifest, t) for t in self.tasks}
+        self.allowed = {
+            t.name: encode_allowed(manifest, t) for t in self.tasks if t.name + ALLOWED_SUFFIX in manifest.columns
+        }
+        checked = self.tasks if labelled else [replace(t, masked=True) for t in self.tasks]
+        names = [row_name(i) for i in range(len(manifest))]
+        validate_labels(checked, self.labels, self.source, sample_names=names, allowed=self.allowed)
+        self.paths: list[str] = list(manifest.columns[IMAGE_COLUMN])
+        self.files = image_files(manifest)
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def load_image(self, index: int) -> Tensor:
+        """Float [3, H, W] in [0, 1] at ``image_size``; an unreadable file names its row."""
+        try:
+            return to_batch(self.files[index], self.image_size)[0]
+        except DataError as err:
+            raise DataError(f"{location(self.source, index, IMAGE_COLUMN)}: {err}") from None
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        targets, label_mask = encode_sample(self.tasks, self.labels, index)
+        sample: dict[str, Any] = {"image": self.load_image(index), "targets": targets, "label_mask": label_mask}
+        if self.allowed:
+            sample["allowed"] = {name: torch.from_numpy(mask[index]) for name, mask in self.allowed.items()}
+        return sample
+
+
+def _plain(value: Any) -> Any:
+    """Hydra passes ``DictConfig``/``ListConfig``; tasks must become plain, serialisable data."""
+    if isinstance(value, (DictConfig, ListConfig)):
+        return OmegaConf.to_container(value, resolve=True)
+    return value
+
+
+class ManifestDataModule(TaskDataModule):
+    """Train/val/test/predict splits from manifest files; tasks come from the training manifest.
+
+    Args:
+        train, val, test, predict: manifest paths (CSV, or Parquet with pyarrow). Only the
+            splits that are used need one; ``train`` is needed to infer tasks unless
+            :meth:`set_tasks` supplies them (e.g. from a checkpoint, for prediction).
+        tasks: task name -> :class:`~mhc.tasks.TaskSpec` fields declaring a column (kind,
+            classes, masked, parent, allowed_by_parent, ...); what is left out is inferred.
+        image_size: ``[height, width]`` images are resized to.
+        mean, std: per-channel normalisation the network applies.
+        **loader: :class:`TaskDataModule` options (``batch_size``, ``num_workers``, ...).
+
+    Example::
+
+        dm = ManifestDataModule("data/train.csv", val="data/val.csv", tasks={"flag": {"masked": True}})
+        dm.task_specs()   # [TaskSpec(name='shape', kind='multiclass', ...), ...]
+    """
+
+    def __init__(
+        self,
+        train: str | Path | None,
+        val: str | Path | None = None,
+        test: str | Path | None = None,
+        predict: str | Path | None = None,
+        tasks: Mapping[str, Mapping[str, Any]] | None = None,
+        image_size: Sequence[int] = (64, 64),
+        mean: Sequence[float] = (0.5, 0.5, 0.5),
+        std: Sequence[float] = (0.25, 0.25, 0.25),
+        **loader: Any,
+    ) -> None:
+        super().__init__(**loader)
+        self.files = {"train": train, "val": val, "test": test, "predict": predict}
+        self.declared: dict[str, dict[str, Any]] = dict(_plain(tasks) or {})
+        self.image_size = [int(s) for s in _plain(image_size)]
+        self.mean = [float(m) for m in _plain(mean)]
+        self.std = [float(s) for s in _plain(std)]
+        if len(self.image_size) != 2:
+            raise ConfigError(f"data.image_size must be [height, width], got {self.image_size}")
+        self.tasks: list[TaskSpec] | None = None
+
+    def manifest(self, split: str) -> Manifest:
+        """The manifest of ``split``; the training one is read once and kept."""
+        if split == "train":
+            return self.train_manifest
+        return read_manifest(self._path(split))
+
+    @cached_property
+    def train_manifest(self) -> Manifest:
+        """The training manifest, read once: tasks are inferred from it."""
+        return read_manifest(self._path("train"))
+
+    def _path(self, split: str) -> str | Path:
+        path = self.files.get(split)
+        if path is None:
+            raise DataError(f"no {split} manifest: set data.{split}=path/to/{split}.csv")
+        return path
+
+    def task_specs(self) -> list[TaskSpec]:
+        return infer_tasks(self.train_manifest, self.declared)
+
+    def setup(self, stage: str | None = None) -> None:
+        """Build the datasets of ``stage`` (a Lightning stage or a split name).
+
+        ``fit`` builds train, and val when it has a manifest; a split asked for by name
+        without a manifest is a :class:`DataError`.
+        """
+        if self.tasks is None:
+            self.tasks = self.task_specs()
+        stage = stage or "fit"
+        for split in STAGE_SPLITS.get(stage, (stage,)):
+            optional = stage == "fit" and split == "val"
+            if split in self.splits or (optional and self.files["val"] is None):
+                continue
+            self.splits[split] = ManifestDataset(
+                self.manifest(split), self.tasks, self.image_size, labelled=split != "predict"
+            )
+
+    def preprocess(self) -> dict[str, list]:
+        return {"image_size": list(self.image_size), "mean": list(self.mean), "std": list(self.std)}

@@ -1,0 +1,33 @@
+"""Every option of every config group composes with the train schema."""
+
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+from omegaconf import OmegaConf
+
+from mhc.cli.common import CONFIG_PATH
+
+GROUPS = ["data", "backbone", "optimizer", "scheduler", "trainer", "logger", "callbacks"]
+REQUIRED = {"data": {"manifest": ["data.train=x.csv"], "cifar100": ["data.root=x"], "celeba": ["data.root=x"]}}
+
+
+def options(group: str) -> list[str]:
+    return sorted(p.stem for p in (Path(CONFIG_PATH) / group).glob("*.yaml"))
+
+
+@pytest.mark.parametrize("group, option", [(g, o) for g in GROUPS for o in options(g)])
+def test_every_option_composes(group, option):
+    overrides = [f"{group}={option}", *REQUIRED.get(group, {}).get(option, [])]
+    with initialize_config_dir(config_dir=CONFIG_PATH, version_base="1.3"):
+        cfg = compose("train", overrides=[*overrides, "paths.output_dir=/tmp/x"])
+    OmegaConf.to_container(cfg, resolve=True)  # every interpolation resolves
+    if group == "data":
+        assert cfg.data._target_.startswith("mhc.data.")
+
+
+@pytest.mark.parametrize("name", ["train", "eval", "predict"])
+def test_entry_configs_compose(name):
+    with initialize_config_dir(config_dir=CONFIG_PATH, version_base="1.3"):
+        cfg = compose(name, overrides=["ckpt=x.ckpt", "paths.output_dir=/tmp/x"] if name != "train" else [])
+    assert cfg.task_name == name
