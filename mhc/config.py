@@ -8,10 +8,13 @@ their constructors check their own arguments.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any, Dict, List, Optional
 
 from hydra.core.config_store import ConfigStore
+from omegaconf import DictConfig
+
+from mhc.errors import ConfigError
 
 
 @dataclass
@@ -65,3 +68,11 @@ class TrainConfig:
 
 def register_configs() -> None:
     ConfigStore.instance().store(name="train_schema", node=TrainConfig)
+
+
+def check_top_level(cfg: DictConfig) -> None:
+    """Reject top-level keys the schema does not know (Hydra accepts ``+key=value`` regardless)."""
+    known = {f.name for f in fields(TrainConfig)}
+    unknown = sorted(set(cfg.keys()) - known - {"hydra"})
+    if unknown:
+        raise ConfigError(f"unknown config key(s) {unknown}; expected some of {sorted(known)}")

@@ -12,7 +12,7 @@ from omegaconf import DictConfig, OmegaConf
 from rich.console import Console
 from rich.table import Table
 
-from mhc.config import register_configs
+from mhc.config import check_top_level, register_configs
 from mhc.errors import ConfigError, MhcError
 from mhc.tasks import TASK_OPTION_NAMES, TaskSpec, resolve_tasks
 
@@ -28,6 +28,7 @@ def hydra_app(config_name: str) -> Callable[[Callable[[DictConfig], Any]], Calla
         @functools.wraps(fn)
         def guarded(cfg: DictConfig) -> Any:
             try:
+                check_top_level(cfg)
                 return fn(cfg)
             except MhcError as err:
                 console.print(f"[bold red]error:[/] {err}", highlight=False, soft_wrap=True)

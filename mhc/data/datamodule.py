@@ -13,11 +13,25 @@ from torch.utils.data import DataLoader, Dataset
 
 from mhc.data import generated
 from mhc.data.labels import ArrayDataset
+from mhc.errors import ConfigError
 from mhc.tasks import TaskSpec
 
 
+STAGE_SPLITS: dict[str, tuple[str, ...]] = {
+    "fit": ("train", "val"),
+    "validate": ("val",),
+    "test": ("test",),
+    "predict": ("predict",),
+}
+SPLITS = ("train", "val", "test", "predict")
+
+
 class TaskDataModule(pl.LightningDataModule):
-    """Common loader settings and split bookkeeping; subclasses build ``self.splits``."""
+    """Common loader settings and split bookkeeping; subclasses implement ``build_split``.
+
+    ``tasks`` stays ``None`` until :meth:`set_tasks` (the config's tasks, or a checkpoint's);
+    splits built before that use the data's own :meth:`task_specs`.
+    """
 
     def __init__(self, batch_size: int = 128, num_workers: int = 0, pin_memory: bool = False, eval_batch_size: int | None = None) -> None:
         super().__init__()
@@ -26,6 +40,7 @@ class TaskDataModule(pl.LightningDataModule):
         self.num_workers = num_workers
         self.pin_memory = pin_memory
         self.splits: dict[str, Dataset] = {}
+        self.tasks: list[TaskSpec] | None = None
 
     def task_specs(self) -> list[TaskSpec]:
         """The tasks this data provides, with their classes (before config overrides)."""
@@ -35,6 +50,30 @@ class TaskDataModule(pl.LightningDataModule):
         """The tasks after config overrides; datasets are (re)built against them."""
         self.tasks = tasks
         self.splits = {}
+
+    def active_tasks(self) -> list[TaskSpec]:
+        """The tasks datasets are built against: the configured ones, else the data's own."""
+        if self.tasks is None:
+            self.tasks = self.task_specs()
+        return self.tasks
+
+    def has_split(self, split: str) -> bool:
+        """Whether ``split`` has data; ``fit`` skips a missing val split instead of failing."""
+        return True
+
+    def build_split(self, split: str) -> Dataset:
+        """The dataset of ``train``, ``val``, ``test`` or ``predict``."""
+        raise NotImplementedError
+
+    def setup(self, stage: str | None = None) -> None:
+        """Build the splits a Lightning stage (or a split name) needs; built splits are kept."""
+        stage = stage or "fit"
+        for split in STAGE_SPLITS.get(stage, (stage,)):
+            if split not in SPLITS:
+                raise ConfigError(f"unknown stage or split '{stage}'; expected one of {sorted(STAGE_SPLITS)} or {list(SPLITS)}")
+            if split in self.splits or (stage == "fit" and split == "val" and not self.has_split("val")):
+                continue
+            self.splits[split] = self.build_split(split)
 
     def preprocess(self) -> dict[str, list]:
         """Input size and normalisation the network should carry (see ``mhc.model.Preprocess``)."""
@@ -84,7 +123,6 @@ class ScenesDataModule(TaskDataModule):
         self.sizes = {"train": num_train, "val": num_val, "test": num_test, "predict": num_test}
         self.missing_fraction = missing_fraction
         self.seed = seed
-        self.tasks = generated.scene_tasks()
 
     def task_specs(self) -> list[TaskSpec]:
         return generated.scene_tasks()
@@ -93,15 +131,9 @@ class ScenesDataModule(TaskDataModule):
         for split in ("train", "val", "test"):
             generated.load_or_generate(self.cache_dir, split, self.sizes[split], self.seed, self.missing_fraction)
 
-    def setup(self, stage: str | None = None) -> None:
-        wanted = {"fit": ["train", "val"], "validate": ["val"], "test": ["test"], "predict": ["predict"]}.get(
-            stage or "fit", [stage]
+    def build_split(self, split: str) -> Dataset:
+        source = "test" if split == "predict" else split
+        images, labels = generated.load_or_generate(
+            self.cache_dir, source, self.sizes[source], self.seed, self.missing_fraction
         )
-        for split in wanted:
-            if split in self.splits:
-                continue
-            source = "test" if split == "predict" else split
-            images, labels = generated.load_or_generate(
-                self.cache_dir, source, self.sizes[source], self.seed, self.missing_fraction
-            )
-            self.splits[split] = ArrayDataset(images, labels, self.tasks, source=f"scenes/{source}")
+        return ArrayDataset(images, labels, self.active_tasks(), source=f"scenes/{source}")

@@ -69,12 +69,6 @@ BOOLEAN_PAIRS: tuple[tuple[str, str], ...] = (
     ("neg", "pos"),
     ("off", "on"),
 )
-STAGE_SPLITS: dict[str, tuple[str, ...]] = {
-    "fit": ("train", "val"),
-    "validate": ("val",),
-    "test": ("test",),
-    "predict": ("predict",),
-}
 
 
 # -- reading ---------------------------------------------------------------------------------
@@ -425,7 +419,6 @@ class ManifestDataModule(TaskDataModule):
         self.std = [float(s) for s in _plain(std)]
         if len(self.image_size) != 2:
             raise ConfigError(f"data.image_size must be [height, width], got {self.image_size}")
-        self.tasks: list[TaskSpec] | None = None
 
     def manifest(self, split: str) -> Manifest:
         """The manifest of ``split``; the training one is read once and kept."""
@@ -447,22 +440,12 @@ class ManifestDataModule(TaskDataModule):
     def task_specs(self) -> list[TaskSpec]:
         return infer_tasks(self.train_manifest, self.declared)
 
-    def setup(self, stage: str | None = None) -> None:
-        """Build the datasets of ``stage`` (a Lightning stage or a split name).
+    def has_split(self, split: str) -> bool:
+        return self.files.get(split) is not None
 
-        ``fit`` builds train, and val when it has a manifest; a split asked for by name
-        without a manifest is a :class:`DataError`.
-        """
-        if self.tasks is None:
-            self.tasks = self.task_specs()
-        stage = stage or "fit"
-        for split in STAGE_SPLITS.get(stage, (stage,)):
-            optional = stage == "fit" and split == "val"
-            if split in self.splits or (optional and self.files["val"] is None):
-                continue
-            self.splits[split] = ManifestDataset(
-                self.manifest(split), self.tasks, self.image_size, labelled=split != "predict"
-            )
+    def build_split(self, split: str) -> ManifestDataset:
+        """A split's dataset; asking for a split without a manifest is a :class:`DataError`."""
+        return ManifestDataset(self.manifest(split), self.active_tasks(), self.image_size, labelled=split != "predict")
 
     def preprocess(self) -> dict[str, list]:
         return {"image_size": list(self.image_size), "mean": list(self.mean), "std": list(self.std)}

@@ -49,13 +49,6 @@ CELEBA_ATTRIBUTES = [
 ]  # fmt: skip
 CELEBA_CLASSES = ["no", "yes"]
 CELEBA_SPLITS = {"train": 0, "val": 1, "test": 2}
-STAGE_SPLITS: dict[str, tuple[str, ...]] = {
-    "fit": ("train", "val"),
-    "validate": ("val",),
-    "test": ("test",),
-    "predict": ("predict",),
-}
-SPLITS = ("train", "val", "test", "predict")
 
 
 def require_file(path: Path, dataset: str, holder: str) -> Path:
@@ -81,39 +74,20 @@ def parent_allowed(tasks: Sequence[TaskSpec], labels: Mapping[str, np.ndarray]) 
 
 
 class SplitDataModule(TaskDataModule):
-    """A data module over a local ``root`` whose splits are built on demand by ``build_split``.
-
-    ``predict`` serves the test split. ``tasks`` is ``None`` until :meth:`set_tasks`; splits
-    built before that use the data's own tasks.
-    """
+    """A data module over a local ``root``; ``predict`` serves the test split."""
 
     def __init__(self, root: str, **loader: Any) -> None:
         super().__init__(**loader)
         self.root = Path(root).expanduser()
-        self.tasks: list[TaskSpec] | None = None
-
-    def active_tasks(self) -> list[TaskSpec]:
-        """The tasks datasets are built against: the configured ones, else the data's own."""
-        if self.tasks is None:
-            self.tasks = self.task_specs()
-        return self.tasks
-
-    def setup(self, stage: str | None = None) -> None:
-        """Build the splits a Lightning stage (or a split name) needs; built splits are kept."""
-        wanted = STAGE_SPLITS.get(stage or "fit", (stage,))
-        for split in wanted:
-            if split not in SPLITS:
-                raise ConfigError(
-                    f"unknown stage or split '{stage}'; expected one of {sorted(STAGE_SPLITS)} or {list(SPLITS)}"
-                )
-            if split in self.splits:
-                continue
-            source = "test" if split == "predict" else split
-            if source not in self.splits:
-                self.splits[source] = self.build_split(source)
-            self.splits[split] = self.splits[source]
 
     def build_split(self, split: str) -> Dataset:
+        if split == "predict":  # shares the test dataset
+            if "test" not in self.splits:
+                self.splits["test"] = self.build_source_split("test")
+            return self.splits["test"]
+        return self.build_source_split(split)
+
+    def build_source_split(self, split: str) -> Dataset:
         """The dataset of ``train``, ``val`` or ``test``."""
         raise NotImplementedError
 
@@ -304,7 +278,7 @@ class Cifar100DataModule(SplitDataModule):
         for name in (CIFAR100.meta["filename"], CIFAR100.train_list[0][0], CIFAR100.test_list[0][0]):
             self.path(name)
 
-    def build_split(self, split: str) -> Dataset:
+    def build_source_split(self, split: str) -> Dataset:
         source = self.file("test" if split == "test" else "train")
         rows = np.arange(len(source.images))
         if split != "test":
@@ -497,7 +471,7 @@ class CelebADataModule(SplitDataModule):
         for name in ("list_attr_celeba.txt", "list_eval_partition.txt", "img_align_celeba"):
             self.path(name)
 
-    def build_split(self, split: str) -> Dataset:
+    def build_source_split(self, split: str) -> Dataset:
         table = self.table()
         rows = np.flatnonzero(self.split_codes() == CELEBA_SPLITS[split])
         folder = self.path("img_align_celeba")

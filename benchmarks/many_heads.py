@@ -1,0 +1,74 @@
+"""Cost of many heads: a training step with 40 binary heads against one with a single head.
+
+Both models share the default compact CNN backbone; steps alternate between the two in one
+process, and the table reports medians over repeats and their ratio.
+
+    python benchmarks/many_heads.py [--repeats 15] [--batch-size 128]
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import torch
+
+from mhc.losses import task_loss
+from mhc.metrics import HeadMetrics
+from mhc.model import MultiHeadNet
+from mhc.tasks import TaskSpec
+
+BACKBONE = {"name": "cnn", "widths": [32, 64, 128, 128], "stem_stride": 2}
+
+
+def make_step(num_heads: int, batch_size: int, with_metrics: bool):
+    tasks = [TaskSpec(f"attr{i}", "binary", ["no", "yes"], masked=True) for i in range(num_heads)]
+    net = MultiHeadNet(BACKBONE, tasks)
+    optimizer = torch.optim.AdamW(net.parameters(), lr=1e-3)
+    metrics = HeadMetrics({t.name: t for t in tasks})
+    images = torch.rand(batch_size, 3, 64, 64)
+    targets = {t.name: (torch.rand(batch_size) < 0.5).float() for t in tasks}
+    masks = {t.name: torch.rand(batch_size) < 0.9 for t in tasks}
+
+    def step() -> None:
+        logits = net(images)
+        loss = sum(task_loss(t, logits[t.name], targets[t.name], masks[t.name]) for t in tasks)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        if with_metrics:
+            metrics.update(net.probabilities({k: v.detach() for k, v in logits.items()}), targets, masks)
+
+    return step
+
+
+def timed(step) -> float:
+    start = time.perf_counter()
+    step()
+    return time.perf_counter() - start
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--repeats", type=int, default=15)
+    parser.add_argument("--batch-size", type=int, default=128)
+    args = parser.parse_args()
+    torch.manual_seed(0)
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, batch {args.batch_size}, 64x64, compact CNN")
+    print(f"{'step':<28}{'1 head (ms)':>12}{'40 heads (ms)':>15}{'ratio':>8}")
+    for with_metrics in (False, True):
+        one, forty = make_step(1, args.batch_size, with_metrics), make_step(40, args.batch_size, with_metrics)
+        for _ in range(3):  # warm-up
+            one(), forty()
+        t_one, t_forty = [], []
+        for _ in range(args.repeats):  # alternate so drift affects both sides alike
+            t_one.append(timed(one))
+            t_forty.append(timed(forty))
+        m_one, m_forty = statistics.median(t_one), statistics.median(t_forty)
+        label = "train step + metrics" if with_metrics else "train step"
+        print(f"{label:<28}{m_one * 1e3:>12.1f}{m_forty * 1e3:>15.1f}{m_forty / m_one:>8.3f}")
+
+
+if __name__ == "__main__":
+    main()
