@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import os
 import sys
 from pathlib import Path
 from typing import Any, Callable
@@ -75,9 +76,25 @@ def build_callbacks(cfg: DictConfig) -> list[Any]:
 def build_loggers(cfg: DictConfig) -> list[Any]:
     loggers = []
     for name, node in (cfg.get("logger") or {}).items():
-        if node:
-            loggers.append(instantiate(node, f"logger.{name}"))
+        if not node:
+            continue
+        if str(node.get("_target_", "")).endswith("WandbLogger") and not node.get("offline", False) and not wandb_has_key():
+            console.print("[yellow]warning:[/] wandb has no API key; logging offline (sync later with `wandb sync`)")
+            node = OmegaConf.merge(node, {"offline": True})
+        loggers.append(instantiate(node, f"logger.{name}"))
     return loggers
+
+
+def wandb_has_key() -> bool:
+    """Whether wandb could log online: an API key in the environment or in ~/.netrc."""
+    if os.environ.get("WANDB_API_KEY") or os.environ.get("WANDB_MODE") in ("offline", "disabled"):
+        return True
+    import netrc
+
+    try:
+        return netrc.netrc().authenticators("api.wandb.ai") is not None
+    except (FileNotFoundError, netrc.NetrcParseError):
+        return False
 
 
 def results_table(results: dict[str, dict[str, float]], title: str) -> Table:

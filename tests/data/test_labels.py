@@ -1,0 +1,34 @@
+import numpy as np
+import pytest
+
+from mhc.data.labels import ArrayDataset, validate_labels
+from mhc.errors import DataError
+from mhc.tasks import TaskSpec
+
+SHAPE = TaskSpec("shape", "multiclass", ["a", "b", "c"])
+MARKS = TaskSpec("marks", "multilabel", ["x", "y"], masked=True)
+
+
+def test_unmasked_missing_label_names_task_and_sample():
+    labels = {"shape": np.array([0, 2, -1, 1])}
+    with pytest.raises(DataError, match=r"train.csv: row 3 has no label for unmasked task 'shape'"):
+        validate_labels([SHAPE], labels, "train.csv", sample_names=["row 1", "row 2", "row 3", "row 4"])
+
+
+def test_label_outside_classes_is_caught_before_the_loss():
+    with pytest.raises(DataError, match=r"sample 1 has label 3 for task 'shape'; expected a class index in \[0, 3\)"):
+        validate_labels([SHAPE], {"shape": np.array([0, 3])}, "data")
+
+
+def test_allowed_set_must_contain_own_label():
+    allowed = np.array([[True, False, False], [False, True, True]])
+    with pytest.raises(DataError, match="sample 1 has label 'a' for task 'shape' but its allowed set excludes it"):
+        validate_labels([SHAPE], {"shape": np.array([0, 0])}, "data", allowed={"shape": allowed})
+
+
+def test_masked_multilabel_rows_and_sample_encoding():
+    labels = {"shape": np.array([1, 2]), "marks": np.array([[1, 0], [-1, -1]])}
+    dataset = ArrayDataset(np.zeros((2, 4, 4, 3), np.uint8), labels, [SHAPE, MARKS])
+    first, second = dataset[0], dataset[1]
+    assert first["targets"]["marks"].tolist() == [1.0, 0.0] and bool(first["label_mask"]["marks"])
+    assert not bool(second["label_mask"]["marks"]) and second["targets"]["shape"].item() == 2
