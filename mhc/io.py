@@ -30,15 +30,29 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
     try:
         checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
-        first = str(err).strip().splitlines()[0]
-        raise CheckpointError(
-            f"checkpoint '{path}' was refused: it holds pickled objects that safe loading does not run ({first[:200]})"
-        ) from None
-    except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError) as err:
+        detail = unpickler_detail(str(err))
+        if "global" in detail.lower():
+            raise CheckpointError(
+                f"checkpoint '{path}' was refused: it holds pickled objects that safe loading does not run ({detail})"
+            ) from None
+        raise CheckpointError(f"checkpoint '{path}' is truncated or not a checkpoint ({detail})") from None
+    except (RuntimeError, EOFError, OSError, zipfile.BadZipFile, ValueError) as err:
         raise CheckpointError(f"checkpoint '{path}' is truncated or not a checkpoint ({str(err).splitlines()[0][:200]})") from None
     if not isinstance(checkpoint, dict) or "mhc" not in checkpoint or "state_dict" not in checkpoint:
         raise CheckpointError(f"checkpoint '{path}' is not an mhc checkpoint (no model description inside)")
     return checkpoint
+
+
+def unpickler_detail(message: str) -> str:
+    """The informative line of torch's weights-only error (the refused global, or the fault)."""
+    lines = [line.strip() for line in message.splitlines() if line.strip()]
+    for i, line in enumerate(lines):
+        if "global" in line.lower():
+            return line[:200]
+        if line.startswith("WeightsUnpickler error"):
+            rest = line.split(":", 1)[1].strip() or (lines[i + 1] if i + 1 < len(lines) else "")
+            return rest[:200]
+    return lines[0][:200] if lines else "unreadable"
 
 
 def net_state(checkpoint: dict[str, Any]) -> dict[str, torch.Tensor]:

@@ -8,8 +8,11 @@ from omegaconf import OmegaConf
 
 from mhc.cli.common import CONFIG_PATH
 
-GROUPS = ["data", "backbone", "optimizer", "scheduler", "trainer", "logger", "callbacks"]
-REQUIRED = {"data": {"manifest": ["data.train=x.csv"], "cifar100": ["data.root=x"], "celeba": ["data.root=x"]}}
+GROUPS = ["data", "backbone", "optimizer", "scheduler", "trainer", "logger", "callbacks", "experiment"]
+REQUIRED = {
+    "data": {"manifest": ["data.train=x.csv"], "cifar100": ["data.root=x"], "celeba": ["data.root=x"]},
+    "experiment": {"cifar100_resnet18": ["data.root=x"], "celeba_resnet18": ["data.root=x"]},
+}
 
 
 def options(group: str) -> list[str]:
@@ -31,3 +34,11 @@ def test_entry_configs_compose(name):
     with initialize_config_dir(config_dir=CONFIG_PATH, version_base="1.3"):
         cfg = compose(name, overrides=["ckpt=x.ckpt", "paths.output_dir=/tmp/x"] if name != "train" else [])
     assert cfg.task_name == name
+
+
+def test_experiment_selects_data_tasks_and_overrides():
+    with initialize_config_dir(config_dir=CONFIG_PATH, version_base="1.3"):
+        cfg = compose("train", overrides=["experiment=cifar100_resnet18", "data.root=x", "paths.output_dir=/tmp/x"])
+    assert cfg.data._target_ == "mhc.data.Cifar100DataModule"
+    assert set(cfg.tasks) == {"coarse", "fine"} and cfg.tasks.fine.label_smoothing == 0.1
+    assert cfg.backbone.name == "resnet18" and cfg.optimizer._target_ == "torch.optim.SGD"

@@ -57,6 +57,18 @@ def build_datamodule(cfg: DictConfig):
     return instantiate(cfg.data, "data")
 
 
+def checkpoint_with_data(cfg: DictConfig) -> tuple[Any, Any, Any]:
+    """The module of ``cfg.ckpt``, the configured data serving the checkpoint's tasks, and a
+    Trainer for evaluation or prediction (no logger, no checkpoints)."""
+    from mhc.training import MultiHeadModule
+
+    module = MultiHeadModule.from_checkpoint(cfg.ckpt)
+    datamodule = build_datamodule(cfg)
+    datamodule.set_tasks(list(module.tasks.values()))
+    trainer = instantiate(cfg.trainer, "trainer", logger=False, enable_checkpointing=False, callbacks=[])
+    return module, datamodule, trainer
+
+
 def config_tasks(cfg: DictConfig, provided: list[TaskSpec]) -> list[TaskSpec]:
     """The data's tasks with ``head`` defaults and ``tasks.<name>`` options applied."""
     head = OmegaConf.to_container(cfg.head, resolve=True)

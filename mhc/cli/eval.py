@@ -12,12 +12,10 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import pytorch_lightning as pl
 from omegaconf import DictConfig
 
-from mhc.cli.common import build_datamodule, console, hydra_app, instantiate, results_table
+from mhc.cli.common import checkpoint_with_data, console, hydra_app, results_table
 from mhc.errors import ConfigError
-from mhc.training import MultiHeadModule
 
 SPLITS = ("val", "test")
 
@@ -25,10 +23,7 @@ SPLITS = ("val", "test")
 def evaluate(cfg: DictConfig) -> dict[str, dict[str, float]]:
     if cfg.split not in SPLITS:
         raise ConfigError(f"split: expected one of {list(SPLITS)}, got '{cfg.split}'")
-    module = MultiHeadModule.from_checkpoint(cfg.ckpt)
-    datamodule = build_datamodule(cfg)
-    datamodule.set_tasks(list(module.tasks.values()))
-    trainer: pl.Trainer = instantiate(cfg.trainer, "trainer", logger=False, enable_checkpointing=False)
+    module, datamodule, trainer = checkpoint_with_data(cfg)
     run = trainer.test if cfg.split == "test" else trainer.validate
     run(module, datamodule=datamodule, verbose=False)
     results = module.last_results.get(cfg.split, {})

@@ -12,13 +12,11 @@ import os
 from pathlib import Path
 
 import pandas as pd
-import pytorch_lightning as pl
 import torch
 from omegaconf import DictConfig
 
-from mhc.cli.common import build_datamodule, console, hydra_app, instantiate
+from mhc.cli.common import checkpoint_with_data, console, hydra_app
 from mhc.model.net import decode_predictions
-from mhc.training import MultiHeadModule
 
 
 def predictions_table(paths: list[str], predictions: dict) -> pd.DataFrame:
@@ -31,10 +29,7 @@ def predictions_table(paths: list[str], predictions: dict) -> pd.DataFrame:
 
 
 def predict(cfg: DictConfig) -> Path:
-    module = MultiHeadModule.from_checkpoint(cfg.ckpt)
-    datamodule = build_datamodule(cfg)
-    datamodule.set_tasks(list(module.tasks.values()))
-    trainer: pl.Trainer = instantiate(cfg.trainer, "trainer", logger=False, enable_checkpointing=False, callbacks=[])
+    module, datamodule, trainer = checkpoint_with_data(cfg)
     batches = trainer.predict(module, datamodule=datamodule)
     probs = {name: torch.cat([b[name] for b in batches]).cpu() for name in module.tasks}
     table = predictions_table(datamodule.splits["predict"].paths, decode_predictions(module.tasks.values(), probs))

@@ -16,7 +16,6 @@ from mhc.data.labels import ArrayDataset
 from mhc.errors import ConfigError
 from mhc.tasks import TaskSpec
 
-
 STAGE_SPLITS: dict[str, tuple[str, ...]] = {
     "fit": ("train", "val"),
     "validate": ("val",),

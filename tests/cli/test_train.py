@@ -6,8 +6,8 @@ import torch
 
 import mhc
 from mhc.cli.train import train
-from mhc.errors import ConfigError
 from mhc.data.generated import scene_tasks
+from mhc.errors import ConfigError
 
 
 def test_short_run_writes_checkpoints_and_metrics(make_cfg, tmp_path):

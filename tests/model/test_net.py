@@ -1,8 +1,8 @@
 import pytest
 import torch
 
-from mhc.model import MultiHeadNet, create_backbone, list_backbones
 from mhc.errors import ConfigError
+from mhc.model import MultiHeadNet, create_backbone, list_backbones
 
 
 def test_forward_returns_logits_per_task(tiny_net, tasks):

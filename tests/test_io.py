@@ -1,0 +1,81 @@
+import os
+
+import pytest
+import torch
+
+import mhc
+from mhc.errors import CheckpointError
+from mhc.io import read_checkpoint, save_export
+
+
+def write_checkpoint(net, path):
+    torch.save({"mhc": {"format": 1, "net": net.config()},
+                "state_dict": {f"net.{k}": v for k, v in net.state_dict().items()}}, path)
+    return path
+
+
+class Exploit:
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+def test_checkpoint_round_trip(tiny_net, tmp_path):
+    model = mhc.load(write_checkpoint(tiny_net, tmp_path / "m.ckpt"))
+    x = torch.rand(2, 3, 64, 64)
+    assert not model.training
+    assert all(torch.equal(model(x)[k], tiny_net(x)[k]) for k in tiny_net.tasks)
+
+
+def test_export_round_trip(tiny_net, tmp_path):
+    folder = save_export(tiny_net, tmp_path / "export")
+    model = mhc.load(folder)
+    x = torch.rand(2, 3, 64, 64)
+    assert all(torch.equal(model(x)[k], tiny_net(x)[k]) for k in tiny_net.tasks)
+    assert model.tasks == tiny_net.tasks
+
+
+def test_pickled_code_is_refused_and_never_runs(tiny_net, tmp_path):
+    marker = tmp_path / "pwned"
+    path = tmp_path / "evil.ckpt"
+    torch.save({"mhc": {"net": tiny_net.config()}, "state_dict": {}, "payload": Exploit(marker)}, path)
+    with pytest.raises(CheckpointError, match="was refused: it holds pickled objects"):
+        mhc.load(path)
+    assert not marker.exists()
+
+
+@pytest.mark.parametrize("damage", ["truncate", "garbage"])
+def test_damaged_checkpoint_is_one_clear_error(tiny_net, tmp_path, damage):
+    path = write_checkpoint(tiny_net, tmp_path / "m.ckpt")
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2] if damage == "truncate" else b"not a checkpoint at all" * 10)
+    with pytest.raises(CheckpointError, match="is truncated or not a checkpoint"):
+        read_checkpoint(path)
+
+
+def test_truncated_safetensors_is_one_clear_error(tiny_net, tmp_path):
+    folder = save_export(tiny_net, tmp_path / "export")
+    weights = folder / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:100])
+    with pytest.raises(CheckpointError, match="is corrupt"):
+        mhc.load(folder)
+
+
+def test_weights_that_do_not_fit_are_named(tiny_net, tmp_path):
+    path = write_checkpoint(tiny_net, tmp_path / "m.ckpt")
+    checkpoint = torch.load(path, weights_only=True)
+    checkpoint["state_dict"]["net.heads.coarse.layers.1.weight"] = torch.zeros(7, 16)
+    torch.save(checkpoint, path)
+    with pytest.raises(CheckpointError, match="do not fit the described model.*heads.coarse"):
+        mhc.load(path)
+
+
+def test_not_an_mhc_checkpoint(tmp_path):
+    path = tmp_path / "plain.pt"
+    torch.save({"weights": torch.zeros(2)}, path)
+    with pytest.raises(CheckpointError, match="is not an mhc checkpoint"):
+        mhc.load(path)
+    with pytest.raises(CheckpointError, match="not found"):
+        mhc.load(tmp_path / "missing.ckpt")
