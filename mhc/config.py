@@ -45,12 +45,24 @@ class HeadDefaults:
 
 
 @dataclass
+class LossDefaults:
+    """The loss of every task of each kind, unless a task sets its own."""
+
+    multiclass: str = "ce"
+    binary: str = "bce"
+    multilabel: str = "bce"
+    label_smoothing: float = 0.0
+    focal_gamma: float = 2.0
+
+
+@dataclass
 class TrainConfig:
     task_name: str = "train"
     seed: int = 0
     data: Any = None
     tasks: Dict[str, TaskOptions] = field(default_factory=dict)
     head: HeadDefaults = field(default_factory=HeadDefaults)
+    loss: LossDefaults = field(default_factory=LossDefaults)
     backbone: Dict[str, Any] = field(default_factory=dict)
     optimizer: Any = None
     scheduler: Any = None

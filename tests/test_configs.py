@@ -8,7 +8,7 @@ from omegaconf import OmegaConf
 
 from mhc.cli.common import CONFIG_PATH
 
-GROUPS = ["data", "backbone", "optimizer", "scheduler", "trainer", "logger", "callbacks", "experiment"]
+GROUPS = ["data", "backbone", "head", "loss", "optimizer", "scheduler", "trainer", "logger", "callbacks", "experiment"]
 REQUIRED = {
     "data": {"manifest": ["data.train=x.csv"], "cifar100": ["data.root=x"], "celeba": ["data.root=x"]},
     "experiment": {"cifar100_resnet18": ["data.root=x"], "celeba_resnet18": ["data.root=x"]},

@@ -15,7 +15,7 @@ from rich.table import Table
 
 from mhc.config import check_top_level, register_configs
 from mhc.errors import ConfigError, MhcError
-from mhc.tasks import TASK_OPTION_NAMES, TaskSpec, resolve_tasks
+from mhc.tasks import TaskSpec, resolve_tasks
 
 CONFIG_PATH = str(Path(__file__).resolve().parents[2] / "conf")
 console = Console(stderr=True)
@@ -70,15 +70,24 @@ def checkpoint_with_data(cfg: DictConfig) -> tuple[Any, Any, Any]:
 
 
 def config_tasks(cfg: DictConfig, provided: list[TaskSpec]) -> list[TaskSpec]:
-    """The data's tasks with ``head`` defaults and ``tasks.<name>`` options applied."""
+    """The data's tasks with the ``head`` and ``loss`` defaults, then ``tasks.<name>`` options, applied."""
     head = OmegaConf.to_container(cfg.head, resolve=True)
+    loss = OmegaConf.to_container(cfg.loss, resolve=True)
     overrides = OmegaConf.to_container(cfg.tasks, resolve=True) if cfg.get("tasks") else {}
-    for name, options in overrides.items():
-        unknown = set(options) - TASK_OPTION_NAMES
-        if unknown:
-            raise ConfigError(f"tasks.{name}: unknown option(s) {sorted(unknown)}")
-    with_defaults = [TaskSpec.from_dict({**t.to_dict(), **head}) for t in provided]
+    with_defaults = [
+        fill_defaults(t, {**head, "loss": loss[t.kind], "label_smoothing": loss["label_smoothing"],
+                          "focal_gamma": loss["focal_gamma"]})
+        for t in provided
+    ]
     return resolve_tasks(with_defaults, overrides)
+
+
+def fill_defaults(task: TaskSpec, defaults: dict[str, Any]) -> TaskSpec:
+    """``task`` with ``defaults`` for the options it leaves at their built-in values, so that
+    what the data declares for a task (e.g. a manifest's ``data.tasks``) wins over defaults."""
+    pristine = TaskSpec(task.name, task.kind, task.classes)
+    fill = {k: v for k, v in defaults.items() if getattr(task, k) == getattr(pristine, k)}
+    return TaskSpec.from_dict({**task.to_dict(), **fill})
 
 
 def build_callbacks(cfg: DictConfig) -> list[Any]:

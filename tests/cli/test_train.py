@@ -47,10 +47,12 @@ def test_resume_continues_from_last_checkpoint(make_cfg, tmp_path):
 
 
 def test_task_override_reaches_the_model(make_cfg, tmp_path):
-    train(make_cfg("test=false", "tasks.shape.loss=focal", "tasks.color.hidden=[16]", "head.dropout=0.1"))
+    train(make_cfg("test=false", "tasks.shape.loss=focal", "tasks.color.hidden=[16]", "head.dropout=0.1",
+                   "loss=smoothed"))
     model = mhc.load(tmp_path / "checkpoints" / "last.ckpt")
     assert model.tasks["shape"].loss == "focal" and model.tasks["shape"].dropout == 0.1
-    assert model.tasks["color"].hidden == [16]
+    assert model.tasks["color"].hidden == [16] and model.tasks["size"].hidden == []
+    assert model.tasks["size"].label_smoothing == 0.1 and model.tasks["marks"].loss == "bce"
 
 
 def test_unknown_task_option_is_a_config_error(make_cfg):
