@@ -15,7 +15,7 @@ from typing import Any
 
 import torch
 
-from mhc.errors import CheckpointError
+from mhc.errors import CheckpointError, MhcError
 from mhc.model.net import MultiHeadNet
 
 EXPORT_WEIGHTS = "model.safetensors"
@@ -81,12 +81,17 @@ def load(path: str | Path, map_location: str | torch.device = "cpu") -> MultiHea
         net = _load_export(path)
     else:
         checkpoint = read_checkpoint(path)
-        try:
-            net = MultiHeadNet.from_config(checkpoint["mhc"]["net"])
-        except (KeyError, TypeError) as err:
-            raise CheckpointError(f"checkpoint '{path}' has an invalid model description ({err})") from None
+        net = net_from_description(checkpoint["mhc"].get("net"), path)
         load_weights(net, net_state(checkpoint), path)
     return net.to(map_location).eval()
+
+
+def net_from_description(description: Any, source: str | Path) -> MultiHeadNet:
+    """Rebuild the network from its plain-data description, through our own registries."""
+    try:
+        return MultiHeadNet.from_config(description)
+    except (KeyError, TypeError, AttributeError, MhcError) as err:
+        raise CheckpointError(f"'{source}' has an invalid model description ({err})") from None
 
 
 def _load_export(folder: Path) -> MultiHeadNet:
@@ -102,7 +107,7 @@ def _load_export(folder: Path) -> MultiHeadNet:
         state = load_file(str(weights))
     except (json.JSONDecodeError, SafetensorError, OSError) as err:
         raise CheckpointError(f"export folder '{folder}' is corrupt ({err})") from None
-    net = MultiHeadNet.from_config(description["net"])
+    net = net_from_description(description.get("net"), config)
     load_weights(net, state, weights)
     return net
 

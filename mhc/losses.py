@@ -15,14 +15,18 @@ from mhc.masks import apply_output_mask
 from mhc.tasks import TaskSpec
 
 
-def masked_mean(per_sample: Tensor, label_mask: Tensor | None, sample_weight: Tensor | None = None) -> Tensor:
-    """Weighted mean of ``per_sample`` [B] over the samples where ``label_mask`` [B] is true."""
-    weight = torch.ones_like(per_sample) if sample_weight is None else sample_weight.to(per_sample.dtype)
+def weighted_mean(weighted: Tensor, weight: Tensor, label_mask: Tensor | None = None) -> Tensor:
+    """``sum(weighted) / sum(weight)`` over the samples where ``label_mask`` [B] is true.
+
+    ``weighted`` [B] holds each sample's loss already multiplied by its weight [B]. With no
+    labelled sample (or zero total weight) the result is exactly 0 with zero gradient.
+    """
     if label_mask is not None:
-        weight = weight * label_mask.to(per_sample.dtype)
+        keep = label_mask.to(weighted.dtype)
+        weighted, weight = weighted * keep, weight * keep
     total = weight.sum()
     # where() rather than division by a clamped total keeps the empty case exactly 0 with 0 grad.
-    return torch.where(total > 0, (per_sample * weight).sum() / total.clamp(min=torch.finfo(total.dtype).tiny), total * 0)
+    return torch.where(total > 0, weighted.sum() / total.clamp(min=torch.finfo(total.dtype).tiny), total * 0)
 
 
 def multiclass_loss(
@@ -36,23 +40,20 @@ def multiclass_loss(
     target = target.long().clamp(min=0)
     log_probs = F.log_softmax(apply_output_mask(logits.float(), allowed), dim=-1)
     nll = -log_probs.gather(1, target.unsqueeze(1)).squeeze(1)
-    class_weights = None if task.class_weights is None else logits.new_tensor(task.class_weights)
-    sample_weight = None if class_weights is None else class_weights[target]
+    class_weights = None if task.class_weights is None else log_probs.new_tensor(task.class_weights)
+    sample_weight = torch.ones_like(nll) if class_weights is None else class_weights[target]
     if task.loss == "focal":
         p_true = torch.exp(-nll)
-        per_sample = (1.0 - p_true).pow(task.focal_gamma) * nll
+        weighted = sample_weight * (1.0 - p_true).pow(task.focal_gamma) * nll
     else:
-        per_sample = nll
-        if task.label_smoothing > 0:
+        weighted = sample_weight * nll
+        if task.label_smoothing > 0:  # torch's convention: smoothing term weighted per class
             allowed_f = torch.ones_like(log_probs) if allowed is None else allowed.to(log_probs.dtype)
             safe = torch.where(allowed_f > 0, log_probs, torch.zeros_like(log_probs))
-            if class_weights is not None:  # same convention as torch's weighted, smoothed cross-entropy
-                smooth = -(safe * class_weights * allowed_f).sum(-1) / allowed_f.sum(-1)
-                smooth = smooth / sample_weight.clamp(min=torch.finfo(smooth.dtype).tiny)
-            else:
-                smooth = -(safe * allowed_f).sum(-1) / allowed_f.sum(-1)
-            per_sample = (1.0 - task.label_smoothing) * nll + task.label_smoothing * smooth
-    return masked_mean(per_sample, label_mask, sample_weight)
+            per_class = safe if class_weights is None else safe * class_weights
+            smooth = -(per_class * allowed_f).sum(-1) / allowed_f.sum(-1)
+            weighted = (1.0 - task.label_smoothing) * weighted + task.label_smoothing * smooth
+    return weighted_mean(weighted, sample_weight, label_mask)
 
 
 def sigmoid_loss(task: TaskSpec, logits: Tensor, target: Tensor, label_mask: Tensor | None = None) -> Tensor:
@@ -65,7 +66,8 @@ def sigmoid_loss(task: TaskSpec, logits: Tensor, target: Tensor, label_mask: Ten
         p = torch.sigmoid(logits)
         p_true = p * target + (1 - p) * (1 - target)
         per_element = (1.0 - p_true).pow(task.focal_gamma) * per_element
-    return masked_mean(per_element.mean(dim=1), label_mask)
+    per_sample = per_element.mean(dim=1)
+    return weighted_mean(per_sample, torch.ones_like(per_sample), label_mask)
 
 
 def task_loss(

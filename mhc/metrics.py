@@ -21,7 +21,9 @@ from torchmetrics.classification import (
 
 from mhc.tasks import TaskSpec
 
-HIGHER_IS_BETTER = {"acc": True, "f1": True, "auroc": True}
+# Binned AUROC: fixed-size states that sum across processes (exact AUROC gathers every
+# prediction, and fails under DDP when one process saw no labelled sample of a task).
+AUROC_THRESHOLDS = 200
 
 
 def task_metrics(task: TaskSpec) -> MetricCollection:
@@ -30,10 +32,10 @@ def task_metrics(task: TaskSpec) -> MetricCollection:
         kw = {"task": "multiclass", "num_classes": task.num_classes}
         return MetricCollection({"acc": Accuracy(**kw), "f1": F1Score(average="macro", **kw)})
     if task.kind == "binary":
-        return MetricCollection({"acc": Accuracy(task="binary"), "f1": F1Score(task="binary"), "auroc": AUROC(task="binary")})
+        return MetricCollection({"acc": Accuracy(task="binary"), "f1": F1Score(task="binary"), "auroc": AUROC(task="binary", thresholds=AUROC_THRESHOLDS)})
     kw = {"task": "multilabel", "num_labels": task.num_classes}
     return MetricCollection(
-        {"acc": Accuracy(average="macro", **kw), "f1": F1Score(average="macro", **kw), "auroc": AUROC(average="macro", **kw)}
+        {"acc": Accuracy(average="macro", **kw), "f1": F1Score(average="macro", **kw), "auroc": AUROC(average="macro", thresholds=AUROC_THRESHOLDS, **kw)}
     )
 
 

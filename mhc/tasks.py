@@ -6,8 +6,11 @@ travels inside checkpoints and exports without pickling code.
 
 from __future__ import annotations
 
+import re
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any, Iterable, Literal, Mapping
+
+from torch import nn
 
 from mhc.errors import ConfigError
 
@@ -19,6 +22,9 @@ LOSSES_BY_KIND: dict[str, tuple[str, ...]] = {
     "multilabel": ("bce", "focal"),
 }
 DEFAULT_LOSS: dict[str, str] = {"multiclass": "ce", "binary": "bce", "multilabel": "bce"}
+TASK_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_-]*")
+# Task names key torch ModuleDicts, whose keys may not shadow module attributes.
+RESERVED_NAMES = frozenset(name for name in dir(nn.ModuleDict) if not name.startswith("_"))
 
 
 @dataclass
@@ -76,12 +82,13 @@ class TaskSpec:
         """Width of the head's output: one logit for binary, one per class otherwise."""
         return 1 if self.kind == "binary" else len(self.classes)
 
-    @property
-    def has_output_mask(self) -> bool:
-        return self.parent is not None
-
     def validate(self) -> None:
         where = f"task '{self.name}'"
+        if not TASK_NAME.fullmatch(self.name) or self.name in RESERVED_NAMES:
+            raise ConfigError(
+                f"{where}: a task name must be letters, digits, '_' or '-', and not the name of a "
+                f"torch.nn.ModuleDict attribute such as 'train', 'type' or 'keys'"
+            )
         if self.kind not in TASK_KINDS:
             raise ConfigError(f"{where}: kind must be one of {list(TASK_KINDS)}, got '{self.kind}'")
         if len(set(self.classes)) != len(self.classes):
@@ -139,9 +146,8 @@ def resolve_tasks(
 ) -> list[TaskSpec]:
     """Merge the tasks a data set provides with the user's per-task options.
 
-    ``overrides`` maps task name -> options (``loss``, ``weight``, ``hidden``, ...). A name the
-    data does not provide is an error unless the override declares it completely (kind and
-    classes), which is how a task whose labels come from a manifest column gets declared.
+    ``overrides`` maps task name -> options (``loss``, ``weight``, ``hidden``, ...); a name the
+    data does not provide is an error (declare manifest columns with ``data.tasks``).
     """
     tasks = {t.name: t for t in inferred}
     for name, options in (overrides or {}).items():
@@ -166,6 +172,8 @@ def check_task_graph(tasks: Iterable[TaskSpec]) -> None:
     for task in by_name.values():
         if task.parent is None:
             continue
+        if task.kind != "multiclass":
+            raise ConfigError(f"task '{task.name}': only multiclass tasks can have a parent (output mask); it is {task.kind}")
         parent = by_name.get(task.parent)
         if parent is None:
             raise ConfigError(f"task '{task.name}': parent task '{task.parent}' does not exist; tasks are {sorted(by_name)}")

@@ -71,3 +71,11 @@ def test_output_mask_in_loss_ignores_disallowed_logits(batch):
     bumped[~allowed] += 100.0  # disallowed logits must not matter
     assert torch.isfinite(base)
     assert torch.allclose(task_loss(task, bumped, target, allowed=allowed), base, atol=1e-5)
+
+
+def test_zero_class_weight_with_smoothing_stays_finite(batch):
+    logits, target, mask = batch
+    task = TaskSpec("t", "multiclass", list("abcd"), masked=True, label_smoothing=0.1, class_weights=[0.0, 1.0, 1.0, 1.0])
+    expected = F.cross_entropy(logits[mask], target[mask], label_smoothing=0.1, weight=torch.tensor([0.0, 1.0, 1.0, 1.0]))
+    value = task_loss(task, logits, target, mask)
+    assert torch.isfinite(value) and torch.allclose(value, expected, atol=1e-6)

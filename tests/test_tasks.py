@@ -47,3 +47,15 @@ def test_parent_must_exist_and_be_multiclass(tasks):
 
 def test_round_trip_plain_data(tasks):
     assert tasks_from_dicts(tasks_to_dicts(tasks)) == tasks
+
+
+@pytest.mark.parametrize("name", ["type", "a.b", "", "train", "x y"])
+def test_task_names_that_cannot_key_modules_are_rejected(name):
+    with pytest.raises(ConfigError, match="a task name must be"):
+        TaskSpec(name, "multiclass", ["a", "b"])
+
+
+def test_only_multiclass_children(tasks):
+    child = TaskSpec("child", "multilabel", ["p", "q"], parent="coarse")
+    with pytest.raises(ConfigError, match="only multiclass tasks can have a parent"):
+        resolve_tasks([*tasks, child])

@@ -53,7 +53,7 @@ def instantiate(node: Any, what: str, **kwargs: Any) -> Any:
         raise ConfigError(f"{what}: {' '.join(str(cause).split())}") from None
 
 
-def build_datamodule(cfg: DictConfig):
+def build_datamodule(cfg: DictConfig) -> Any:
     return instantiate(cfg.data, "data")
 
 
@@ -65,7 +65,12 @@ def checkpoint_with_data(cfg: DictConfig) -> tuple[Any, Any, Any]:
     module = MultiHeadModule.from_checkpoint(cfg.ckpt)
     datamodule = build_datamodule(cfg)
     datamodule.set_tasks(list(module.tasks.values()))
-    trainer = instantiate(cfg.trainer, "trainer", logger=False, enable_checkpointing=False, callbacks=[])
+    trained, served = list(module.net.preprocess.image_size), list(datamodule.preprocess()["image_size"])
+    if trained != served:
+        raise ConfigError(f"data.image_size is {served} but the checkpoint was trained at {trained}; set data.image_size={trained}")
+    # One process: a distributed sampler would pad the split with repeated samples.
+    trainer = instantiate(cfg.trainer, "trainer", logger=False, enable_checkpointing=False, callbacks=[],
+                          devices=1, num_nodes=1, strategy="auto")
     return module, datamodule, trainer
 
 
@@ -99,14 +104,14 @@ def build_loggers(cfg: DictConfig) -> list[Any]:
     for name, node in (cfg.get("logger") or {}).items():
         if not node:
             continue
-        if str(node.get("_target_", "")).endswith("WandbLogger") and not node.get("offline", False) and not wandb_has_key():
+        if str(node.get("_target_", "")).endswith("WandbLogger") and not node.get("offline", False) and not wandb_runs_without_fallback():
             console.print("[yellow]warning:[/] wandb has no API key; logging offline (sync later with `wandb sync`)")
             node = OmegaConf.merge(node, {"offline": True})
         loggers.append(instantiate(node, f"logger.{name}"))
     return loggers
 
 
-def wandb_has_key() -> bool:
+def wandb_runs_without_fallback() -> bool:
     """Whether wandb could log online: an API key in the environment or in ~/.netrc."""
     if os.environ.get("WANDB_API_KEY") or os.environ.get("WANDB_MODE") in ("offline", "disabled"):
         return True

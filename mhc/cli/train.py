@@ -27,6 +27,7 @@ from mhc.cli.common import (
     results_table,
 )
 from mhc.errors import ConfigError
+from mhc.io import read_checkpoint
 from mhc.tasks import tasks_to_dicts
 from mhc.training import MultiHeadModule
 from mhc.training.checkpoint_io import AtomicCheckpointIO
@@ -38,7 +39,10 @@ def resolve_resume(resume: str | None, output_root: Path) -> str | None:
         return None
     if resume == "auto":
         candidates = sorted(output_root.glob("*/checkpoints/last.ckpt"), key=lambda p: p.stat().st_mtime)
-        return str(candidates[-1]) if candidates else None
+        if not candidates:
+            console.print(f"[yellow]warning:[/] resume=auto found no last.ckpt under {output_root}; starting afresh")
+            return None
+        return str(candidates[-1])
     path = Path(resume)
     if path.is_dir():
         path = path / "checkpoints" / "last.ckpt"
@@ -64,21 +68,22 @@ def train(cfg: DictConfig) -> dict[str, float]:
     output_dir = Path(cfg.paths.output_dir)
     ckpt_path = resolve_resume(cfg.resume, output_dir.parent)
     if ckpt_path:
+        read_checkpoint(ckpt_path)  # one clear error for a missing, damaged or unsafe file
         console.print(f"resuming from {ckpt_path}")
     trainer: pl.Trainer = instantiate(
         cfg.trainer, "trainer", callbacks=build_callbacks(cfg), logger=build_loggers(cfg) or False,
         plugins=[AtomicCheckpointIO()],
     )
-    trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
+    trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
 
     best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
     tables = []
     if best:  # the epoch-end metrics belong to the last epoch; report the best checkpoint's
-        trainer.validate(module, datamodule=datamodule, ckpt_path=best, verbose=False)
+        trainer.validate(module, datamodule=datamodule, ckpt_path=best, verbose=False, weights_only=True)
     results = module.last_results.get("val", {})
     tables.append(("val", results))
     if cfg.test and best:
-        trainer.test(module, datamodule=datamodule, ckpt_path=best, verbose=False)
+        trainer.test(module, datamodule=datamodule, ckpt_path=best, verbose=False, weights_only=True)
         tables.append(("test", module.last_results.get("test", {})))
     if trainer.is_global_zero:
         for split, split_results in tables:

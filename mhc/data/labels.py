@@ -21,6 +21,7 @@ import torch
 from torch import Tensor
 
 from mhc.errors import DataError
+from mhc.masks import hierarchy_matrix
 from mhc.tasks import TaskSpec
 
 MISSING = -1
@@ -48,6 +49,7 @@ def validate_labels(
     def name(i: int) -> str:
         return sample_names[i] if sample_names is not None else f"sample {i}"
 
+    by_name = {t.name: t for t in tasks}
     for task in tasks:
         if task.name not in labels:
             raise DataError(f"{source}: no labels for task '{task.name}'")
@@ -69,6 +71,17 @@ def validate_labels(
         if bad.any():
             i = int(np.flatnonzero(bad)[0])
             raise DataError(f"{source}: {name(i)} has label {values[i].tolist()} for task '{task.name}'; expected {expected}")
+        parent = by_name.get(task.parent or "")
+        if parent is not None:
+            parent_values = labels[parent.name]
+            both = present & (parent_values != MISSING)
+            fits = hierarchy_matrix(task, parent).numpy()[parent_values.clip(min=0), values.clip(min=0)]
+            if (both & ~fits).any():
+                i = int(np.flatnonzero(both & ~fits)[0])
+                raise DataError(
+                    f"{source}: {name(i)} has label '{task.classes[values[i]]}' for task '{task.name}', which is not "
+                    f"allowed under {parent.name}='{parent.classes[parent_values[i]]}'"
+                )
         if allowed is not None and task.name in allowed and task.kind == "multiclass":
             own = allowed[task.name][np.arange(len(values)), values.clip(min=0)]
             excluded = present & ~own

@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Mapping, Sequence
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 
@@ -115,7 +116,11 @@ class MultiHeadNet(nn.Module):
                 mask = allowed.get(task.name)
                 if task.parent is not None:
                     derived = self.hierarchy(task.name)[probs[task.parent].argmax(-1)]
-                    mask = derived if mask is None else mask & derived
+                    if mask is None:
+                        mask = derived
+                    else:  # where the predicted parent contradicts the given set, the data wins
+                        both = mask & derived
+                        mask = torch.where(both.any(-1, keepdim=True), both, mask)
                 probs[task.name] = torch.softmax(apply_output_mask(out, mask), dim=-1)
             elif task.kind == "binary":
                 probs[task.name] = torch.sigmoid(out.squeeze(-1))
@@ -132,10 +137,15 @@ class MultiHeadNet(nn.Module):
         """
         was_training = self.training
         self.eval()
-        batch = to_batch(images, self.preprocess.image_size)
-        device = self.mean.device
-        chunks = [self.probabilities(self(part.to(device))) for part in batch.split(batch_size)]
-        self.train(was_training)
+        try:
+            batched = isinstance(images, (list, tuple)) or (isinstance(images, (np.ndarray, Tensor)) and images.ndim == 4)
+            items = images if batched else [images]
+            chunks = [
+                self.probabilities(self(to_batch(items[i : i + batch_size], self.preprocess.image_size).to(self.mean.device)))
+                for i in range(0, len(items), batch_size)
+            ]
+        finally:
+            self.train(was_training)
         probs = {name: torch.cat([c[name] for c in chunks]).cpu() for name in self.tasks}
         return decode_predictions(self.tasks.values(), probs, threshold)
 

@@ -16,7 +16,7 @@ import pytorch_lightning as pl
 import torch
 from torch import Tensor
 
-from mhc.io import load_weights, net_state, read_checkpoint
+from mhc.io import load
 from mhc.losses import task_loss
 from mhc.masks import batch_allowed
 from mhc.metrics import HeadMetrics, flatten_results
@@ -155,9 +155,9 @@ class MultiHeadModule(pl.LightningModule):
     @classmethod
     def from_checkpoint(cls, path: str, **kwargs: Any) -> "MultiHeadModule":
         """Rebuild the module from a checkpoint's plain-data description, loading safely."""
-        checkpoint = read_checkpoint(path)
-        module = cls(checkpoint["mhc"]["net"], **kwargs)
-        load_weights(module.net, net_state(checkpoint), path)
+        net = load(path)
+        module = cls(net.config(), **kwargs)
+        module.net.load_state_dict(net.state_dict())
         return module
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
@@ -173,8 +173,8 @@ class MultiHeadModule(pl.LightningModule):
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         # Restored here, before the train loader draws its seed (too late in on_train_start).
         rng = checkpoint.get("rng")
-        if not rng:
-            return
+        if not rng or self._trainer is None or self.trainer.state.fn != "fit":
+            return  # evaluating a checkpoint must not rewind the global RNG
         torch.set_rng_state(rng["torch"])
         name, keys, *rest = rng["numpy"]
         np.random.set_state((name, keys.numpy().astype(np.uint32), *rest))

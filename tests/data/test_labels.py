@@ -32,3 +32,12 @@ def test_masked_multilabel_rows_and_sample_encoding():
     first, second = dataset[0], dataset[1]
     assert first["targets"]["marks"].tolist() == [1.0, 0.0] and bool(first["label_mask"]["marks"])
     assert not bool(second["label_mask"]["marks"]) and second["targets"]["shape"].item() == 2
+
+
+def test_child_label_must_fit_under_parent_label():
+    coarse = TaskSpec("coarse", "multiclass", ["a", "b"])
+    fine = TaskSpec("fine", "multiclass", ["a1", "b1"], masked=True, parent="coarse",
+                    allowed_by_parent={"a": ["a1"], "b": ["b1"]})
+    labels = {"coarse": np.array([0, 1, 0]), "fine": np.array([0, -1, 1])}
+    with pytest.raises(DataError, match="sample 2 has label 'b1' for task 'fine', which is not allowed under coarse='a'"):
+        validate_labels([coarse, fine], labels, "data")

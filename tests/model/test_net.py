@@ -61,3 +61,17 @@ def test_local_backbone_weights(tmp_path):
     save_file(source.state_dict(), str(tmp_path / "w.safetensors"))
     loaded = create_backbone("cnn", widths=[8, 16], weights=str(tmp_path / "w.safetensors"))
     assert all(torch.equal(a, b) for a, b in zip(source.state_dict().values(), loaded.state_dict().values()))
+
+
+def test_predict_accepts_one_image_and_keeps_mode(tiny_net):
+    tiny_net.train()
+    out = tiny_net.predict(torch.randint(0, 256, (30, 20, 3), dtype=torch.uint8).numpy())
+    assert len(out["coarse"].labels) == 1 and tiny_net.training
+
+
+def test_given_set_wins_when_parent_prediction_contradicts_it(tiny_net):
+    logits = {name: torch.zeros(1, t.num_outputs) for name, t in tiny_net.tasks.items()}
+    logits["coarse"] = torch.tensor([[5.0, -5.0]])  # predicts "a", whose fine classes are a1, a2
+    given = torch.tensor([[False, False, True, True, False]])  # the data allows only b1, b2
+    probs = tiny_net.probabilities(logits, {"fine": given})["fine"]
+    assert (probs[~given] == 0).all() and torch.allclose(probs.sum(), torch.tensor(1.0))

@@ -1,8 +1,9 @@
 """Backbones by name: ``create_backbone("resnet18", small_input=True)``.
 
 A backbone is an ``nn.Module`` mapping images [B, 3, H, W] (normalised) to pooled features
-[B, num_features]. Transformer backbones may also offer ``forward_tokens`` (token features
-[B, L, D]) and attention maps; heads only rely on the pooled features.
+[B, num_features], with a ``num_features`` attribute. Heads rely only on the pooled
+features, so a backbone may expose more (token features [B, L, D], attention maps) through
+methods of its own.
 """
 
 from __future__ import annotations
@@ -63,7 +64,12 @@ def load_backbone_weights(backbone: nn.Module, path: str | Path) -> None:
             state = state.get("state_dict", state)
     except Exception as err:  # noqa: BLE001 - any reader failure means a bad file
         raise CheckpointError(f"backbone weights '{path}' could not be read ({type(err).__name__}: {err})") from None
-    result = backbone.load_state_dict(state, strict=False)
+    if not isinstance(state, dict):
+        raise CheckpointError(f"backbone weights '{path}' hold a {type(state).__name__}, expected a state dict")
+    try:
+        result = backbone.load_state_dict(state, strict=False)
+    except RuntimeError as err:
+        raise CheckpointError(f"backbone weights '{path}' do not fit this backbone ({' '.join(str(err).split())[:300]})") from None
     problems = []
     if result.missing_keys:
         problems.append(f"missing keys {result.missing_keys[:3]}")
