@@ -18,6 +18,7 @@ import torch
 from mhc.errors import CheckpointError, MhcError
 from mhc.model.net import MultiHeadNet
 
+CHECKPOINT_FORMAT = 1  # bump when the checkpoint's "mhc" description changes incompatibly
 EXPORT_WEIGHTS = "model.safetensors"
 EXPORT_CONFIG = "config.json"
 
@@ -40,6 +41,9 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
         raise CheckpointError(f"checkpoint '{path}' is truncated or not a checkpoint ({str(err).splitlines()[0][:200]})") from None
     if not isinstance(checkpoint, dict) or "mhc" not in checkpoint or "state_dict" not in checkpoint:
         raise CheckpointError(f"checkpoint '{path}' is not an mhc checkpoint (no model description inside)")
+    version = checkpoint["mhc"].get("format", CHECKPOINT_FORMAT)
+    if version != CHECKPOINT_FORMAT:
+        raise CheckpointError(f"checkpoint '{path}' has format {version}; this mhc reads format {CHECKPOINT_FORMAT}")
     return checkpoint
 
 

@@ -107,6 +107,14 @@ class TaskSpec:
             raise ConfigError(f"{where}: dropout must be in [0, 1), got {self.dropout}")
         if not 0.0 <= self.label_smoothing < 1.0:
             raise ConfigError(f"{where}: label_smoothing must be in [0, 1), got {self.label_smoothing}")
+        if self.class_weights is not None and self.kind != "multiclass":
+            raise ConfigError(f"{where}: class_weights apply to multiclass tasks; use pos_weight for a {self.kind} task")
+        if self.pos_weight is not None and self.kind == "multiclass":
+            raise ConfigError(f"{where}: pos_weight applies to binary and multilabel tasks; use class_weights")
+        if self.focal_gamma < 0:
+            raise ConfigError(f"{where}: focal_gamma must be >= 0, got {self.focal_gamma}")
+        if any(h <= 0 for h in self.hidden):
+            raise ConfigError(f"{where}: hidden layer widths must be positive, got {self.hidden}")
         if self.class_weights is not None and len(self.class_weights) != self.num_classes:
             raise ConfigError(
                 f"{where}: class_weights has {len(self.class_weights)} values, expected one per class ({self.num_classes})"

@@ -59,3 +59,26 @@ def test_only_multiclass_children(tasks):
     child = TaskSpec("child", "multilabel", ["p", "q"], parent="coarse")
     with pytest.raises(ConfigError, match="only multiclass tasks can have a parent"):
         resolve_tasks([*tasks, child])
+
+
+def test_schema_options_match_task_fields():
+    from dataclasses import fields
+
+    from mhc.config import TaskOptions
+    from mhc.tasks import TASK_OPTION_NAMES
+
+    assert {f.name for f in fields(TaskOptions)} == TASK_OPTION_NAMES
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"kind": "binary", "classes": ["no", "yes"], "class_weights": [1.0, 2.0]}, "class_weights apply to multiclass"),
+        ({"kind": "multiclass", "classes": ["a", "b"], "pos_weight": [2.0, 1.0]}, "pos_weight applies to binary"),
+        ({"kind": "multiclass", "classes": ["a", "b"], "focal_gamma": -1.0}, "focal_gamma must be >= 0"),
+        ({"kind": "multiclass", "classes": ["a", "b"], "hidden": [0]}, "widths must be positive"),
+    ],
+)
+def test_options_that_do_not_apply_are_rejected(kwargs, message):
+    with pytest.raises(ConfigError, match=message):
+        TaskSpec(name="t", **kwargs)

@@ -16,13 +16,12 @@ import pytorch_lightning as pl
 import torch
 from torch import Tensor
 
-from mhc.io import load
+from mhc.io import CHECKPOINT_FORMAT, load
 from mhc.losses import task_loss
 from mhc.masks import batch_allowed
 from mhc.metrics import HeadMetrics, flatten_results
 from mhc.model.net import MultiHeadNet
 
-CHECKPOINT_FORMAT = 1
 STAGES = ("train", "val", "test")
 OptimizerFactory = Callable[..., torch.optim.Optimizer]
 SchedulerFactory = Callable[..., Any]
@@ -91,10 +90,11 @@ class MultiHeadModule(pl.LightningModule):
         training = stage == "train"
         self.log(f"{stage}/loss", total, prog_bar=True, on_step=training, on_epoch=True, batch_size=batch_size,
                  sync_dist=not training)
-        self.log_dict(
-            {f"{stage}/{name}/loss": loss.detach() for name, loss in losses.items()},
-            on_step=False, on_epoch=True, batch_size=batch_size, sync_dist=not training,
-        )
+        for name, loss in losses.items():  # each task's epoch loss averages over its labelled samples
+            labelled = int(batch["label_mask"][name].sum())
+            if labelled:
+                self.log(f"{stage}/{name}/loss", loss.detach(), on_step=False, on_epoch=True, batch_size=labelled,
+                         sync_dist=not training)
         return total
 
     def training_step(self, batch: Mapping[str, Any], batch_idx: int) -> Tensor:
@@ -166,6 +166,7 @@ class MultiHeadModule(pl.LightningModule):
         np_state = np.random.get_state()
         checkpoint["rng"] = {
             "torch": torch.get_rng_state(),
+            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
             "numpy": [np_state[0], torch.from_numpy(np_state[1].astype(np.int64)), *np_state[2:]],
             "python": [random.getstate()[0], list(random.getstate()[1]), random.getstate()[2]],
         }
@@ -176,6 +177,8 @@ class MultiHeadModule(pl.LightningModule):
         if not rng or self._trainer is None or self.trainer.state.fn != "fit":
             return  # evaluating a checkpoint must not rewind the global RNG
         torch.set_rng_state(rng["torch"])
+        if rng.get("cuda") and torch.cuda.is_available() and len(rng["cuda"]) == torch.cuda.device_count():
+            torch.cuda.set_rng_state_all(rng["cuda"])
         name, keys, *rest = rng["numpy"]
         np.random.set_state((name, keys.numpy().astype(np.uint32), *rest))
         version, state, gauss = rng["python"]
