@@ -14,7 +14,10 @@ from pathlib import Path
 from typing import Any
 
 import pytorch_lightning as pl
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
+from pytorch_lightning.callbacks import ModelCheckpoint
 
 from mhc.cli.common import (
     build_callbacks,
@@ -38,6 +41,8 @@ def resolve_resume(resume: str | None, output_root: Path) -> str | None:
     if not resume:
         return None
     if resume == "auto":
+        if HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN:
+            raise ConfigError("resume=auto is ambiguous in a multirun (jobs share one sweep folder); give each job its checkpoint path")
         candidates = sorted(output_root.glob("*/checkpoints/last.ckpt"), key=lambda p: p.stat().st_mtime)
         if not candidates:
             console.print(f"[yellow]warning:[/] resume=auto found no last.ckpt under {output_root}; starting afresh")
@@ -70,9 +75,13 @@ def train(cfg: DictConfig) -> dict[str, float]:
     if ckpt_path:
         read_checkpoint(ckpt_path)  # one clear error for a missing, damaged or unsafe file
         console.print(f"resuming from {ckpt_path}")
+    callbacks = build_callbacks(cfg)
+    if ckpt_path:  # keep best/last with the run being continued, so "best" spans the whole run
+        for callback in callbacks:
+            if isinstance(callback, ModelCheckpoint):
+                callback.dirpath = str(Path(ckpt_path).parent)
     trainer: pl.Trainer = instantiate(
-        cfg.trainer, "trainer", callbacks=build_callbacks(cfg), logger=build_loggers(cfg) or False,
-        plugins=[AtomicCheckpointIO()],
+        cfg.trainer, "trainer", callbacks=callbacks, logger=build_loggers(cfg) or False, plugins=[AtomicCheckpointIO()]
     )
     trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
 

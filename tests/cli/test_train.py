@@ -38,12 +38,14 @@ def test_load_predict_round_trip(make_cfg, tmp_path):
 
 
 def test_resume_continues_from_last_checkpoint(make_cfg, tmp_path):
-    train(make_cfg("test=false"))
-    last = tmp_path / "checkpoints" / "last.ckpt"
+    first_run = tmp_path / "first"
+    train(make_cfg("test=false", f"paths.output_dir={first_run}"))
+    last = first_run / "checkpoints" / "last.ckpt"
     first = torch.load(last, weights_only=True)["global_step"]
     assert first > 0
-    train(make_cfg("test=false", "trainer.max_epochs=2", f"resume={tmp_path}"))
-    assert torch.load(last, weights_only=True)["global_step"] == 2 * first
+    train(make_cfg("test=false", "trainer.max_epochs=2", f"resume={first_run}", f"paths.output_dir={tmp_path / 'second'}"))
+    assert torch.load(last, weights_only=True)["global_step"] == 2 * first  # continued in the first run's folder
+    assert not (tmp_path / "second" / "checkpoints").exists()
 
 
 def test_task_override_reaches_the_model(make_cfg, tmp_path):
