@@ -11,7 +11,7 @@ from typing import Mapping
 
 import torch
 from torch import Tensor, nn
-from torchmetrics import MetricCollection
+from torchmetrics import MeanMetric, MetricCollection
 from torchmetrics.classification import (
     AUROC,
     Accuracy,
@@ -57,15 +57,28 @@ class HeadMetrics(nn.Module):
         self.tasks = dict(tasks)
         self.metrics = nn.ModuleDict({name: task_metrics(t) for name, t in self.tasks.items()})
         self.confusion = nn.ModuleDict({name: task_confusion(t) for name, t in self.tasks.items()}) if confusion else None
+        self.losses = nn.ModuleDict({name: MeanMetric() for name in self.tasks})
+        self.track_losses = False
         self.seen = dict.fromkeys(self.tasks, 0)
 
     @torch.no_grad()
-    def update(self, probs: Mapping[str, Tensor], targets: Mapping[str, Tensor], label_mask: Mapping[str, Tensor]) -> None:
+    def update(
+        self,
+        probs: Mapping[str, Tensor],
+        targets: Mapping[str, Tensor],
+        label_mask: Mapping[str, Tensor],
+        losses: Mapping[str, Tensor] | None = None,
+    ) -> None:
+        """Add a batch; ``losses`` (per-task batch means) are averaged over labelled samples."""
+        self.track_losses = self.track_losses or losses is not None
         for name in self.tasks:
             keep = label_mask[name].bool()
-            if not keep.any():
+            labelled = int(keep.sum())
+            if not labelled:
                 continue
-            self.seen[name] += int(keep.sum())
+            self.seen[name] += labelled
+            if losses is not None:
+                self.losses[name].update(losses[name].detach(), weight=labelled)
             p, y = probs[name][keep], targets[name][keep].long()
             self.metrics[name].update(p, y)
             if self.confusion is not None:
@@ -82,11 +95,13 @@ class HeadMetrics(nn.Module):
         synchronises) the same metrics; computing on one process alone would deadlock.
         """
         counts = self.labelled_counts() if labelled_counts is None else labelled_counts
-        return {
-            name: {k: float(v) for k, v in self.metrics[name].compute().items()}
-            for name, count in zip(self.tasks, counts.tolist())
-            if count > 0
-        }
+        results = {}
+        for name, count in zip(self.tasks, counts.tolist()):
+            if count > 0:
+                results[name] = {k: float(v) for k, v in self.metrics[name].compute().items()}
+                if self.track_losses:
+                    results[name]["loss"] = float(self.losses[name].compute())
+        return results
 
     def confusion_matrices(self, labelled_counts: Tensor | None = None) -> dict[str, Tensor]:
         """Per-task confusion matrices (synchronised like :meth:`compute`)."""
@@ -99,6 +114,9 @@ class HeadMetrics(nn.Module):
         self.seen = dict.fromkeys(self.tasks, 0)
         for collection in self.metrics.values():
             collection.reset()
+        for loss in self.losses.values():
+            loss.reset()
+        self.track_losses = False
         if self.confusion is not None:
             for matrix in self.confusion.values():
                 matrix.reset()

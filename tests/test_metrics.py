@@ -59,3 +59,13 @@ def test_flatten_adds_means_over_heads():
     assert flat["val/a/acc"] == 0.5
     assert flat["val/mean/acc"] == 0.75 and flat["val/mean/f1"] == pytest.approx(0.3)
     assert flat["val/mean/auroc"] == 0.9
+
+
+def test_task_loss_averages_over_labelled_samples_only():
+    metrics = HeadMetrics(TASKS)
+    probs, targets, masks = random_batch(10, 0)
+    masks = {name: torch.tensor([True] * 2 + [False] * 8) for name in TASKS}
+    metrics.update(probs, targets, masks, losses={name: torch.tensor(1.0) for name in TASKS})
+    masks = {name: torch.tensor([True] * 6 + [False] * 4) for name in TASKS}
+    metrics.update(probs, targets, masks, losses={name: torch.tensor(3.0) for name in TASKS})
+    assert metrics.compute()["multi"]["loss"] == pytest.approx((2 * 1.0 + 6 * 3.0) / 8)

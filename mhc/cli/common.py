@@ -125,7 +125,8 @@ def wandb_runs_without_fallback() -> bool:
 
 def results_table(results: dict[str, dict[str, float]], title: str) -> Table:
     """A rich table: one row per head, one column per metric, and a mean row."""
-    names = sorted({m for values in results.values() for m in values}, key=["acc", "f1", "auroc"].index)
+    order = ["acc", "f1", "auroc", "loss"]
+    names = sorted({m for values in results.values() for m in values}, key=lambda m: (order.index(m) if m in order else len(order), m))
     table = Table(title=title, title_justify="left")
     table.add_column("task")
     for name in names:

@@ -85,16 +85,11 @@ class MultiHeadModule(pl.LightningModule):
         losses = self.task_losses(logits, batch)
         total = self.combine(losses)
         probs = self.net.probabilities({k: v.detach() for k, v in logits.items()}, batch.get("allowed"))
-        self.stage_metrics(stage).update(probs, batch["targets"], batch["label_mask"])
-        batch_size = batch["image"].shape[0]
+        # Per-task losses are averaged over each task's labelled samples by the stage metrics.
+        self.stage_metrics(stage).update(probs, batch["targets"], batch["label_mask"], losses)
         training = stage == "train"
-        self.log(f"{stage}/loss", total, prog_bar=True, on_step=training, on_epoch=True, batch_size=batch_size,
-                 sync_dist=not training)
-        for name, loss in losses.items():  # each task's epoch loss averages over its labelled samples
-            labelled = int(batch["label_mask"][name].sum())
-            if labelled:
-                self.log(f"{stage}/{name}/loss", loss.detach(), on_step=False, on_epoch=True, batch_size=labelled,
-                         sync_dist=not training)
+        self.log(f"{stage}/loss", total, prog_bar=True, on_step=training, on_epoch=True,
+                 batch_size=batch["image"].shape[0], sync_dist=not training)
         return total
 
     def training_step(self, batch: Mapping[str, Any], batch_idx: int) -> Tensor:
