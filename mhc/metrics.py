@@ -50,7 +50,7 @@ def task_confusion(task: TaskSpec) -> ConfusionMatrix:
 
 
 class HeadMetrics(nn.Module):
-    """One ``MetricCollection`` per task; ``update`` takes probabilities, targets and label masks."""
+    """One ``MetricCollection`` per task, plus its loss averaged over labelled samples."""
 
     def __init__(self, tasks: Mapping[str, TaskSpec], confusion: bool = False) -> None:
         super().__init__()
