@@ -85,9 +85,11 @@ class MultiHeadNet(nn.Module):
                 matrix = hierarchy_matrix(t, self.tasks[t.parent])
                 self.register_buffer(f"allowed_{t.name}", matrix, persistent=False)
 
-    def forward_features(self, images: Tensor) -> Tensor:
-        """Images [B, 3, H, W] in [0, 1] -> shared features [B, D]."""
-        return self.backbone((images - self.mean) / self.std)
+    def forward_features(self, inputs: Tensor) -> Tensor:
+        """Images [B, 3, H, W] in [0, 1] (or token ids [B, L] for a token backbone) -> features [B, D]."""
+        if getattr(self.backbone, "takes_tokens", False):
+            return self.backbone(inputs)
+        return self.backbone((inputs - self.mean) / self.std)
 
     def forward_heads(self, features: Tensor) -> dict[str, Tensor]:
         return {name: head(features) for name, head in self.heads.items()}

@@ -3,11 +3,14 @@ import sys
 
 import pytest
 import torch
+from hydra import compose, initialize_config_dir
 
 import mhc
+from mhc.cli.common import CONFIG_PATH
 from mhc.cli.train import train
 from mhc.data.generated import scene_tasks
 from mhc.errors import ConfigError
+from tests.cli.conftest import TINY_SCENES
 
 
 def test_short_run_writes_checkpoints_and_metrics(make_cfg, tmp_path):
@@ -86,3 +89,15 @@ def test_cli_errors_are_one_line_with_exit_code(override, message, tmp_path):
     assert proc.returncode == 1
     assert message in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+def test_vit_backbone_trains_and_reloads(tmp_path):
+    with initialize_config_dir(config_dir=CONFIG_PATH, version_base="1.3"):
+        cfg = compose("train", overrides=[
+            *TINY_SCENES, "trainer.max_epochs=1", "~callbacks.progress_bar", f"paths.output_dir={tmp_path}", "test=false",
+            "backbone=vit_tiny", "backbone.dim=48", "backbone.depth=2", "backbone.patch_size=16",
+        ])
+    train(cfg)
+    model = mhc.load(tmp_path / "checkpoints" / "last.ckpt")
+    assert model.backbone_config["name"] == "vit_tiny"
+    assert model.predict(torch.rand(2, 3, 64, 64))["shape"].probs.shape == (2, 4)

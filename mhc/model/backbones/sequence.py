@@ -1,0 +1,89 @@
+"""Sequence transformer over token ids, with key-padding and optional causal masks.
+
+Padding never changes any output: padded keys are masked out of attention and out of the
+mean pooling, so the same sequence padded to different lengths gives the same features.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from mhc.model.backbones.attention import Encoder, attention_mask, masked_mean
+from mhc.model.backbones.registry import register_backbone
+
+
+class SequenceTransformer(nn.Module):
+    """Token ids [B, L] (``pad_id`` marks padding) -> pooled features [B, D].
+
+    Args:
+        vocab_size: number of token ids, ``pad_id`` included.
+        max_length: longest sequence (learned positional embeddings).
+        causal: position t attends only to positions <= t.
+        pool: ``mean`` (masked mean over real tokens), ``cls`` (a prepended CLS token; not
+            with ``causal``, where it would see nothing) or ``last`` (the last real token).
+    """
+
+    takes_tokens = True  # MultiHeadNet feeds token ids as they are (no image normalisation)
+
+    def __init__(
+        self,
+        vocab_size: int = 256,
+        max_length: int = 128,
+        dim: int = 128,
+        depth: int = 4,
+        num_heads: int = 4,
+        mlp_ratio: float = 4.0,
+        dropout: float = 0.0,
+        causal: bool = False,
+        pool: str = "mean",
+        pad_id: int = 0,
+    ) -> None:
+        super().__init__()
+        if pool not in ("mean", "cls", "last"):
+            raise ValueError(f"pool must be 'mean', 'cls' or 'last', got '{pool}'")
+        if pool == "cls" and causal:
+            raise ValueError("pool='cls' with a causal mask would pool a token that sees nothing; use 'last'")
+        self.causal, self.pool, self.pad_id = causal, pool, pad_id
+        self.embed = nn.Embedding(vocab_size, dim)
+        self.pos_embed = nn.Parameter(torch.randn(1, max_length + 1, dim) * 0.02)
+        self.cls_token = nn.Parameter(torch.zeros(1, 1, dim)) if pool == "cls" else None
+        self.encoder = Encoder(dim, depth, num_heads, mlp_ratio, dropout)
+        self.num_features = dim
+        self.max_length = max_length
+
+    def forward_tokens(self, ids: Tensor, need_weights: bool = False) -> tuple[Tensor, Tensor, list[Tensor]]:
+        """Token features [B, L', D], the padding mask [B, L'] and per-layer weights [B, H, L', L']."""
+        if ids.shape[1] > self.max_length:
+            raise ValueError(f"sequence length {ids.shape[1]} exceeds max_length {self.max_length}")
+        padding = ids == self.pad_id  # [B, L]
+        x = self.embed(ids)
+        if self.cls_token is not None:
+            x = torch.cat([self.cls_token.expand(len(x), -1, -1), x], dim=1)
+            padding = torch.cat([padding.new_zeros(len(x), 1), padding], dim=1)
+        x = x + self.pos_embed[:, : x.shape[1]]
+        mask = attention_mask(padding, self.causal, x.shape[1], x.device)
+        tokens, maps = self.encoder(x, mask, need_weights)
+        return tokens, padding, maps
+
+    def forward(self, ids: Tensor) -> Tensor:
+        tokens, padding, _ = self.forward_tokens(ids)
+        if self.pool == "cls":
+            return tokens[:, 0]
+        if self.pool == "last":
+            last = (~padding).sum(dim=1).clamp(min=1) - 1
+            return tokens[torch.arange(len(tokens)), last]
+        return masked_mean(tokens, padding)
+
+
+SIZES = {"seq_tiny": dict(dim=64, depth=2, num_heads=4), "seq_small": dict(dim=128, depth=4, num_heads=4)}
+
+
+def _register(name: str, size: dict) -> None:
+    @register_backbone(name)
+    def factory(**kwargs) -> SequenceTransformer:
+        return SequenceTransformer(**{**size, **kwargs})
+
+
+for _name, _size in SIZES.items():
+    _register(_name, _size)

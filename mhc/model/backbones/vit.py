@@ -1,0 +1,62 @@
+"""Vision transformer (Dosovitskiy et al. 2021): patch embedding, CLS token, encoder, pooling."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from mhc.model.backbones.attention import Encoder
+from mhc.model.backbones.registry import register_backbone
+
+
+class VisionTransformer(nn.Module):
+    """Images [B, 3, H, W] -> pooled features [B, D] (the CLS token, or the mean of patch tokens)."""
+
+    def __init__(
+        self,
+        image_size: int = 64,
+        patch_size: int = 8,
+        dim: int = 192,
+        depth: int = 6,
+        num_heads: int = 3,
+        mlp_ratio: float = 4.0,
+        dropout: float = 0.0,
+        pool: str = "cls",
+        in_chans: int = 3,
+    ) -> None:
+        super().__init__()
+        if image_size % patch_size:
+            raise ValueError(f"image_size {image_size} is not a multiple of patch_size {patch_size}")
+        if pool not in ("cls", "mean"):
+            raise ValueError(f"pool must be 'cls' or 'mean', got '{pool}'")
+        self.pool = pool
+        self.patch_embed = nn.Conv2d(in_chans, dim, kernel_size=patch_size, stride=patch_size)
+        num_patches = (image_size // patch_size) ** 2
+        self.cls_token = nn.Parameter(torch.zeros(1, 1, dim))
+        self.pos_embed = nn.Parameter(torch.randn(1, num_patches + 1, dim) * 0.02)
+        self.encoder = Encoder(dim, depth, num_heads, mlp_ratio, dropout)
+        self.num_features = dim
+        nn.init.trunc_normal_(self.cls_token, std=0.02)
+
+    def forward_tokens(self, images: Tensor, need_weights: bool = False) -> tuple[Tensor, list[Tensor]]:
+        """Tokens [B, 1 + N, D] (CLS first) and, if asked, attention weights per layer [B, H, L, L]."""
+        patches = self.patch_embed(images).flatten(2).transpose(1, 2)  # [B, N, D]
+        tokens = torch.cat([self.cls_token.expand(len(patches), -1, -1), patches], dim=1) + self.pos_embed
+        return self.encoder(tokens, None, need_weights)
+
+    def forward(self, images: Tensor) -> Tensor:
+        tokens, _ = self.forward_tokens(images)
+        return tokens[:, 0] if self.pool == "cls" else tokens[:, 1:].mean(dim=1)
+
+
+SIZES = {"vit_tiny": dict(dim=192, depth=6, num_heads=3), "vit_small": dict(dim=384, depth=8, num_heads=6)}
+
+
+def _register(name: str, size: dict) -> None:
+    @register_backbone(name)
+    def factory(**kwargs) -> VisionTransformer:
+        return VisionTransformer(**{**size, **kwargs})
+
+
+for _name, _size in SIZES.items():
+    _register(_name, _size)
