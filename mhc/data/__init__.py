@@ -1,9 +1,16 @@
 """Data modules and the encoded-label format they share."""
 
 from mhc.data.datamodule import ScenesDataModule, TaskDataModule
-from mhc.data.manifest import ManifestDataModule as ManifestDataModule
-from mhc.data.manifest import ManifestDataset as ManifestDataset
-from mhc.data.torchvision_sets import CelebADataModule as CelebADataModule
-from mhc.data.torchvision_sets import Cifar100DataModule as Cifar100DataModule
+from mhc.data.manifest import ManifestDataModule, ManifestDataset
+from mhc.data.sequences import SequencesDataModule
+from mhc.data.torchvision_sets import CelebADataModule, Cifar100DataModule
 
-__all__ = ["ScenesDataModule", "TaskDataModule"]
+__all__ = [
+    "CelebADataModule",
+    "Cifar100DataModule",
+    "ManifestDataModule",
+    "ManifestDataset",
+    "ScenesDataModule",
+    "SequencesDataModule",
+    "TaskDataModule",
+]

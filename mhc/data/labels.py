@@ -6,7 +6,7 @@ missing). Allowed-class masks given by the data are bool ``[N, C]``.
 
 A sample (and, after default collation, a batch) is a dict::
 
-    {"image": float [3, H, W] in [0, 1],
+    {"image": float [3, H, W] in [0, 1],   # or "tokens": long [L], 0 = padding
      "targets": {task: long [] | float [] | float [C]},
      "label_mask": {task: bool []},
      "allowed": {task: bool [C]}}        # only tasks with data-given output masks
@@ -25,6 +25,11 @@ from mhc.masks import hierarchy_matrix
 from mhc.tasks import TaskSpec
 
 MISSING = -1
+
+
+def batch_inputs(batch: Mapping[str, Any]) -> torch.Tensor:
+    """The network input of a sample or batch: its ``tokens`` if it has them, else its ``image``."""
+    return batch["tokens"] if "tokens" in batch else batch["image"]
 
 
 def label_present(task: TaskSpec, labels: np.ndarray) -> np.ndarray:

@@ -16,6 +16,7 @@ import pytorch_lightning as pl
 import torch
 from torch import Tensor
 
+from mhc.data.labels import batch_inputs
 from mhc.io import CHECKPOINT_FORMAT, load
 from mhc.losses import task_loss
 from mhc.masks import batch_allowed
@@ -81,7 +82,8 @@ class MultiHeadModule(pl.LightningModule):
 
     # -- steps ------------------------------------------------------------------------------
     def _shared_step(self, batch: Mapping[str, Any], stage: str) -> Tensor:
-        logits = self.net(batch["image"])
+        inputs = batch_inputs(batch)
+        logits = self.net(inputs)
         losses = self.task_losses(logits, batch)
         total = self.combine(losses)
         probs = self.net.probabilities({k: v.detach() for k, v in logits.items()}, batch.get("allowed"))
@@ -89,7 +91,7 @@ class MultiHeadModule(pl.LightningModule):
         self.stage_metrics(stage).update(probs, batch["targets"], batch["label_mask"], losses)
         training = stage == "train"
         self.log(f"{stage}/loss", total, prog_bar=True, on_step=training, on_epoch=True,
-                 batch_size=batch["image"].shape[0], sync_dist=not training)
+                 batch_size=inputs.shape[0], sync_dist=not training)
         return total
 
     def training_step(self, batch: Mapping[str, Any], batch_idx: int) -> Tensor:
@@ -102,7 +104,7 @@ class MultiHeadModule(pl.LightningModule):
         self._shared_step(batch, "test")
 
     def predict_step(self, batch: Mapping[str, Any], batch_idx: int) -> dict[str, Tensor]:
-        return self.net.probabilities(self.net(batch["image"]), batch.get("allowed"))
+        return self.net.probabilities(self.net(batch_inputs(batch)), batch.get("allowed"))
 
     def labelled_counts(self, stage: str) -> Tensor:
         """Labelled samples per task summed over all processes."""
