@@ -13,6 +13,20 @@ from mhc.model.backbones.attention import Encoder, attention_mask, masked_mean
 from mhc.model.backbones.registry import register_backbone
 
 
+def sinusoids(length: int, dim: int) -> Tensor:
+    """Sinusoidal positions [1, length, dim] (Vaswani et al. 2017), unit scale per channel.
+
+    Used as the initial value of the learned positional embedding: offsets between positions
+    are linear maps of sinusoids, so relative patterns (the previous token) are learned fast.
+    """
+    position = torch.arange(length, dtype=torch.float32)[:, None]
+    frequency = torch.exp(torch.arange(0, dim, 2, dtype=torch.float32) * (-torch.log(torch.tensor(10000.0)) / dim))
+    table = torch.zeros(length, dim)
+    table[:, 0::2] = torch.sin(position * frequency)
+    table[:, 1::2] = torch.cos(position * frequency)
+    return table[None] * 2**0.5
+
+
 class SequenceTransformer(nn.Module):
     """Token ids [B, L] (``pad_id`` marks padding) -> pooled features [B, D].
 
@@ -46,11 +60,13 @@ class SequenceTransformer(nn.Module):
             raise ValueError("pool='cls' with a causal mask would pool a token that sees nothing; use 'last'")
         self.causal, self.pool, self.pad_id = causal, pool, pad_id
         self.embed = nn.Embedding(vocab_size, dim)
-        self.pos_embed = nn.Parameter(torch.randn(1, max_length + 1, dim) * 0.02)
+        self.pos_embed = nn.Parameter(sinusoids(max_length + 1, dim) * 0.02)
         self.cls_token = nn.Parameter(torch.zeros(1, 1, dim)) if pool == "cls" else None
         self.encoder = Encoder(dim, depth, num_heads, mlp_ratio, dropout)
         self.num_features = dim
         self.max_length = max_length
+        # Same scale for token and position embeddings, or the positions drown (nn.Embedding draws N(0, 1)).
+        nn.init.normal_(self.embed.weight, std=0.02)
 
     def forward_tokens(self, ids: Tensor, need_weights: bool = False) -> tuple[Tensor, Tensor, list[Tensor]]:
         """Token features [B, L', D], the padding mask [B, L'] and per-layer weights [B, H, L', L']."""
