@@ -101,3 +101,16 @@ def test_vit_backbone_trains_and_reloads(tmp_path):
     model = mhc.load(tmp_path / "checkpoints" / "last.ckpt")
     assert model.backbone_config["name"] == "vit_tiny"
     assert model.predict(torch.rand(2, 3, 64, 64))["shape"].probs.shape == (2, 4)
+
+
+def test_sequence_experiment_trains_on_token_batches(tmp_path):
+    with initialize_config_dir(config_dir=CONFIG_PATH, version_base="1.3"):
+        cfg = compose("train", overrides=[
+            "experiment=sequences", "data.num_train=64", "data.num_val=32", "data.num_test=32", "data.batch_size=32",
+            "backbone.dim=32", "backbone.depth=1", "trainer.max_epochs=1", "~callbacks.progress_bar",
+            f"paths.output_dir={tmp_path}",
+        ])
+    metrics = train(cfg)
+    assert {"first/acc", "before/acc", "majority/acc", "ordered/auroc"} <= set(metrics)
+    model = mhc.load(tmp_path / "checkpoints" / "last.ckpt")
+    assert model(torch.tensor([[2, 3, 1, 18, 19, 0, 0]]))["before"].shape == (1, 4)
