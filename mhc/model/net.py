@@ -97,6 +97,16 @@ class MultiHeadNet(nn.Module):
     def forward(self, images: Tensor) -> dict[str, Tensor]:
         return self.forward_heads(self.forward_features(images))
 
+    def prune_heads(self, heads: list[list[int]]) -> None:
+        """Remove attention heads of a transformer backbone (``heads[l]``: original indices in layer
+        ``l``). The choice is recorded in the backbone config, so the pruned model saves and loads."""
+        encoder = getattr(self.backbone, "encoder", None)
+        if encoder is None:
+            raise ValueError(f"backbone '{self.backbone_config['name']}' has no attention heads to prune")
+        encoder.prune_heads(heads)
+        previous = self.backbone_config.get("pruned_heads") or [[] for _ in heads]
+        self.backbone_config["pruned_heads"] = [sorted(set(a) | set(b)) for a, b in zip(previous, heads)]
+
     def hierarchy(self, task: str) -> Tensor:
         """Bool [parent classes, task classes] of the classes a parent class allows."""
         return getattr(self, f"allowed_{task}")

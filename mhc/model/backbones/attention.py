@@ -37,6 +37,29 @@ class SelfAttention(nn.Module):
         self.qkv = nn.Linear(dim, 3 * dim)
         self.out = nn.Linear(dim, dim)
         self.dropout = dropout
+        # Gate xi_h on each head's output (Michel et al. 2019): 1 in normal use; analysis sets
+        # requires_grad to read |dL/dxi_h|, and a gate of 0 silences a head.
+        self.head_gate = nn.Parameter(torch.ones(num_heads), requires_grad=False)
+        self.kept_heads: list[int] = list(range(num_heads))  # original indices of the remaining heads
+
+    @torch.no_grad()
+    def prune_heads(self, heads: list[int]) -> None:
+        """Remove heads physically (original indices): smaller q/k/v and output projections."""
+        keep = [i for i, h in enumerate(self.kept_heads) if h not in set(heads)]
+        if not keep:
+            raise ValueError("cannot prune every head of a layer")
+        dim, d = self.out.out_features, self.head_dim
+        rows = torch.tensor([part * self.num_heads * d + i * d + j for part in range(3) for i in keep for j in range(d)])
+        cols = torch.tensor([i * d + j for i in keep for j in range(d)])
+        qkv, out = nn.Linear(dim, len(rows)), nn.Linear(len(cols), dim)
+        qkv.weight.copy_(self.qkv.weight[rows])
+        qkv.bias.copy_(self.qkv.bias[rows])
+        out.weight.copy_(self.out.weight[:, cols])
+        out.bias.copy_(self.out.bias)
+        self.qkv, self.out = qkv.to(self.out.weight.device), out.to(self.out.weight.device)
+        self.head_gate = nn.Parameter(self.head_gate[keep].clone(), requires_grad=False)
+        self.kept_heads = [self.kept_heads[i] for i in keep]
+        self.num_heads = len(keep)
 
     def forward(self, x: Tensor, mask: Tensor | None = None, need_weights: bool = False) -> tuple[Tensor, Tensor | None]:
         B, L, _ = x.shape
@@ -50,6 +73,7 @@ class SelfAttention(nn.Module):
         else:
             weights = None
             out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=self.dropout if self.training else 0.0)
+        out = out * self.head_gate.view(1, -1, 1, 1)  # [B, H, L, d]
         return self.out(out.transpose(1, 2).reshape(B, L, -1)), weights
 
 
@@ -77,6 +101,14 @@ class Encoder(nn.Module):
         super().__init__()
         self.blocks = nn.ModuleList([Block(dim, num_heads, mlp_ratio, dropout) for _ in range(depth)])
         self.norm = nn.LayerNorm(dim)
+
+    def prune_heads(self, pruned: list[list[int]]) -> None:
+        """Prune heads per layer: ``pruned[l]`` lists original head indices of layer ``l``."""
+        if len(pruned) != len(self.blocks):
+            raise ValueError(f"pruned_heads has {len(pruned)} layers, the encoder {len(self.blocks)}")
+        for block, heads in zip(self.blocks, pruned):
+            if heads:
+                block.attn.prune_heads(list(heads))
 
     def forward(self, x: Tensor, mask: Tensor | None = None, need_weights: bool = False) -> tuple[Tensor, list[Tensor]]:
         maps = []

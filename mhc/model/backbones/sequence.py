@@ -52,6 +52,7 @@ class SequenceTransformer(nn.Module):
         causal: bool = False,
         pool: str = "mean",
         pad_id: int = 0,
+        pruned_heads: list[list[int]] | None = None,
     ) -> None:
         super().__init__()
         if pool not in ("mean", "cls", "last"):
@@ -67,6 +68,8 @@ class SequenceTransformer(nn.Module):
         self.max_length = max_length
         # Same scale for token and position embeddings, or the positions drown (nn.Embedding draws N(0, 1)).
         nn.init.normal_(self.embed.weight, std=0.02)
+        if pruned_heads:
+            self.encoder.prune_heads(pruned_heads)
 
     def forward_tokens(self, ids: Tensor, need_weights: bool = False) -> tuple[Tensor, Tensor, list[Tensor]]:
         """Token features [B, L', D], the padding mask [B, L'] and per-layer weights [B, H, L', L']."""

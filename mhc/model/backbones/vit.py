@@ -23,6 +23,7 @@ class VisionTransformer(nn.Module):
         dropout: float = 0.0,
         pool: str = "cls",
         in_chans: int = 3,
+        pruned_heads: list[list[int]] | None = None,
     ) -> None:
         super().__init__()
         if image_size % patch_size:
@@ -37,6 +38,8 @@ class VisionTransformer(nn.Module):
         self.encoder = Encoder(dim, depth, num_heads, mlp_ratio, dropout)
         self.num_features = dim
         nn.init.trunc_normal_(self.cls_token, std=0.02)
+        if pruned_heads:
+            self.encoder.prune_heads(pruned_heads)
 
     def forward_tokens(self, images: Tensor, need_weights: bool = False) -> tuple[Tensor, list[Tensor]]:
         """Tokens [B, 1 + N, D] (CLS first) and, if asked, attention weights per layer [B, H, L, L]."""
