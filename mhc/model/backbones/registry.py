@@ -8,8 +8,9 @@ methods of its own.
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Mapping
 
 import torch
 from torch import nn
@@ -30,6 +31,16 @@ def register_backbone(name: str) -> Callable[[BackboneFactory], BackboneFactory]
         return factory
 
     return decorator
+
+
+def register_variants(variants: Mapping[str, Mapping[str, Any]], builder: Callable[..., nn.Module]) -> None:
+    """Register one name per variant: ``builder(**{**defaults, **kwargs})``, kwargs from the config."""
+    for name, defaults in variants.items():
+        register_backbone(name)(functools.partial(_build_variant, builder, dict(defaults)))
+
+
+def _build_variant(builder: Callable[..., nn.Module], defaults: dict[str, Any], **kwargs: Any) -> nn.Module:
+    return builder(**{**defaults, **kwargs})
 
 
 def list_backbones() -> list[str]:

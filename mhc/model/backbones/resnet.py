@@ -5,7 +5,7 @@ from __future__ import annotations
 from torch import Tensor, nn
 from torchvision.models import resnet
 
-from mhc.model.backbones.registry import register_backbone
+from mhc.model.backbones.registry import register_variants
 
 
 class ResNetBackbone(nn.Module):
@@ -27,11 +27,4 @@ class ResNetBackbone(nn.Module):
         return self.net(x)
 
 
-def _register(arch: str) -> None:
-    @register_backbone(arch)
-    def factory(small_input: bool = False, in_chans: int = 3) -> ResNetBackbone:
-        return ResNetBackbone(arch, small_input=small_input, in_chans=in_chans)
-
-
-for _arch in ("resnet18", "resnet34", "resnet50"):
-    _register(_arch)
+register_variants({arch: {"arch": arch} for arch in ("resnet18", "resnet34", "resnet50")}, ResNetBackbone)

@@ -10,7 +10,7 @@ import torch
 from torch import Tensor, nn
 
 from mhc.model.backbones.attention import Encoder, attention_mask, masked_mean
-from mhc.model.backbones.registry import register_backbone
+from mhc.model.backbones.registry import register_variants
 
 
 def sinusoids(length: int, dim: int) -> Tensor:
@@ -97,12 +97,4 @@ class SequenceTransformer(nn.Module):
 
 SIZES = {"seq_tiny": dict(dim=64, depth=2, num_heads=4), "seq_small": dict(dim=128, depth=4, num_heads=4)}
 
-
-def _register(name: str, size: dict) -> None:
-    @register_backbone(name)
-    def factory(**kwargs) -> SequenceTransformer:
-        return SequenceTransformer(**{**size, **kwargs})
-
-
-for _name, _size in SIZES.items():
-    _register(_name, _size)
+register_variants(SIZES, SequenceTransformer)

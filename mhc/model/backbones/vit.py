@@ -6,7 +6,7 @@ import torch
 from torch import Tensor, nn
 
 from mhc.model.backbones.attention import Encoder
-from mhc.model.backbones.registry import register_backbone
+from mhc.model.backbones.registry import register_variants
 
 
 class VisionTransformer(nn.Module):
@@ -54,12 +54,4 @@ class VisionTransformer(nn.Module):
 
 SIZES = {"vit_tiny": dict(dim=192, depth=6, num_heads=3), "vit_small": dict(dim=384, depth=8, num_heads=6)}
 
-
-def _register(name: str, size: dict) -> None:
-    @register_backbone(name)
-    def factory(**kwargs) -> VisionTransformer:
-        return VisionTransformer(**{**size, **kwargs})
-
-
-for _name, _size in SIZES.items():
-    _register(_name, _size)
+register_variants(SIZES, VisionTransformer)
