@@ -56,6 +56,16 @@ class LossDefaults:
 
 
 @dataclass
+class PruningCurveOptions:
+    """``mhc-analyze``: the pruning curve (importance order against random orders)."""
+
+    fractions: List[float] = field(default_factory=list)
+    random_seeds: int = 3
+    rank_by: Optional[str] = None
+    recompute_every: int = 1
+
+
+@dataclass
 class TrainConfig:
     task_name: str = "train"
     seed: int = 0
@@ -72,10 +82,20 @@ class TrainConfig:
     paths: Dict[str, Any] = field(default_factory=dict)
     resume: Optional[str] = None
     test: bool = True
-    # mhc-eval / mhc-predict
+    # mhc-eval / mhc-predict / mhc-analyze / mhc-prune
     ckpt: Optional[str] = None
     split: str = "test"
     output: Optional[str] = None
+    importance_split: Optional[str] = None
+    max_batches: Optional[int] = None
+    samples: int = 4
+    pattern_threshold: float = 0.5
+    prune: PruningCurveOptions = field(default_factory=PruningCurveOptions)
+    fraction: float = 0.3
+    strategy: str = "importance"
+    rank_by: Optional[str] = None
+    recompute_every: int = 1
+    repeats: int = 20
 
 
 def register_configs() -> None:

@@ -8,10 +8,12 @@ backbone registry (never by instantiating a ``_target_`` found in a file).
 from __future__ import annotations
 
 import json
+import os
 import pickle
 import zipfile
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import torch
 
@@ -126,3 +128,32 @@ def save_export(net: MultiHeadNet, folder: str | Path, extra: dict[str, Any] | N
     save_file(state, str(folder / EXPORT_WEIGHTS))
     (folder / EXPORT_CONFIG).write_text(json.dumps({"net": net.config(), **(extra or {})}, indent=2))
     return folder
+
+
+@contextmanager
+def atomic_path(path: str | Path) -> Iterator[Path]:
+    """A temporary path beside ``path`` to write to; on success it is fsynced and renamed into
+    place, so a crash or a full disk mid-write never harms an existing ``path``."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    try:
+        yield tmp
+        with open(tmp, "rb") as handle:
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def save_checkpoint(net: MultiHeadNet, path: str | Path, metrics: dict[str, Any] | None = None) -> Path:
+    """Write ``net`` as a weights-only checkpoint that :func:`load`, ``mhc-eval`` and
+    ``mhc-analyze`` read like a training checkpoint (no optimizer or loop state)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    checkpoint = {
+        "mhc": {"format": CHECKPOINT_FORMAT, "net": net.config(), "metrics": metrics or {}},
+        "state_dict": {f"net.{k}": v.detach().cpu() for k, v in net.state_dict().items()},
+    }
+    with atomic_path(path) as tmp:
+        torch.save(checkpoint, tmp)
+    return path

@@ -7,11 +7,13 @@ contributes exactly zero (with zero gradient, never NaN).
 
 from __future__ import annotations
 
+from typing import Any, Callable, Mapping
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from mhc.masks import apply_output_mask
+from mhc.masks import apply_output_mask, batch_allowed
 from mhc.tasks import TaskSpec
 
 
@@ -77,3 +79,19 @@ def task_loss(
     if task.kind == "multiclass":
         return multiclass_loss(task, logits, target, label_mask, allowed)
     return sigmoid_loss(task, logits, target, label_mask)
+
+
+def batch_losses(
+    tasks: Mapping[str, TaskSpec], hierarchy: Callable[[str], Tensor], logits: Mapping[str, Tensor], batch: Mapping[str, Any]
+) -> dict[str, Tensor]:
+    """Every head's loss on a batch, with output masks from the parents' labels and the data.
+
+    ``hierarchy(name)`` gives a child task's [parent classes, classes] matrix (see
+    ``MultiHeadNet.hierarchy``).
+    """
+    matrices = {name: hierarchy(name) for name, t in tasks.items() if t.parent is not None}
+    allowed = batch_allowed(tasks, matrices, batch["targets"], batch["label_mask"], batch.get("allowed"))
+    return {
+        name: task_loss(task, logits[name], batch["targets"][name], batch["label_mask"][name], allowed.get(name))
+        for name, task in tasks.items()
+    }

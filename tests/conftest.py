@@ -1,11 +1,17 @@
-"""Shared fixtures: tiny tasks and a tiny net, and an isolated data cache."""
+"""Shared fixtures: tiny tasks and a tiny net, an isolated data cache, and a small sequence
+transformer trained on the built-in sequences (for the attention analysis and pruning)."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
+from mhc.data import SequencesDataModule
+from mhc.data.sequences import sequence_tasks
+from mhc.io import save_checkpoint
+from mhc.losses import batch_losses
 from mhc.model import MultiHeadNet
+from mhc.model.net import Preprocess
 from mhc.tasks import TaskSpec
 
 
@@ -30,3 +36,38 @@ def tiny_net(tasks) -> MultiHeadNet:
     torch.manual_seed(0)
     return MultiHeadNet({"name": "cnn", "widths": [8, 16], "stem_stride": 2}, tasks,
                         preprocess=None).eval()
+
+
+TRAINED_TASKS = ("first", "majority")  # the two tasks a tiny model learns in seconds
+BACKBONE = {"name": "seq_tiny", "vocab_size": 20, "max_length": 32, "dim": 64, "depth": 2, "num_heads": 4}
+
+
+@pytest.fixture(scope="session")
+def sequences():
+    data = SequencesDataModule(num_train=4000, num_val=512, num_test=256, batch_size=64)
+    data.set_tasks([t for t in sequence_tasks() if t.name in TRAINED_TASKS])
+    return data
+
+
+@pytest.fixture(scope="session")
+def trained_sequence_net(sequences):
+    """seq_tiny (2 layers x 4 heads) after 300 AdamW steps: both heads >= 95% on validation."""
+    torch.manual_seed(0)
+    net = MultiHeadNet(BACKBONE, sequences.tasks, Preprocess(**sequences.preprocess()))
+    optimizer = torch.optim.AdamW(net.parameters(), lr=3e-3)
+    steps = 0
+    while steps < 300:
+        for batch in sequences.loader("train", shuffle=True):
+            loss = sum(batch_losses(net.tasks, net.hierarchy, net(batch["tokens"]), batch).values())
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            steps += 1
+            if steps == 300:
+                break
+    return net.eval()
+
+
+@pytest.fixture(scope="session")
+def sequence_checkpoint(trained_sequence_net, tmp_path_factory):
+    return save_checkpoint(trained_sequence_net, tmp_path_factory.mktemp("sequences") / "model.ckpt")

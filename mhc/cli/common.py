@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 import hydra
+from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 from rich.console import Console
 from rich.table import Table
@@ -53,6 +54,18 @@ def instantiate(node: Any, what: str, **kwargs: Any) -> Any:
         raise ConfigError(f"{what}: {' '.join(str(cause).split())}") from None
 
 
+def chosen_option(cfg: DictConfig, group: str) -> str:
+    """The option picked for a config group (``manifest`` for ``data=manifest``), for messages:
+    Hydra's record on the command line, else the group's file whose ``_target_`` matches."""
+    if HydraConfig.initialized():
+        return str(HydraConfig.get().runtime.choices.get(group))
+    target = cfg[group].get("_target_")
+    for path in sorted(Path(CONFIG_PATH, group).glob("*.yaml")):
+        if OmegaConf.load(path).get("_target_") == target:
+            return path.stem
+    return str(target)
+
+
 def build_datamodule(cfg: DictConfig) -> Any:
     return instantiate(cfg.data, "data")
 
@@ -65,9 +78,7 @@ def checkpoint_with_data(cfg: DictConfig) -> tuple[Any, Any, Any]:
     module = MultiHeadModule.from_checkpoint(cfg.ckpt)
     datamodule = build_datamodule(cfg)
     datamodule.set_tasks(list(module.tasks.values()))
-    trained, served = list(module.net.preprocess.image_size), list(datamodule.preprocess()["image_size"])
-    if trained != served:
-        raise ConfigError(f"data.image_size is {served} but the checkpoint was trained at {trained}; set data.image_size={trained}")
+    datamodule.use_preprocess(module.net.config()["preprocess"])  # e.g. the saved tokenizer, never refitted
     # One process: a distributed sampler would pad the split with repeated samples.
     trainer = instantiate(cfg.trainer, "trainer", logger=False, enable_checkpointing=False, callbacks=[],
                           devices=1, num_nodes=1, strategy="auto")
@@ -95,8 +106,14 @@ def fill_defaults(task: TaskSpec, defaults: dict[str, Any]) -> TaskSpec:
     return TaskSpec.from_dict({**task.to_dict(), **fill})
 
 
-def build_callbacks(cfg: DictConfig) -> list[Any]:
-    return [instantiate(node, f"callbacks.{name}") for name, node in (cfg.get("callbacks") or {}).items() if node]
+def build_callbacks(cfg: DictConfig, has_logger: bool = True) -> list[Any]:
+    """The configured callbacks; those that only feed a logger are left out of a run without one."""
+    callbacks = [instantiate(node, f"callbacks.{name}") for name, node in (cfg.get("callbacks") or {}).items() if node]
+    if not has_logger:
+        from pytorch_lightning.callbacks import LearningRateMonitor
+
+        callbacks = [c for c in callbacks if not isinstance(c, LearningRateMonitor)]
+    return callbacks
 
 
 def build_loggers(cfg: DictConfig) -> list[Any]:

@@ -11,7 +11,7 @@ Examples::
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping
 
 import pytorch_lightning as pl
 from hydra.core.hydra_config import HydraConfig
@@ -23,14 +23,18 @@ from mhc.cli.common import (
     build_callbacks,
     build_datamodule,
     build_loggers,
+    chosen_option,
     config_tasks,
     console,
     hydra_app,
     instantiate,
     results_table,
 )
-from mhc.errors import ConfigError
+from mhc.errors import ConfigError, MhcError
 from mhc.io import read_checkpoint
+from mhc.model.backbones import list_backbones
+from mhc.model.net import backbone_takes_tokens
+from mhc.model.tokenizer import tokenizer_from_dict
 from mhc.tasks import tasks_to_dicts
 from mhc.training import MultiHeadModule
 from mhc.training.checkpoint_io import AtomicCheckpointIO
@@ -59,11 +63,44 @@ def resolve_resume(resume: str | None, output_root: Path) -> str | None:
 def build_module(cfg: DictConfig, datamodule: Any) -> MultiHeadModule:
     tasks = config_tasks(cfg, datamodule.task_specs())
     datamodule.set_tasks(tasks)
-    backbone = OmegaConf.to_container(cfg.backbone, resolve=True)
-    net_config = {"backbone": backbone, "tasks": tasks_to_dicts(tasks), "preprocess": datamodule.preprocess()}
+    preprocess = datamodule.preprocess()
+    backbone = backbone_for_data(cfg, preprocess)
+    net_config = {"backbone": backbone, "tasks": tasks_to_dicts(tasks), "preprocess": preprocess}
     optimizer = instantiate(cfg.optimizer, "optimizer") if cfg.get("optimizer") else None
     scheduler = instantiate(cfg.scheduler, "scheduler") if cfg.get("scheduler") else None
     return MultiHeadModule(net_config, optimizer=optimizer, scheduler=scheduler)
+
+
+def backbone_for_data(cfg: DictConfig, preprocess: Mapping[str, Any]) -> dict[str, Any]:
+    """The backbone options fitted to the data: a token backbone takes ``vocab_size`` from the
+    data's tokenizer and ``max_length`` from the data's sequence length. A backbone that reads
+    the other kind of input (token ids for images, or images for tokens) is a :class:`ConfigError`."""
+    backbone = OmegaConf.to_container(cfg.backbone, resolve=True)
+    tokenizer = preprocess.get("tokenizer")
+    reads_tokens = backbone_takes_tokens(backbone)
+    if reads_tokens != (tokenizer is not None):
+        reads, gives = ("token ids", "images") if reads_tokens else ("images", "token ids")
+        token_data = " or token data (data=sequences, or data=manifest with a 'text' column)" if reads_tokens else ""
+        raise ConfigError(
+            f"backbone={backbone.get('name')} reads {reads} but data={chosen_option(cfg, 'data')} gives {gives}; "
+            f"choose a backbone that reads {gives} ({', '.join(backbones_reading(tokens=not reads_tokens))}){token_data}"
+        )
+    if tokenizer is not None:
+        backbone["vocab_size"] = len(tokenizer_from_dict(tokenizer))
+        backbone["max_length"] = int(preprocess["image_size"][-1])
+    return backbone
+
+
+def backbones_reading(tokens: bool) -> list[str]:
+    """The registered backbones that read token ids (``tokens``) or images, for messages."""
+    names = []
+    for name in list_backbones():
+        try:
+            if backbone_takes_tokens({"name": name}) == tokens:
+                names.append(name)
+        except MhcError:  # a backbone that cannot be built without options is left out of the hint
+            continue
+    return names
 
 
 def train(cfg: DictConfig) -> dict[str, float]:
@@ -75,13 +112,14 @@ def train(cfg: DictConfig) -> dict[str, float]:
     if ckpt_path:
         read_checkpoint(ckpt_path)  # one clear error for a missing, damaged or unsafe file
         console.print(f"resuming from {ckpt_path}")
-    callbacks = build_callbacks(cfg)
+    loggers = build_loggers(cfg)
+    callbacks = build_callbacks(cfg, has_logger=bool(loggers))
     if ckpt_path:  # keep best/last with the run being continued, so "best" spans the whole run
         for callback in callbacks:
             if isinstance(callback, ModelCheckpoint):
                 callback.dirpath = str(Path(ckpt_path).parent)
     trainer: pl.Trainer = instantiate(
-        cfg.trainer, "trainer", callbacks=callbacks, logger=build_loggers(cfg) or False, plugins=[AtomicCheckpointIO()]
+        cfg.trainer, "trainer", callbacks=callbacks, logger=loggers or False, plugins=[AtomicCheckpointIO()]
     )
     trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
 

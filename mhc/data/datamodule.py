@@ -6,7 +6,7 @@ heads and the config's per-task options can be checked against the data up front
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Mapping
 
 import pytorch_lightning as pl
 from torch.utils.data import DataLoader, Dataset
@@ -78,7 +78,21 @@ class TaskDataModule(pl.LightningDataModule):
         """Input size and normalisation the network should carry (see ``mhc.model.Preprocess``)."""
         return {"image_size": [64, 64], "mean": [0.5, 0.5, 0.5], "std": [0.25, 0.25, 0.25]}
 
-    def _loader(self, split: str, shuffle: bool) -> DataLoader:
+    def use_preprocess(self, preprocess: Mapping[str, Any]) -> None:
+        """Serve the data the way a trained network reads it (``Preprocess`` as plain data), for
+        evaluation and prediction from a checkpoint: here its input size must be the data's."""
+        own = self.preprocess()
+        if preprocess.get("tokenizer") is not None and own.get("tokenizer") is None:
+            raise ConfigError(
+                "the checkpoint's model reads text but this data gives images; "
+                "give it token data (data=manifest with a 'text' column, or data=sequences)"
+            )
+        trained, served = list(preprocess["image_size"]), list(own["image_size"])
+        if trained != served:
+            raise ConfigError(f"data.image_size is {served} but the checkpoint was trained at {trained}; set data.image_size={trained}")
+
+    def loader(self, split: str, shuffle: bool = False) -> DataLoader:
+        """A DataLoader of ``split`` (built on first use); the Lightning hooks below use it too."""
         if split not in self.splits:
             self.setup(split)
         return DataLoader(
@@ -92,16 +106,16 @@ class TaskDataModule(pl.LightningDataModule):
         )
 
     def train_dataloader(self) -> DataLoader:
-        return self._loader("train", shuffle=True)
+        return self.loader("train", shuffle=True)
 
     def val_dataloader(self) -> DataLoader:
-        return self._loader("val", shuffle=False)
+        return self.loader("val", shuffle=False)
 
     def test_dataloader(self) -> DataLoader:
-        return self._loader("test", shuffle=False)
+        return self.loader("test", shuffle=False)
 
     def predict_dataloader(self) -> DataLoader:
-        return self._loader("predict", shuffle=False)
+        return self.loader("predict", shuffle=False)
 
 
 class ScenesDataModule(TaskDataModule):

@@ -1,12 +1,21 @@
-"""Manifests: the table of image paths and labels that users bring (CSV, or Parquet with pyarrow).
+"""Manifests: the table of inputs and labels that users bring (CSV, or Parquet with pyarrow).
 
-One row per image. The ``image`` column holds the image path, relative to the manifest's
-folder or absolute; every other column is a task, except ``<task>__allowed`` columns::
+One row per sample, with one input column: ``image`` (the image path, relative to the
+manifest's folder or absolute) or ``text``. Every other column is a task, except
+``<task>__allowed`` columns::
 
     image,shape,size,marks,shape__allowed
     img/0.png,circle,small,dot|ring,circle|square
     img/1.png,square,,-,
     img/2.png,,large,,
+
+A text manifest's samples carry token ids (``tokens``, long [max_length], right-padded with
+0) from a tokenizer fitted on the training split only (:mod:`mhc.model.tokenizer`); the
+network saves it, so evaluation and prediction encode with the checkpoint's tokenizer::
+
+    text,topic,urgent
+    "the printer is on fire",hardware,yes
+    can I get a refund?,billing,no
 
 Cells:
 
@@ -50,9 +59,12 @@ from mhc.data.datamodule import TaskDataModule
 from mhc.data.labels import MISSING, encode_sample, validate_labels
 from mhc.errors import ConfigError, DataError
 from mhc.model.inputs import to_batch
+from mhc.model.tokenizer import FITTED_KINDS, Tokenizer, fit_tokenizer, tokenizer_from_dict
 from mhc.tasks import TaskSpec, check_task_graph
 
 IMAGE_COLUMN = "image"
+TEXT_COLUMN = "text"
+INPUT_COLUMNS = (IMAGE_COLUMN, TEXT_COLUMN)  # a manifest has exactly one of them
 ALLOWED_SUFFIX = "__allowed"
 SEPARATOR = "|"
 EMPTY_SET = frozenset({"-", "none"})
@@ -85,6 +97,11 @@ class Manifest:
     def __len__(self) -> int:
         return len(next(iter(self.columns.values()), []))
 
+    @property
+    def input_column(self) -> str:
+        """``image`` or ``text``: the column holding each sample's input."""
+        return next(c for c in INPUT_COLUMNS if c in self.columns)
+
     def where(self, row: int, column: str) -> str:
         """Where a message about a cell points (see :func:`location`)."""
         return location(self.source, row, column)
@@ -110,8 +127,10 @@ def read_manifest(path: str | Path) -> Manifest:
     if len(frame) == 0:
         raise DataError(f"{source}: the manifest has no data rows")
     columns = {str(name).strip(): [_cell_text(v) for v in frame[name].tolist()] for name in frame.columns}
-    if IMAGE_COLUMN not in columns:
-        raise DataError(f"{source}: no '{IMAGE_COLUMN}' column; the columns are {list(columns)}")
+    inputs = [c for c in INPUT_COLUMNS if c in columns]
+    if len(inputs) != 1:
+        found = "both an 'image' and a 'text' column" if inputs else f"no 'image' or 'text' column (the columns are {list(columns)})"
+        raise DataError(f"{source}: {found}; a manifest needs exactly one input column, 'image' (image paths) or 'text'")
     return Manifest(source, path.parent, columns)
 
 
@@ -119,7 +138,7 @@ def _read_csv(path: Path) -> pd.DataFrame:
     try:
         return pd.read_csv(path, dtype=str, keep_default_na=False, skipinitialspace=True)
     except pd.errors.EmptyDataError:
-        raise DataError(f"{path}: the manifest is empty; expected a header with an '{IMAGE_COLUMN}' column") from None
+        raise DataError(f"{path}: the manifest is empty; expected a header with an 'image' or a 'text' column") from None
     except (pd.errors.ParserError, UnicodeDecodeError) as err:
         raise DataError(f"{path}: not a readable CSV file ({' '.join(str(err).split())})") from None
 
@@ -148,8 +167,8 @@ def split_set(cell: str) -> list[str]:
 
 
 def task_columns(manifest: Manifest) -> list[str]:
-    """The task columns, in file order: all but ``image`` and ``<task>__allowed``."""
-    return [c for c in manifest.columns if c != IMAGE_COLUMN and not c.endswith(ALLOWED_SUFFIX)]
+    """The task columns, in file order: all but the input column and ``<task>__allowed``."""
+    return [c for c in manifest.columns if c not in INPUT_COLUMNS and not c.endswith(ALLOWED_SUFFIX)]
 
 
 # -- task inference --------------------------------------------------------------------------
@@ -242,7 +261,7 @@ def check_columns(manifest: Manifest, tasks: Sequence[TaskSpec], labelled: bool 
     """
     names = [t.name for t in tasks]
     for column in manifest.columns:
-        if column == IMAGE_COLUMN:
+        if column in INPUT_COLUMNS:
             continue
         task = column.removesuffix(ALLOWED_SUFFIX)
         if task not in names and (labelled or column.endswith(ALLOWED_SUFFIX)):
@@ -321,14 +340,31 @@ def image_files(manifest: Manifest) -> list[Path]:
     return files
 
 
+def encode_texts(manifest: Manifest, tokenizer: Tokenizer, max_length: int) -> Tensor:
+    """Token ids long [N, max_length] of the ``text`` column; an empty cell is a :class:`DataError`
+    naming its row (an all-padding sequence has nothing to attend to)."""
+    rows = []
+    for row, text in enumerate(manifest.columns[TEXT_COLUMN]):
+        where = manifest.where(row, TEXT_COLUMN)
+        if not text:
+            raise DataError(f"{where}: empty text; every row needs some text")
+        try:
+            rows.append(tokenizer.encode(text, max_length))
+        except DataError as err:  # a word outside a fixed vocabulary
+            raise DataError(f"{where}: {err}") from None
+    return torch.cat(rows)
+
+
 # -- dataset and data module -----------------------------------------------------------------
 
 
 class ManifestDataset(Dataset):
-    """One manifest split: images read lazily and resized, labels encoded and checked up front.
+    """One manifest split: inputs and labels, encoded and checked up front.
 
-    Samples follow :mod:`mhc.data.labels`. Row order is kept, and ``paths`` holds each row's
-    ``image`` cell as written, so predictions can be joined back to the manifest.
+    Samples follow :mod:`mhc.data.labels`: an image manifest's carry ``image`` (read lazily
+    and resized), a text manifest's ``tokens`` (encoded here with ``tokenizer``). Row order is
+    kept, and ``inputs`` holds each row's input cell (image path or text) as written, so
+    predictions can be joined back to the manifest.
 
     Args:
         manifest: the split's cells (:func:`read_manifest`).
@@ -336,10 +372,18 @@ class ManifestDataset(Dataset):
         image_size: ``[height, width]`` every image is resized to.
         labelled: ``False`` for prediction: task columns are optional, labels may be missing
             on any task, and columns that are not tasks are ignored.
+        tokenizer: encodes a text manifest (required for one).
+        max_length: tokens per text; longer texts are cut, shorter ones padded with 0.
     """
 
     def __init__(
-        self, manifest: Manifest, tasks: Sequence[TaskSpec], image_size: Sequence[int] = (64, 64), labelled: bool = True
+        self,
+        manifest: Manifest,
+        tasks: Sequence[TaskSpec],
+        image_size: Sequence[int] = (64, 64),
+        labelled: bool = True,
+        tokenizer: Tokenizer | None = None,
+        max_length: int = 128,
     ) -> None:
         check_columns(manifest, tasks, labelled)
         self.source = manifest.source
@@ -352,11 +396,17 @@ class ManifestDataset(Dataset):
         checked = self.tasks if labelled else [replace(t, masked=True) for t in self.tasks]
         names = [row_name(i) for i in range(len(manifest))]
         validate_labels(checked, self.labels, self.source, sample_names=names, allowed=self.allowed)
-        self.paths: list[str] = list(manifest.columns[IMAGE_COLUMN])
-        self.files = image_files(manifest)
+        self.input_column = manifest.input_column
+        self.inputs: list[str] = list(manifest.columns[self.input_column])
+        if self.input_column == TEXT_COLUMN:
+            if tokenizer is None:
+                raise ValueError(f"{self.source}: a text manifest needs a tokenizer")
+            self.tokens = encode_texts(manifest, tokenizer, max_length)  # [N, max_length]
+        else:
+            self.files = image_files(manifest)
 
     def __len__(self) -> int:
-        return len(self.files)
+        return len(self.inputs)
 
     def load_image(self, index: int) -> Tensor:
         """Float [3, H, W] in [0, 1] at ``image_size``; an unreadable file names its row."""
@@ -367,7 +417,10 @@ class ManifestDataset(Dataset):
 
     def __getitem__(self, index: int) -> dict[str, Any]:
         targets, label_mask = encode_sample(self.tasks, self.labels, index)
-        sample: dict[str, Any] = {"image": self.load_image(index), "targets": targets, "label_mask": label_mask}
+        sample: dict[str, Any] = (
+            {"tokens": self.tokens[index]} if self.input_column == TEXT_COLUMN else {"image": self.load_image(index)}
+        )
+        sample.update(targets=targets, label_mask=label_mask)
         if self.allowed:
             sample["allowed"] = {name: torch.from_numpy(mask[index]) for name, mask in self.allowed.items()}
         return sample
@@ -383,6 +436,9 @@ def _plain(value: Any) -> Any:
 class ManifestDataModule(TaskDataModule):
     """Train/val/test/predict splits from manifest files; tasks come from the training manifest.
 
+    Every split has the training manifest's input column (``image`` or ``text``), or, when
+    serving a checkpoint (:meth:`use_preprocess`), the one its model reads.
+
     Args:
         train, val, test, predict: manifest paths (CSV, or Parquet with pyarrow). Only the
             splits that are used need one; ``train`` is needed to infer tasks unless
@@ -391,6 +447,10 @@ class ManifestDataModule(TaskDataModule):
             classes, masked, parent, allowed_by_parent, ...); what is left out is inferred.
         image_size: ``[height, width]`` images are resized to.
         mean, std: per-channel normalisation the network applies.
+        tokenizer: text manifests: ``char`` (fitted on the training split's texts) or ``byte``.
+        max_length: text manifests: tokens per text (longer texts are cut).
+        min_count, max_size: ``char`` tokenizer: keep characters seen at least ``min_count``
+            times in training, at most ``max_size`` ids in all (reserved ids included).
         **loader: :class:`TaskDataModule` options (``batch_size``, ``num_workers``, ...).
 
     Example::
@@ -409,6 +469,10 @@ class ManifestDataModule(TaskDataModule):
         image_size: Sequence[int] = (64, 64),
         mean: Sequence[float] = (0.5, 0.5, 0.5),
         std: Sequence[float] = (0.25, 0.25, 0.25),
+        tokenizer: str = "char",
+        max_length: int = 128,
+        min_count: int = 1,
+        max_size: int | None = None,
         **loader: Any,
     ) -> None:
         super().__init__(**loader)
@@ -419,6 +483,15 @@ class ManifestDataModule(TaskDataModule):
         self.std = [float(s) for s in _plain(std)]
         if len(self.image_size) != 2:
             raise ConfigError(f"data.image_size must be [height, width], got {self.image_size}")
+        if tokenizer not in FITTED_KINDS:
+            raise ConfigError(f"data.tokenizer must be one of {list(FITTED_KINDS)}, got '{tokenizer}'")
+        if int(max_length) < 1:
+            raise ConfigError(f"data.max_length must be at least 1, got {max_length}")
+        self.tokenizer_kind = tokenizer
+        self.max_length = int(max_length)
+        self.tokenizer_options = {"min_count": int(min_count), "max_size": None if max_size is None else int(max_size)}
+        self.tokenizer: Tokenizer | None = None  # fitted on first use, or a checkpoint's
+        self.served_input: str | None = None  # the input column of a checkpoint's model
 
     def manifest(self, split: str) -> Manifest:
         """The manifest of ``split``; the training one is read once and kept."""
@@ -443,9 +516,48 @@ class ManifestDataModule(TaskDataModule):
     def has_split(self, split: str) -> bool:
         return self.files.get(split) is not None
 
+    def input_column(self) -> str:
+        """``image`` or ``text``: what a checkpoint's model reads, else what the training manifest has."""
+        return self.served_input or self.train_manifest.input_column
+
+    def text_tokenizer(self) -> Tokenizer:
+        """The tokenizer of text manifests: a checkpoint's, else fitted on the training split only."""
+        if self.tokenizer is None:
+            texts = [text for text in self.train_manifest.columns[TEXT_COLUMN] if text]
+            self.tokenizer = fit_tokenizer(self.tokenizer_kind, texts, **self.tokenizer_options)
+        return self.tokenizer
+
     def build_split(self, split: str) -> ManifestDataset:
         """A split's dataset; asking for a split without a manifest is a :class:`DataError`."""
-        return ManifestDataset(self.manifest(split), self.active_tasks(), self.image_size, labelled=split != "predict")
+        manifest = self.manifest(split)
+        expected = self.input_column()
+        if manifest.input_column != expected:
+            reads = "the checkpoint's model reads" if self.served_input else f"the training manifest {self.files['train']} has"
+            raise DataError(
+                f"{manifest.source}: has an '{manifest.input_column}' column, but {reads} '{expected}'; "
+                f"every split needs a '{expected}' column"
+            )
+        tokenizer = self.text_tokenizer() if expected == TEXT_COLUMN else None
+        return ManifestDataset(
+            manifest, self.active_tasks(), self.image_size, labelled=split != "predict",
+            tokenizer=tokenizer, max_length=self.max_length,
+        )
 
-    def preprocess(self) -> dict[str, list]:
+    def preprocess(self) -> dict[str, Any]:
+        """Image size and normalisation, or for text manifests ``[1, max_length]`` and the tokenizer."""
+        if self.input_column() == TEXT_COLUMN:
+            tokenizer = self.text_tokenizer().to_dict()
+            return {"image_size": [1, self.max_length], "mean": [0.0], "std": [1.0], "tokenizer": tokenizer}
         return {"image_size": list(self.image_size), "mean": list(self.mean), "std": list(self.std)}
+
+    def use_preprocess(self, preprocess: Mapping[str, Any]) -> None:
+        """Serve a checkpoint's model: a text model's tokenizer and length are used as saved
+        (never refitted on this data); an image model's size must equal ``data.image_size``."""
+        tokenizer = preprocess.get("tokenizer")
+        self.served_input = IMAGE_COLUMN if tokenizer is None else TEXT_COLUMN
+        self.splits = {}
+        if tokenizer is None:
+            super().use_preprocess(preprocess)
+            return
+        self.tokenizer = tokenizer_from_dict(tokenizer)
+        self.max_length = int(preprocess["image_size"][-1])

@@ -2,7 +2,8 @@
 
 Vocabulary (``VOCAB``): ``<pad>`` (0), the marker ``|`` (1), sixteen symbols in four groups
 (``a0..a3``, ``b0..b3``, ``c0..c3``, ``d0..d3``) and two probes ``X`` and ``Y``. Each sequence
-holds 12 to 32 tokens with one marker, one ``X`` and one ``Y``.
+holds 12 to 32 tokens with one marker, one ``X`` and one ``Y``. The vocabulary is saved with
+the model as a word tokenizer, so a trained model also reads text: ``"a0 b1 | X c2 Y"``.
 
 ========  ==========  =======  ===================================================  ==================
 task      kind        classes  label                                                pattern it needs
@@ -24,6 +25,7 @@ from torch.utils.data import Dataset
 
 from mhc.data.datamodule import TaskDataModule
 from mhc.data.labels import encode_sample, validate_labels
+from mhc.model.tokenizer import WordTokenizer
 from mhc.tasks import TaskSpec
 
 GROUPS = ["a", "b", "c", "d"]
@@ -114,8 +116,9 @@ class SequencesDataModule(TaskDataModule):
     def task_specs(self) -> list[TaskSpec]:
         return sequence_tasks()
 
-    def preprocess(self) -> dict[str, list]:
-        return {"image_size": [1, MAX_LENGTH], "mean": [0.0], "std": [1.0]}
+    def preprocess(self) -> dict[str, Any]:
+        tokenizer = WordTokenizer(VOCAB).to_dict()
+        return {"image_size": [1, MAX_LENGTH], "mean": [0.0], "std": [1.0], "tokenizer": tokenizer}
 
     def build_split(self, split: str) -> Dataset:
         source = "test" if split == "predict" else split

@@ -1,22 +1,26 @@
 """The network: a shared backbone feeding one classification head per task.
 
-Plain PyTorch, no Lightning: ``MultiHeadNet(images) -> {task: logits}``. The net carries its
-preprocessing (input size, mean, std) and its tasks, so a checkpoint describes itself.
+Plain PyTorch, no Lightning: ``MultiHeadNet(images) -> {task: logits}`` (or token ids [B, L]
+for a token backbone). The net carries its preprocessing (input size, mean, std, and for text
+its tokenizer) and its tasks, so a checkpoint describes itself.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
 import torch
 from torch import Tensor, nn
 
+from mhc.errors import DataError
 from mhc.masks import apply_output_mask, hierarchy_matrix
 from mhc.model.backbones import create_backbone
 from mhc.model.heads import ClassificationHead
 from mhc.model.inputs import to_batch
+from mhc.model.tokenizer import Tokenizer, tokenizer_from_dict
 from mhc.tasks import TaskSpec, tasks_from_dicts, tasks_to_dicts
 
 
@@ -51,11 +55,17 @@ def decode_predictions(
 
 @dataclass
 class Preprocess:
-    """How raw images become network input: resize to ``image_size``, scale to [0, 1], normalise."""
+    """How raw inputs become network input.
 
-    image_size: list[int] = field(default_factory=lambda: [64, 64])  # [H, W]
+    Images: resize to ``image_size`` [H, W], scale to [0, 1], normalise with ``mean``/``std``.
+    Text: ``tokenizer`` (:meth:`mhc.model.tokenizer.Tokenizer.to_dict` data) encodes to ids
+    padded to ``image_size[-1]`` tokens (``image_size`` is ``[1, max_length]``).
+    """
+
+    image_size: list[int] = field(default_factory=lambda: [64, 64])  # [H, W], or [1, max_length]
     mean: list[float] = field(default_factory=lambda: [0.5, 0.5, 0.5])
     std: list[float] = field(default_factory=lambda: [0.25, 0.25, 0.25])
+    tokenizer: dict[str, Any] | None = None  # plain data, so checkpoints and exports carry it
 
 
 class MultiHeadNet(nn.Module):
@@ -73,6 +83,8 @@ class MultiHeadNet(nn.Module):
         self.backbone_config = dict(backbone)
         self.tasks = {t.name: t for t in tasks}
         self.preprocess = preprocess or Preprocess()
+        tokenizer = self.preprocess.tokenizer
+        self.tokenizer: Tokenizer | None = None if tokenizer is None else tokenizer_from_dict(tokenizer)
         self.backbone = create_backbone(**self.backbone_config)
         dim = self.backbone.num_features
         self.heads = nn.ModuleDict(
@@ -85,11 +97,28 @@ class MultiHeadNet(nn.Module):
                 matrix = hierarchy_matrix(t, self.tasks[t.parent])
                 self.register_buffer(f"allowed_{t.name}", matrix, persistent=False)
 
+    @property
+    def takes_tokens(self) -> bool:
+        """Whether the backbone reads token ids [B, L] rather than images."""
+        return bool(getattr(self.backbone, "takes_tokens", False))
+
+    def backbone_input(self, inputs: Tensor) -> Tensor:
+        """Images [B, 3, H, W] in [0, 1] are normalised; token ids [B, L] pass as they are."""
+        if self.takes_tokens:
+            return inputs
+        return (inputs - self.mean) / self.std
+
     def forward_features(self, inputs: Tensor) -> Tensor:
         """Images [B, 3, H, W] in [0, 1] (or token ids [B, L] for a token backbone) -> features [B, D]."""
-        if getattr(self.backbone, "takes_tokens", False):
-            return self.backbone(inputs)
-        return self.backbone((inputs - self.mean) / self.std)
+        return self.backbone(self.backbone_input(inputs))
+
+    def attention(self, inputs: Tensor) -> tuple[list[Tensor], Tensor | None]:
+        """Per-layer attention weights [B, H, L, L] of a transformer backbone, and its padding
+        mask [B, L] (True at padding; ``None`` for images)."""
+        if not hasattr(self.backbone, "forward_tokens"):
+            raise ValueError(f"backbone '{self.backbone_config['name']}' has no attention to show")
+        _, padding, maps = self.backbone.forward_tokens(self.backbone_input(inputs), need_weights=True)
+        return maps, padding
 
     def forward_heads(self, features: Tensor) -> dict[str, Tensor]:
         return {name: head(features) for name, head in self.heads.items()}
@@ -141,19 +170,19 @@ class MultiHeadNet(nn.Module):
         return {t: probs[t] for t in self.tasks}
 
     @torch.no_grad()
-    def predict(self, images: Any, batch_size: int = 64, threshold: float = 0.5) -> dict[str, TaskPrediction]:
-        """Class names and probabilities per task for images (paths, PIL, arrays or tensors).
+    def predict(self, inputs: Any, batch_size: int = 64, threshold: float = 0.5) -> dict[str, TaskPrediction]:
+        """Class names and probabilities per task for images (paths, PIL, arrays or tensors), or
+        for a token model, texts (a string or a list; encoded with the saved tokenizer) or ids.
 
         Runs in eval mode without gradients; a child task is decoded under its parent's
         predicted class, so a prediction is never outside its allowed set.
         """
+        items = self.predict_items(inputs)
         was_training = self.training
         self.eval()
         try:
-            batched = isinstance(images, (list, tuple)) or (isinstance(images, (np.ndarray, Tensor)) and images.ndim == 4)
-            items = images if batched else [images]
             chunks = [
-                self.probabilities(self(to_batch(items[i : i + batch_size], self.preprocess.image_size).to(self.mean.device)))
+                self.probabilities(self(self.input_batch(items[i : i + batch_size])))
                 for i in range(0, len(items), batch_size)
             ]
         finally:
@@ -161,12 +190,54 @@ class MultiHeadNet(nn.Module):
         probs = {name: torch.cat([c[name] for c in chunks]).cpu() for name in self.tasks}
         return decode_predictions(self.tasks.values(), probs, threshold)
 
+    def predict_items(self, inputs: Any) -> Sequence[Any] | Tensor:
+        """:meth:`predict`'s inputs as a batch to slice: a list, an image batch [B, 3, H, W]
+        or, for a token model, an id batch [B, L]; a single input becomes a batch of one."""
+        if isinstance(inputs, (list, tuple)):
+            return inputs
+        if self.takes_tokens and isinstance(inputs, (np.ndarray, Tensor)):
+            ids = torch.as_tensor(inputs)
+            return ids[None] if ids.ndim == 1 else ids
+        if isinstance(inputs, (np.ndarray, Tensor)) and inputs.ndim == 4:
+            return inputs
+        return [inputs]
+
+    def input_batch(self, items: Sequence[Any] | Tensor) -> Tensor:
+        """Network input on the net's device for a slice of :meth:`predict_items`."""
+        batch = self.token_batch(items) if self.takes_tokens else self.image_batch(items)
+        return batch.to(self.mean.device)
+
+    def token_batch(self, items: Sequence[Any] | Tensor) -> Tensor:
+        """Token ids long [B, L]: integer ids as given, texts through the saved tokenizer."""
+        if isinstance(items, Tensor) and not items.is_floating_point():
+            return items.long()
+        if self.tokenizer is None:
+            raise DataError("this model reads token ids and has no saved tokenizer for text; give ids as an integer tensor [B, L]")
+        other = next((item for item in items if not isinstance(item, str)), None)
+        if other is not None:
+            raise DataError(
+                f"this model reads text ({self.tokenizer.kind} tokenizer); got {type(other).__name__}, "
+                "expected a string or a list of strings"
+            )
+        return self.tokenizer.encode(list(items), max_length=self.preprocess.image_size[-1])
+
+    def image_batch(self, items: Sequence[Any] | Tensor) -> Tensor:
+        """Images float [B, 3, H, W] in [0, 1] at ``image_size``; a string must be an image file."""
+        if isinstance(items, (list, tuple)):
+            for item in items:
+                if isinstance(item, str) and not _is_file(item):
+                    raise DataError(
+                        f"image '{item}' not found; this model reads images (paths, PIL images, arrays or tensors) "
+                        "and has no tokenizer for text"
+                    )
+        return to_batch(items, self.preprocess.image_size)
+
     def config(self) -> dict[str, Any]:
         """Plain-data description that rebuilds this network with :meth:`from_config`."""
         return {
             "backbone": {k: v for k, v in self.backbone_config.items() if k != "weights"},
             "tasks": tasks_to_dicts(self.tasks.values()),
-            "preprocess": vars(self.preprocess).copy(),
+            "preprocess": asdict(self.preprocess),
         }
 
     @classmethod
@@ -176,3 +247,21 @@ class MultiHeadNet(nn.Module):
             tasks=tasks_from_dicts(config["tasks"]),
             preprocess=Preprocess(**config.get("preprocess", {})),
         )
+
+
+def backbone_takes_tokens(backbone: Mapping[str, Any]) -> bool:
+    """Whether the backbone a config describes reads token ids [B, L] rather than images.
+
+    The backbone is built on the meta device: no memory, no initialisation, no random draws.
+    """
+    options = {key: value for key, value in backbone.items() if key != "weights"}
+    with torch.device("meta"):
+        return bool(getattr(create_backbone(**options), "takes_tokens", False))
+
+
+def _is_file(path: str) -> bool:
+    """Whether ``path`` names a file; a text too long or too odd to be a path is not one."""
+    try:
+        return Path(path).expanduser().is_file()
+    except (OSError, ValueError):
+        return False

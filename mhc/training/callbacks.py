@@ -9,15 +9,12 @@ import pytorch_lightning as pl
 import torch
 
 from mhc.tasks import TaskSpec
+from mhc.tracking import log_figure, pyplot
 
 
 def confusion_figure(task: TaskSpec, matrix: torch.Tensor):
     """A matplotlib figure of one head's confusion matrix (one panel per label for multilabel)."""
-    import matplotlib
-
-    matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     panels = matrix.reshape(-1, *matrix.shape[-2:]).cpu().numpy()
     names = task.classes if task.kind == "multilabel" else [task.name]
     ticks = ["no", "yes"] if task.kind == "multilabel" else task.classes
@@ -50,16 +47,10 @@ class ConfusionMatrixLogger(pl.Callback):
         out_dir = Path(trainer.log_dir or trainer.default_root_dir) / "confusion"  # log_dir is a collective
         if not trainer.is_global_zero:
             return
-        import matplotlib.pyplot as plt
-
+        plt = pyplot()
         out_dir.mkdir(parents=True, exist_ok=True)
         for name, matrix in matrices.items():
             fig = confusion_figure(pl_module.tasks[name], matrix)
             fig.savefig(out_dir / f"{name}.png", dpi=90)
-            for logger in trainer.loggers:
-                experiment = getattr(logger, "experiment", None)
-                if hasattr(experiment, "add_figure"):  # TensorBoard
-                    experiment.add_figure(f"val/{name}/confusion", fig, global_step=trainer.global_step, close=False)
-                elif type(logger).__name__ == "WandbLogger":
-                    logger.log_image(key=f"val/{name}/confusion", images=[fig], step=trainer.global_step)
+            log_figure(trainer.loggers, f"val/{name}/confusion", fig, trainer.global_step)
             plt.close(fig)

@@ -18,8 +18,7 @@ from torch import Tensor
 
 from mhc.data.labels import batch_inputs
 from mhc.io import CHECKPOINT_FORMAT, load
-from mhc.losses import task_loss
-from mhc.masks import batch_allowed
+from mhc.losses import batch_losses
 from mhc.metrics import HeadMetrics, flatten_results
 from mhc.model.net import MultiHeadNet
 
@@ -64,17 +63,9 @@ class MultiHeadModule(pl.LightningModule):
         return self.net(images)
 
     # -- losses -----------------------------------------------------------------------------
-    def output_masks(self, batch: Mapping[str, Any]) -> dict[str, Tensor]:
-        """Allowed classes per task: from the parent's label where known, and as the data gives them."""
-        matrices = {name: self.net.hierarchy(name) for name, t in self.tasks.items() if t.parent is not None}
-        return batch_allowed(self.tasks, matrices, batch["targets"], batch["label_mask"], batch.get("allowed"))
-
     def task_losses(self, logits: Mapping[str, Tensor], batch: Mapping[str, Any]) -> dict[str, Tensor]:
-        allowed = self.output_masks(batch)
-        return {
-            name: task_loss(task, logits[name], batch["targets"][name], batch["label_mask"][name], allowed.get(name))
-            for name, task in self.tasks.items()
-        }
+        """Each head's loss, with output masks from the parents' labels and as the data gives them."""
+        return batch_losses(self.tasks, self.net.hierarchy, logits, batch)
 
     def combine(self, losses: Mapping[str, Tensor]) -> Tensor:
         """Static weighting: sum of ``task.weight * loss``."""

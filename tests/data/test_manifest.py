@@ -111,7 +111,7 @@ def test_parent_and_allowed_by_parent_pass_through(folder: Path) -> None:
 def test_dataset_encodes_targets_label_masks_and_allowed(train: Path) -> None:
     manifest = read_manifest(train)
     dataset = ManifestDataset(manifest, infer_tasks(manifest), image_size=[4, 5])
-    assert len(dataset) == 4 and dataset.paths == [f"img/{i}.png" for i in range(4)]
+    assert len(dataset) == 4 and dataset.inputs == [f"img/{i}.png" for i in range(4)]
     first, second, third = dataset[0], dataset[1], dataset[2]
 
     assert first["image"].shape == (3, 4, 5) and first["image"].dtype == torch.float32
@@ -144,7 +144,7 @@ def test_predict_split_keeps_order_without_label_columns(folder: Path, train: Pa
     dm = data_module(train, predict=predict)
     dm.setup("predict")
     dataset = dm.splits["predict"]
-    assert dataset.paths == ["img/3.png", "img/0.png", "img/2.png"]
+    assert dataset.input_column == "image" and dataset.inputs == ["img/3.png", "img/0.png", "img/2.png"]
     assert "allowed" not in dataset[0] and not any(dataset[0]["label_mask"].values())
     batch = next(iter(dm.predict_dataloader()))
     torch.testing.assert_close(batch["image"][0], dataset[0]["image"])
@@ -192,7 +192,7 @@ def test_parquet_without_pyarrow_is_one_line(folder: Path) -> None:
 VAL_HEADER = "image,shape,flag,tags,count"
 BAD_DATA = {
     "missing manifest": ({"train": None}, ["nowhere.csv", "not found"]),
-    "no image column": ({"train": "path,flag\nimg/0.png,0\nimg/1.png,1\n"}, ["train.csv", "no 'image' column"]),
+    "no image column": ({"train": "path,flag\nimg/0.png,0\nimg/1.png,1\n"}, ["train.csv", "no 'image' or 'text' column", "exactly one input column"]),
     "missing image": (
         {"train": "image,flag\nimg/0.png,0\nimg/9.png,1\nimg/8.png,1\n"},
         ["train.csv: row 2, column 'image'", "9.png' not found", "1 more row)"],

@@ -1,6 +1,8 @@
 import numpy as np
+import torch
 
 from mhc.data.sequences import FIRST_SYMBOL, MARKER, X_ID, Y_ID, SequencesDataModule, generate_sequences
+from mhc.model.tokenizer import tokenizer_from_dict
 
 
 def group(token: int) -> int:
@@ -35,3 +37,11 @@ def test_module_serves_token_batches():
     batch = next(iter(dm.train_dataloader()))
     assert batch["tokens"].shape == (16, 32) and batch["tokens"].dtype.is_floating_point is False
     assert set(batch["targets"]) == {"first", "before", "majority", "ordered"}
+
+
+def test_saved_word_vocabulary_reads_and_writes_the_generated_ids():
+    tokenizer = tokenizer_from_dict(SequencesDataModule().preprocess()["tokenizer"])
+    ids, _ = generate_sequences(20, seed=3)
+    texts = tokenizer.decode(torch.from_numpy(ids))
+    assert texts[0].count("|") == texts[0].count("X") == 1
+    assert torch.equal(tokenizer.encode(texts, max_length=ids.shape[1]), torch.from_numpy(ids))

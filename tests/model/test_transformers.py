@@ -59,7 +59,7 @@ def test_vit_in_multihead_net():
                        [TaskSpec("shape", "multiclass", ["a", "b", "c"])])
     out = net(torch.rand(2, 3, 64, 64))
     assert out["shape"].shape == (2, 3)
-    tokens, maps = net.backbone.forward_tokens(torch.rand(1, 3, 64, 64), need_weights=True)
+    tokens, _, maps = net.backbone.forward_tokens(torch.rand(1, 3, 64, 64), need_weights=True)
     assert tokens.shape == (1, 17, 48) and maps[1].shape == (1, 3, 17, 17)
 
 

@@ -40,6 +40,7 @@ class SelfAttention(nn.Module):
         # Gate xi_h on each head's output (Michel et al. 2019): 1 in normal use; analysis sets
         # requires_grad to read |dL/dxi_h|, and a gate of 0 silences a head.
         self.head_gate = nn.Parameter(torch.ones(num_heads), requires_grad=False)
+        self.original_heads = num_heads
         self.kept_heads: list[int] = list(range(num_heads))  # original indices of the remaining heads
 
     @torch.no_grad()

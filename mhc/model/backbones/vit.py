@@ -41,14 +41,21 @@ class VisionTransformer(nn.Module):
         if pruned_heads:
             self.encoder.prune_heads(pruned_heads)
 
-    def forward_tokens(self, images: Tensor, need_weights: bool = False) -> tuple[Tensor, list[Tensor]]:
-        """Tokens [B, 1 + N, D] (CLS first) and, if asked, attention weights per layer [B, H, L, L]."""
+    def forward_tokens(self, images: Tensor, need_weights: bool = False) -> tuple[Tensor, None, list[Tensor]]:
+        """Tokens [B, 1 + N, D] (CLS first), no padding mask (every patch is real) and, if
+        asked, attention weights per layer [B, H, L, L]; the same interface as the sequence model."""
         patches = self.patch_embed(images).flatten(2).transpose(1, 2)  # [B, N, D]
         tokens = torch.cat([self.cls_token.expand(len(patches), -1, -1), patches], dim=1) + self.pos_embed
-        return self.encoder(tokens, None, need_weights)
+        tokens, maps = self.encoder(tokens, None, need_weights)
+        return tokens, None, maps
+
+    def token_names(self, length: int) -> list[str]:
+        """Axis labels of attention maps: ``CLS`` then patches by grid position ``row,col``."""
+        side = round((length - 1) ** 0.5)
+        return ["CLS", *[f"{i // side},{i % side}" for i in range(length - 1)]]
 
     def forward(self, images: Tensor) -> Tensor:
-        tokens, _ = self.forward_tokens(images)
+        tokens, _, _ = self.forward_tokens(images)
         return tokens[:, 0] if self.pool == "cls" else tokens[:, 1:].mean(dim=1)
 
 
