@@ -29,7 +29,7 @@ def test_every_option_composes(group, option):
         assert cfg.data._target_.startswith("mhc.data.")
 
 
-@pytest.mark.parametrize("name", ["train", "eval", "predict"])
+@pytest.mark.parametrize("name", ["train", "eval", "predict", "analyze", "prune"])
 def test_entry_configs_compose(name):
     with initialize_config_dir(config_dir=CONFIG_PATH, version_base="1.3"):
         cfg = compose(name, overrides=["ckpt=x.ckpt", "paths.output_dir=/tmp/x"] if name != "train" else [])
@@ -42,3 +42,16 @@ def test_experiment_selects_data_tasks_and_overrides():
     assert cfg.data._target_ == "mhc.data.Cifar100DataModule"
     assert set(cfg.tasks) == {"coarse", "fine"} and cfg.tasks.fine.label_smoothing == 0.1
     assert cfg.backbone.name == "resnet18" and cfg.optimizer._target_ == "torch.optim.SGD"
+
+
+@pytest.mark.parametrize(("overrides", "data"), [
+    (["backbone=seq_tiny"], "mhc.data.SequencesDataModule"),
+    (["backbone=seq_small", "data=manifest", "data.train=x.csv"], "mhc.data.ManifestDataModule"),
+    (["backbone=vit_tiny"], "mhc.data.ScenesDataModule"),
+])
+def test_sequence_backbones_default_to_the_built_in_sequences(overrides, data):
+    with initialize_config_dir(config_dir=CONFIG_PATH, version_base="1.3"):
+        cfg = compose("train", overrides=[*overrides, "paths.output_dir=/tmp/x"])
+    assert cfg.data._target_ == data
+    if data.endswith("SequencesDataModule"):
+        assert set(cfg.tasks) == {"first", "before", "majority", "ordered"}

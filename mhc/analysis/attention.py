@@ -65,7 +65,9 @@ class HeadPatterns:
 
     entropy: attention entropy over the keys, divided by log(number of keys): 0 = one key, 1 = uniform.
     diagonal: mass on the query itself. previous / next: mass on the token just before / after.
-    first: mass on the first token (the CLS token where the model has one): a "vertical" head.
+    first: mass on the first token (the CLS token where the model has one).
+    column: mass on the one key that draws the most attention in each sample (the first token,
+        a marker, a separator): a "vertical" stripe in the attention map.
     block: mass within the local window (see :func:`local_window`).
     """
 
@@ -74,6 +76,7 @@ class HeadPatterns:
     previous: Tensor
     next: Tensor
     first: Tensor
+    column: Tensor
     block: Tensor
 
     def as_dict(self) -> dict[str, Tensor]:
@@ -113,11 +116,13 @@ class PatternMeter:
             }
             for name, values in per_query.items():
                 mask = counted.get(name, real_query).expand(B, H, L)
-                total = (values * mask).sum(dim=(0, 2)).cpu()
-                count = mask.sum(dim=(0, 2)).cpu().float()
-                key = f"{layer}/{name}"
-                self.sums[key] = self.sums.get(key, 0) + total
-                self.queries[key] = self.queries.get(key, 0) + count
+                self._add(f"{layer}/{name}", (values * mask).sum(dim=(0, 2)), mask.sum(dim=(0, 2)))
+            column = p.sum(-2) / real_query.sum(-1, keepdim=True).clamp(min=1)  # [B, H, L]: mean attention per key
+            self._add(f"{layer}/column", column.amax(-1).sum(0), torch.full((H,), float(B)))
+
+    def _add(self, key: str, total: Tensor, count: Tensor) -> None:
+        self.sums[key] = self.sums.get(key, 0) + total.cpu()
+        self.queries[key] = self.queries.get(key, 0) + count.cpu().float()
 
     def compute(self, layout: HeadLayout) -> HeadPatterns:
         """Statistics [layers, original heads]; pruned heads are NaN."""
@@ -127,7 +132,7 @@ class PatternMeter:
         def stat(name: str) -> Tensor:
             return layout.scatter([self.sums[f"{i}/{name}"] / self.queries[f"{i}/{name}"].clamp(min=1) for i in range(layout.depth)])
 
-        return HeadPatterns(**{name: stat(name) for name in ("entropy", "diagonal", "previous", "next", "first", "block")})
+        return HeadPatterns(**{name: stat(name) for name in ("entropy", "diagonal", "previous", "next", "first", "column", "block")})
 
 
 @dataclass
@@ -162,9 +167,10 @@ class HeadLayout:
 def pattern_labels(patterns: HeadPatterns, threshold: float = 0.5) -> list[list[str]]:
     """Each head's dominant pattern, from its statistics.
 
-    ``vertical`` (first/CLS token), ``diagonal`` (itself) or ``positional`` (the previous or
-    next token), whichever holds the most mass when that is at least ``threshold``; else
-    ``block`` when the local window holds at least ``threshold``; else ``broad``.
+    ``vertical`` (one key for every query: the first/CLS token, a marker), ``diagonal`` (itself)
+    or ``positional`` (the previous or next token), whichever holds the most mass when that is
+    at least ``threshold``; else ``block`` when the local window holds at least ``threshold``;
+    else ``broad``.
     """
     labels = []
     for layer in range(patterns.entropy.shape[0]):
@@ -174,7 +180,7 @@ def pattern_labels(patterns: HeadPatterns, threshold: float = 0.5) -> list[list[
                 row.append("pruned")
                 continue
             candidates = {
-                "vertical": float(patterns.first[layer, head]),
+                "vertical": float(patterns.column[layer, head]),
                 "diagonal": float(patterns.diagonal[layer, head]),
                 "positional": max(float(patterns.previous[layer, head]), float(patterns.next[layer, head])),
             }

@@ -69,15 +69,19 @@ def rollout_figure(rollouts: Sequence[Tensor], labels: Sequence[Sequence[str]], 
     return fig
 
 
-def head_grid_figure(values: Mapping[str, Tensor], title: str, cmap: str = "viridis", annotate: bool = True) -> Any:
-    """One layer-by-head heatmap per entry of ``values`` ([layers, heads]; NaN = pruned, grey)."""
+def head_grid_figure(
+    values: Mapping[str, Tensor], title: str, cmap: str = "viridis", annotate: bool = True, limits: tuple[float, float] | None = None
+) -> Any:
+    """One layer-by-head heatmap per entry of ``values`` ([layers, heads]; NaN = pruned, grey),
+    on a shared colour scale ``limits`` if given, else each on its own."""
     plt = pyplot()
     n = len(values)
     first = next(iter(values.values()))
     fig, axes = plt.subplots(1, n, figsize=(0.55 * first.shape[1] * n + 1.6 * n, 0.45 * first.shape[0] + 1.6), squeeze=False)
     for ax, (name, grid) in zip(axes[0], values.items()):
         data = np.ma.masked_invalid(grid.float().cpu().numpy())
-        image = ax.imshow(data, cmap=plt.get_cmap(cmap).with_extremes(bad="lightgrey"), aspect="auto")
+        vmin, vmax = limits or (None, None)
+        image = ax.imshow(data, cmap=plt.get_cmap(cmap).with_extremes(bad="lightgrey"), aspect="auto", vmin=vmin, vmax=vmax)
         if annotate:
             low, high = image.get_clim()
             for (layer, head), value in np.ndenumerate(grid.cpu().numpy()):

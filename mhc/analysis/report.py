@@ -28,6 +28,7 @@ from mhc.analysis.importance import combined_importance, head_importance, move, 
 from mhc.analysis.pruning import CurvePoint, importance_order, mean_random, pruning_curve
 from mhc.data.labels import batch_inputs
 from mhc.model.net import MultiHeadNet
+from mhc.model.tokenizer import tokenizer_from_dict
 from mhc.tracking import log_figure, log_text
 
 DEFAULT_FRACTIONS = (0.0, 0.125, 0.25, 0.375, 0.5, 0.625, 0.75)
@@ -68,23 +69,17 @@ class Analysis:
 
 
 def token_labels(net: MultiHeadNet, inputs: Tensor, length: int) -> list[str]:
-    """Axis labels for one sample's attention map of ``length`` positions."""
+    """Axis labels for one sample's attention map of ``length`` positions: patch positions for
+    images; for tokens, the saved tokenizer's strings (ids where the model has none)."""
     backbone = net.backbone
     if hasattr(backbone, "token_names"):
         return backbone.token_names(length)
-    vocabulary = token_vocabulary(net)
-    names = [vocabulary[i] if vocabulary and i < len(vocabulary) else str(i) for i in inputs.tolist()]
+    saved = getattr(net.preprocess, "tokenizer", None)
+    tokenizer = tokenizer_from_dict(saved) if saved else None
+    names = [(tokenizer.decode([i]) if tokenizer else "") or str(i) for i in inputs.tolist()]
     if getattr(backbone, "cls_token", None) is not None:
         names = ["CLS", *names]
     return names[:length]
-
-
-def token_vocabulary(net: MultiHeadNet) -> list[str] | None:
-    """The token strings of a token model, when its tokenizer is saved with it."""
-    tokenizer = getattr(net.preprocess, "tokenizer", None)
-    if isinstance(tokenizer, Mapping) and isinstance(tokenizer.get("vocab"), list):
-        return [str(t) for t in tokenizer["vocab"]]
-    return None
 
 
 def sample_maps(net: MultiHeadNet, inputs: Tensor) -> list[dict[str, Any]]:
@@ -209,7 +204,7 @@ def write_report(analysis: Analysis, out_dir: str | Path, title: str = "Attentio
         drawn.append(("rollout", "Attention rollout (Abnar & Zuidema 2020): whole-model attribution per sample", fig))
     stats = analysis.patterns.as_dict()
     drawn.append(("patterns", "Head pattern statistics over the data (grey: pruned)",
-                  figures.head_grid_figure(stats, "head patterns")))
+                  figures.head_grid_figure(stats, "head patterns", limits=(0.0, 1.0))))
     drawn.append(("importance", "Head importance per task, I_h = E|dL/dxi_h| normalised per layer (Michel et al. 2019)",
                   figures.head_grid_figure({**analysis.importance, "ranking": analysis.ranking}, "head importance", cmap="inferno")))
     drawn.append(("redundancy", "Head redundancy", figures.redundancy_figure(analysis.redundancy, analysis.layout.names())))
@@ -239,9 +234,10 @@ def write_report(analysis: Analysis, out_dir: str | Path, title: str = "Attentio
         *(image(f"attention_sample{i}") for i in range(len(analysis.samples))),
         image("rollout"),
         "## Head patterns\n",
-        "Entropy is divided by log(number of keys) (0: one key, 1: uniform). A head is *vertical*, *diagonal* or "
-        "*positional* when the first token, itself, or the previous/next token holds the most mass and at least the "
-        "threshold; else *block* when its local window does; else *broad*.\n",
+        "Entropy is divided by log(number of keys) (0: one key, 1: uniform); *column* is the mass on the one key "
+        "that draws the most attention in a sample. A head is *vertical*, *diagonal* or *positional* when that "
+        "key, the token itself, or the previous/next token holds the most mass and at least the threshold; else "
+        "*block* when its local window does; else *broad*.\n",
         "Patterns: " + ", ".join(f"{p} {n}" for p, n in counts.items()) + "\n",
         markdown_table(["head", "pattern", *stats, *(f"importance {t}" for t in tasks)], head_rows) + "\n",
         image("patterns"),

@@ -2,7 +2,7 @@
 
 Heads are ranked by importance (Michel et al. 2019, measured on ``importance_split``) or
 randomly (``strategy=random``), removed physically, and the pruned model is compared with the
-original on ``split``: parameters, file size, forward latency and per-head metrics. Example::
+original on ``split``: parameters, bytes of weights, forward latency and per-head metrics. Example::
 
     mhc-prune ckpt=outputs/sequences/<date>/checkpoints/last.ckpt data=sequences fraction=0.3
 """
@@ -63,11 +63,11 @@ def comparison_table(original: dict[str, Any], pruned: dict[str, Any]) -> Table:
     return table
 
 
-def summary(net: MultiHeadNet, metrics: dict[str, dict[str, float]], latency: float, size: int) -> dict[str, Any]:
+def summary(net: MultiHeadNet, metrics: dict[str, dict[str, float]], latency: float) -> dict[str, Any]:
     row: dict[str, Any] = {
         "heads": sum(map(len, HeadLayout.of(transformer_encoder(net)).kept)),
         "parameters": parameter_count(net),
-        "file bytes": size,
+        "weight bytes": sum(t.numel() * t.element_size() for t in net.state_dict().values()),
         "latency ms": latency * 1e3,
     }
     row.update({f"{task} acc": values["acc"] for task, values in metrics.items()})
@@ -96,16 +96,13 @@ def run_pruning(cfg: DictConfig) -> Path:
     output = save_checkpoint(pruned, cfg.output, metrics["pruned"])
     inputs = move(batch_inputs(evaluation[0]), next(net.parameters()).device)
     latency = forward_latency([net, pruned], inputs, cfg.repeats)
-    rows = {
-        "original": summary(net, metrics["original"], latency[0], Path(cfg.ckpt).stat().st_size),
-        "pruned": summary(pruned, metrics["pruned"], latency[1], output.stat().st_size),
-    }
+    rows = {"original": summary(net, metrics["original"], latency[0]), "pruned": summary(pruned, metrics["pruned"], latency[1])}
     report = {"checkpoint": str(cfg.ckpt), "pruned_checkpoint": str(output), "strategy": cfg.strategy,
               "fraction": cfg.fraction, "pruned_heads": heads, "split": cfg.split, "batch": len(inputs), **rows}
     (output.parent / "prune.json").write_text(json.dumps(report, indent=2))
     console.print(f"pruned heads per layer (original indices): {heads}")
     console.print(comparison_table(rows["original"], rows["pruned"]))
-    console.print(f"pruned checkpoint written to {output}")
+    console.print(f"pruned checkpoint written to {output} ({output.stat().st_size / 1e6:.2f} MB, weights only)")
     return output
 
 

@@ -52,9 +52,20 @@ def test_pattern_statistics_and_labels_name_each_head():
     assert torch.allclose(stats.previous[0], torch.tensor([1.0, 1 / (L - 1), 0.0, 1 / L]), atol=1e-6)
     assert torch.allclose(stats.first[0], torch.tensor([2 / L, 1.0, 1 / L, 1 / L]), atol=1e-6)  # queries 0 and 1 look at 0
     assert torch.allclose(stats.diagonal[0], torch.tensor([1 / L, 1 / L, 1.0, 1 / L]), atol=1e-6)
+    assert torch.allclose(stats.column[0], torch.tensor([2 / L, 1.0, 1 / L, 1 / L]), atol=1e-6)
     assert stats.entropy[0, 3].item() == approx(1.0)
     assert stats.entropy[0, 2].item() == approx(0.0)
     assert pattern_labels(stats) == [["positional", "vertical", "diagonal", "broad"]]
+
+
+def test_a_stripe_on_any_token_is_vertical():
+    maps = torch.zeros(1, 1, L, L)
+    maps[..., 3] = 1.0  # every query looks at a marker in the middle
+    meter = PatternMeter()
+    meter.update([maps], None)
+    stats = meter.compute(HeadLayout([[0]], 1))
+    assert stats.first[0, 0] == 0.0 and stats.column[0, 0] == 1.0
+    assert pattern_labels(stats) == [["vertical"]]
 
 
 def test_padding_never_enters_the_statistics():

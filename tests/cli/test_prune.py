@@ -19,7 +19,7 @@ def test_prune_writes_a_smaller_checkpoint_that_loads_and_evaluates(make_cfg, se
     assert sum(map(len, report["pruned_heads"])) == 4 and all(len(h) < 4 for h in report["pruned_heads"])
     original, pruned = report["original"], report["pruned"]
     assert pruned["heads"] == 4 and original["heads"] == 8
-    assert pruned["parameters"] < original["parameters"] and pruned["file bytes"] < original["file bytes"]
+    assert pruned["parameters"] < original["parameters"] and pruned["weight bytes"] < original["weight bytes"]
     assert pruned["latency ms"] > 0 and 0.0 <= pruned["first acc"] <= 1.0
 
     net = mhc.load(output)
