@@ -88,7 +88,7 @@ class TrainConfig:
     output: Optional[str] = None
     importance_split: Optional[str] = None
     max_batches: Optional[int] = None
-    samples: int = 4
+    samples: Any = 4  # a count, or a list of sample indices
     pattern_threshold: float = 0.5
     prune: PruningCurveOptions = field(default_factory=PruningCurveOptions)
     fraction: float = 0.3

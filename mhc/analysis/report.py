@@ -27,6 +27,7 @@ from mhc.analysis.attention import (
 from mhc.analysis.importance import combined_importance, head_importance, move, transformer_encoder
 from mhc.analysis.pruning import CurvePoint, importance_order, mean_random, pruning_curve
 from mhc.data.labels import batch_inputs
+from mhc.errors import ConfigError
 from mhc.model.net import MultiHeadNet
 from mhc.model.tokenizer import tokenizer_from_dict
 from mhc.tracking import log_figure, log_text
@@ -82,8 +83,21 @@ def token_labels(net: MultiHeadNet, inputs: Tensor, length: int) -> list[str]:
     return names[:length]
 
 
+def chosen_inputs(batches: Sequence[Mapping[str, Any]], samples: int | Sequence[int]) -> Tensor:
+    """The inputs of the first ``samples`` samples, or of the samples at those indices."""
+    inputs = torch.cat([batch_inputs(b) for b in batches])
+    if isinstance(samples, int):
+        return inputs[:samples]
+    bad = [i for i in samples if not 0 <= i < len(inputs)]
+    if bad:
+        raise ConfigError(f"samples: indices {bad} are outside the {len(inputs)} samples analysed")
+    return inputs[list(samples)]
+
+
 def sample_maps(net: MultiHeadNet, inputs: Tensor) -> list[dict[str, Any]]:
     """Attention maps and rollout of a few samples, cropped to their real tokens."""
+    if not len(inputs):
+        return []
     with torch.no_grad():
         maps, padding = net.attention(inputs)
     rollout = attention_rollout(maps)
@@ -106,7 +120,7 @@ def analyze(
     net: MultiHeadNet,
     batches: Iterable[Mapping[str, Any]],
     importance_batches: Iterable[Mapping[str, Any]] | None = None,
-    samples: int = 4,
+    samples: int | Sequence[int] = 4,
     fractions: Sequence[float] = DEFAULT_FRACTIONS,
     random_seeds: int = 3,
     task: str | None = None,
@@ -118,7 +132,8 @@ def analyze(
     pruned by the largest importance over tasks, or by ``task``'s, re-measured after every
     ``recompute_every`` heads; see :func:`~mhc.analysis.pruning.importance_order`).
 
-    ``importance_batches`` (another split, e.g. training data) keeps the importance that ranks
+    ``samples``: how many samples (the first ones), or which (indices into ``batches``), get
+    attention-map and rollout figures. ``importance_batches`` (another split, e.g. training data) keeps the importance that ranks
     heads apart from the data the pruning curve is scored on; by default ``batches`` serve both.
     """
     encoder = transformer_encoder(net)
@@ -157,7 +172,7 @@ def analyze(
         ranking=ranking,
         redundancy=redundancy.compute(),
         curve=curve,
-        samples=sample_maps(net, first_inputs[:samples]) if samples else [],
+        samples=sample_maps(net, chosen_inputs(batches, samples)),
         num_samples=count,
     )
 

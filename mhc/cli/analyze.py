@@ -55,7 +55,7 @@ def run_analysis(cfg: DictConfig) -> Path:
         module.net,
         batches,
         importance_batches,
-        samples=cfg.samples,
+        samples=cfg.samples if isinstance(cfg.samples, int) else list(cfg.samples),
         fractions=list(prune.fractions or []),
         random_seeds=prune.random_seeds,
         task=prune.rank_by,

@@ -1,8 +1,10 @@
 """The analysis of a vision transformer, and the report written from it."""
 
+import pytest
 import torch
 
 from mhc.analysis import analyze, write_report
+from mhc.errors import ConfigError
 from mhc.model import MultiHeadNet
 from mhc.tasks import TaskSpec
 
@@ -39,6 +41,17 @@ def test_vision_transformer_analysis_and_report(tmp_path):
     assert text.startswith("# ViT") and "12 samples; 8 heads in 2 layers." in text
     assert (tmp_path / "figures" / "rollout.png").stat().st_size > 1000
     assert (tmp_path / "analysis.json").is_file()
+
+
+def test_chosen_samples_are_drawn_and_bad_indices_are_clear():
+    torch.manual_seed(0)
+    net = MultiHeadNet({"name": "vit_tiny", "image_size": 32, "patch_size": 8, "dim": 32, "depth": 1, "num_heads": 2}, TASKS)
+    batches = image_batches()
+    analysis = analyze(net, batches, samples=[7, 1], fractions=[])
+    assert torch.equal(analysis.samples[0]["image"], batches[1]["image"][1])
+    assert torch.equal(analysis.samples[1]["image"], batches[0]["image"][1])
+    with pytest.raises(ConfigError, match=r"samples: indices \[12\] are outside the 12 samples"):
+        analyze(net, batches, samples=[12], fractions=[])
 
 
 def test_analysis_of_a_pruned_model_marks_pruned_heads(tmp_path):

@@ -13,7 +13,7 @@ FIGURES = ["attention_sample0", "attention_sample1", "rollout", "patterns", "imp
 
 
 def test_report_figures_tables_and_tensorboard_copy(make_cfg, sequence_checkpoint, tmp_path):
-    cfg = make_cfg(f"ckpt={sequence_checkpoint}", "data=sequences", "samples=2", "max_batches=2",
+    cfg = make_cfg(f"ckpt={sequence_checkpoint}", "data=sequences", "samples=[0,5]", "max_batches=2",
                    "prune.fractions=[0.0,0.5]", "prune.random_seeds=2", "logger=tensorboard", config_name="analyze")
     report = run_analysis(cfg)
     text = report.read_text()
