@@ -9,10 +9,9 @@ process, and the table reports medians over repeats and their ratio.
 from __future__ import annotations
 
 import argparse
-import statistics
-import time
 
 import torch
+from timing import alternate
 
 from mhc.losses import task_loss
 from mhc.metrics import HeadMetrics
@@ -43,12 +42,6 @@ def make_step(num_heads: int, batch_size: int, with_metrics: bool):
     return step
 
 
-def timed(step) -> float:
-    start = time.perf_counter()
-    step()
-    return time.perf_counter() - start
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--repeats", type=int, default=15)
@@ -59,13 +52,7 @@ def main() -> None:
     print(f"{'step':<28}{'1 head (ms)':>12}{'40 heads (ms)':>15}{'ratio':>8}")
     for with_metrics in (False, True):
         one, forty = make_step(1, args.batch_size, with_metrics), make_step(40, args.batch_size, with_metrics)
-        for _ in range(3):  # warm-up
-            one(), forty()
-        t_one, t_forty = [], []
-        for _ in range(args.repeats):  # alternate so drift affects both sides alike
-            t_one.append(timed(one))
-            t_forty.append(timed(forty))
-        m_one, m_forty = statistics.median(t_one), statistics.median(t_forty)
+        m_one, m_forty = alternate([one, forty], args.repeats)
         label = "train step + metrics" if with_metrics else "train step"
         print(f"{label:<28}{m_one * 1e3:>12.1f}{m_forty * 1e3:>15.1f}{m_forty / m_one:>8.3f}")
 

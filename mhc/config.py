@@ -96,6 +96,7 @@ class TrainConfig:
     rank_by: Optional[str] = None
     recompute_every: int = 1
     repeats: int = 20
+    objective: Dict[str, Any] = field(default_factory=dict)
 
 
 def register_configs() -> None:

@@ -157,3 +157,23 @@ def save_checkpoint(net: MultiHeadNet, path: str | Path, metrics: dict[str, Any]
     with atomic_path(path) as tmp:
         torch.save(checkpoint, tmp)
     return path
+
+
+def save_backbone(net: MultiHeadNet, folder: str | Path, extra: dict[str, Any] | None = None) -> Path:
+    """Write a pretrained backbone for ``backbone.pretrained=FOLDER``: ``backbone.safetensors``
+    (the backbone's own keys, as a classifier's backbone holds them) and ``backbone.json``
+    (its description and preprocessing, which ``mhc-train`` checks against its config)."""
+    from safetensors.torch import save_file
+
+    from mhc.model.backbones.registry import PRETRAINED_CONFIG, PRETRAINED_WEIGHTS
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    description = net.config()
+    state = {k: v.detach().contiguous().cpu() for k, v in net.backbone.state_dict().items()}
+    with atomic_path(folder / PRETRAINED_WEIGHTS) as tmp:
+        save_file(state, str(tmp))
+    with atomic_path(folder / PRETRAINED_CONFIG) as tmp:
+        tmp.write_text(json.dumps({"format": CHECKPOINT_FORMAT, "backbone": description["backbone"],
+                                   "preprocess": description["preprocess"], **(extra or {})}, indent=2))
+    return folder

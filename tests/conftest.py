@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from mhc.data import SequencesDataModule
-from mhc.data.sequences import sequence_tasks
+from mhc.data.sequences import VOCAB, sequence_tasks
 from mhc.io import save_checkpoint
 from mhc.losses import batch_losses
 from mhc.model import MultiHeadNet
@@ -39,7 +39,7 @@ def tiny_net(tasks) -> MultiHeadNet:
 
 
 TRAINED_TASKS = ("first", "majority")  # the two tasks a tiny model learns in seconds
-BACKBONE = {"name": "seq_tiny", "vocab_size": 20, "max_length": 32, "dim": 64, "depth": 2, "num_heads": 4}
+BACKBONE = {"name": "seq_tiny", "vocab_size": len(VOCAB), "max_length": 32, "dim": 64, "depth": 2, "num_heads": 4}
 
 
 @pytest.fixture(scope="session")

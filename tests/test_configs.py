@@ -8,7 +8,8 @@ from omegaconf import OmegaConf
 
 from mhc.cli.common import CONFIG_PATH
 
-GROUPS = ["data", "backbone", "head", "loss", "optimizer", "scheduler", "trainer", "logger", "callbacks", "experiment"]
+GROUPS = ["data", "backbone", "head", "loss", "objective", "optimizer", "scheduler", "trainer", "logger", "callbacks",
+          "experiment"]
 REQUIRED = {
     "data": {"manifest": ["data.train=x.csv"], "cifar100": ["data.root=x"], "celeba": ["data.root=x"]},
     "experiment": {"cifar100_resnet18": ["data.root=x"], "celeba_resnet18": ["data.root=x"]},
@@ -29,7 +30,7 @@ def test_every_option_composes(group, option):
         assert cfg.data._target_.startswith("mhc.data.")
 
 
-@pytest.mark.parametrize("name", ["train", "eval", "predict", "analyze", "prune"])
+@pytest.mark.parametrize("name", ["train", "eval", "predict", "analyze", "prune", "pretrain"])
 def test_entry_configs_compose(name):
     with initialize_config_dir(config_dir=CONFIG_PATH, version_base="1.3"):
         cfg = compose(name, overrides=["ckpt=x.ckpt", "paths.output_dir=/tmp/x"] if name != "train" else [])
@@ -40,7 +41,7 @@ def test_experiment_selects_data_tasks_and_overrides():
     with initialize_config_dir(config_dir=CONFIG_PATH, version_base="1.3"):
         cfg = compose("train", overrides=["experiment=cifar100_resnet18", "data.root=x", "paths.output_dir=/tmp/x"])
     assert cfg.data._target_ == "mhc.data.Cifar100DataModule"
-    assert set(cfg.tasks) == {"coarse", "fine"} and cfg.tasks.fine.label_smoothing == 0.1
+    assert set(cfg.tasks) == {"coarse", "fine", "masked"} and cfg.tasks.fine.label_smoothing == 0.1
     assert cfg.backbone.name == "resnet18" and cfg.optimizer._target_ == "torch.optim.SGD"
 
 
@@ -54,4 +55,4 @@ def test_sequence_backbones_default_to_the_built_in_sequences(overrides, data):
         cfg = compose("train", overrides=[*overrides, "paths.output_dir=/tmp/x"])
     assert cfg.data._target_ == data
     if data.endswith("SequencesDataModule"):
-        assert set(cfg.tasks) == {"first", "before", "majority", "ordered"}
+        assert set(cfg.tasks) == {"first", "before", "majority", "ordered", "masked"}

@@ -85,11 +85,34 @@ def checkpoint_with_data(cfg: DictConfig) -> tuple[Any, Any, Any]:
     return module, datamodule, trainer
 
 
+MASKED_MODELING = "masked_modeling"  # the kind of an auxiliary task: the objective of ``objective``
+
+
+def auxiliary_tasks(cfg: DictConfig) -> dict[str, dict[str, Any]]:
+    """Tasks of kind ``masked_modeling`` with a weight above 0 (``tasks.masked.weight=0.5``):
+    ``{name: {"objective", "weight", "options"}}``, the masked-modeling objective
+    (``cfg.objective``) trained alongside the heads."""
+    found = {}
+    for name, options in (OmegaConf.to_container(cfg.tasks, resolve=True) if cfg.get("tasks") else {}).items():
+        if (options or {}).get("kind") != MASKED_MODELING:
+            continue
+        extra = sorted(k for k, v in options.items() if v is not None and k not in ("kind", "weight"))
+        if extra:
+            raise ConfigError(f"tasks.{name}: a {MASKED_MODELING} task takes only 'weight' (its objective is set under "
+                              f"objective.*), not {extra}")
+        weight = float(options.get("weight") if options.get("weight") is not None else 1.0)
+        if weight > 0:
+            found[name] = {"objective": str(cfg.objective.name), "weight": weight,
+                           "options": OmegaConf.to_container(cfg.objective, resolve=True)}
+    return found
+
+
 def config_tasks(cfg: DictConfig, provided: list[TaskSpec]) -> list[TaskSpec]:
     """The data's tasks with the ``head`` and ``loss`` defaults, then ``tasks.<name>`` options, applied."""
     head = OmegaConf.to_container(cfg.head, resolve=True)
     loss = OmegaConf.to_container(cfg.loss, resolve=True)
     overrides = OmegaConf.to_container(cfg.tasks, resolve=True) if cfg.get("tasks") else {}
+    overrides = {k: v for k, v in overrides.items() if (v or {}).get("kind") != MASKED_MODELING}
     with_defaults = [
         fill_defaults(t, {**head, "loss": loss[t.kind], "label_smoothing": loss["label_smoothing"],
                           "focal_gamma": loss["focal_gamma"]})

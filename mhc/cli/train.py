@@ -20,6 +20,7 @@ from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.callbacks import ModelCheckpoint
 
 from mhc.cli.common import (
+    auxiliary_tasks,
     build_callbacks,
     build_datamodule,
     build_loggers,
@@ -68,7 +69,7 @@ def build_module(cfg: DictConfig, datamodule: Any) -> MultiHeadModule:
     net_config = {"backbone": backbone, "tasks": tasks_to_dicts(tasks), "preprocess": preprocess}
     optimizer = instantiate(cfg.optimizer, "optimizer") if cfg.get("optimizer") else None
     scheduler = instantiate(cfg.scheduler, "scheduler") if cfg.get("scheduler") else None
-    return MultiHeadModule(net_config, optimizer=optimizer, scheduler=scheduler)
+    return MultiHeadModule(net_config, optimizer=optimizer, scheduler=scheduler, auxiliary=auxiliary_tasks(cfg))
 
 
 def backbone_for_data(cfg: DictConfig, preprocess: Mapping[str, Any]) -> dict[str, Any]:

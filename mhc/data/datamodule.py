@@ -9,7 +9,8 @@ from __future__ import annotations
 from typing import Any, Mapping
 
 import pytorch_lightning as pl
-from torch.utils.data import DataLoader, Dataset
+import torch
+from torch.utils.data import DataLoader, Dataset, Subset
 
 from mhc.data import generated
 from mhc.data.labels import ArrayDataset
@@ -32,8 +33,18 @@ class TaskDataModule(pl.LightningDataModule):
     splits built before that use the data's own :meth:`task_specs`.
     """
 
-    def __init__(self, batch_size: int = 128, num_workers: int = 0, pin_memory: bool = False, eval_batch_size: int | None = None) -> None:
+    def __init__(
+        self,
+        batch_size: int = 128,
+        num_workers: int = 0,
+        pin_memory: bool = False,
+        eval_batch_size: int | None = None,
+        train_fraction: float = 1.0,
+    ) -> None:
         super().__init__()
+        if not 0.0 < train_fraction <= 1.0:
+            raise ConfigError(f"data.train_fraction must be in (0, 1], got {train_fraction}")
+        self.train_fraction = train_fraction
         self.batch_size = batch_size
         self.eval_batch_size = eval_batch_size or batch_size
         self.num_workers = num_workers
@@ -72,7 +83,15 @@ class TaskDataModule(pl.LightningDataModule):
                 raise ConfigError(f"unknown stage or split '{stage}'; expected one of {sorted(STAGE_SPLITS)} or {list(SPLITS)}")
             if split in self.splits or (stage == "fit" and split == "val" and not self.has_split("val")):
                 continue
-            self.splits[split] = self.build_split(split)
+            dataset = self.build_split(split)
+            self.splits[split] = self.subset(dataset) if split == "train" and self.train_fraction < 1.0 else dataset
+
+    def subset(self, dataset: Dataset) -> Dataset:
+        """A fixed random ``train_fraction`` of the training samples (the same for every seed):
+        few-label fine-tuning and learning curves."""
+        size = max(1, round(len(dataset) * self.train_fraction))
+        chosen = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(0))[:size]
+        return Subset(dataset, sorted(chosen.tolist()))
 
     def preprocess(self) -> dict[str, list]:
         """Input size and normalisation the network should carry (see ``mhc.model.Preprocess``)."""

@@ -1,7 +1,8 @@
 """A built-in, generated token-sequence data set whose tasks need different attention patterns.
 
 Vocabulary (``VOCAB``): ``<pad>`` (0), the marker ``|`` (1), sixteen symbols in four groups
-(``a0..a3``, ``b0..b3``, ``c0..c3``, ``d0..d3``) and two probes ``X`` and ``Y``. Each sequence
+(``a0..a3``, ``b0..b3``, ``c0..c3``, ``d0..d3``), two probes ``X`` and ``Y``, and ``<mask>``
+(never generated; masked-token pretraining hides tokens behind it). Each sequence
 holds 12 to 32 tokens with one marker, one ``X`` and one ``Y``. The vocabulary is saved with
 the model as a word tokenizer, so a trained model also reads text: ``"a0 b1 | X c2 Y"``.
 
@@ -30,7 +31,7 @@ from mhc.tasks import TaskSpec
 
 GROUPS = ["a", "b", "c", "d"]
 SYMBOLS = [f"{g}{i}" for g in GROUPS for i in range(4)]
-VOCAB = ["<pad>", "|", *SYMBOLS, "X", "Y"]
+VOCAB = ["<pad>", "|", *SYMBOLS, "X", "Y", "<mask>"]
 PAD, MARKER, FIRST_SYMBOL = 0, 1, 2
 X_ID, Y_ID = VOCAB.index("X"), VOCAB.index("Y")
 MIN_LENGTH, MAX_LENGTH = 12, 32

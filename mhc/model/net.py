@@ -18,6 +18,7 @@ from torch import Tensor, nn
 from mhc.errors import DataError
 from mhc.masks import apply_output_mask, hierarchy_matrix
 from mhc.model.backbones import create_backbone
+from mhc.model.backbones.registry import LOAD_TIME_OPTIONS
 from mhc.model.heads import ClassificationHead
 from mhc.model.inputs import to_batch
 from mhc.model.tokenizer import Tokenizer, tokenizer_from_dict
@@ -235,7 +236,7 @@ class MultiHeadNet(nn.Module):
     def config(self) -> dict[str, Any]:
         """Plain-data description that rebuilds this network with :meth:`from_config`."""
         return {
-            "backbone": {k: v for k, v in self.backbone_config.items() if k != "weights"},
+            "backbone": {k: v for k, v in self.backbone_config.items() if k not in LOAD_TIME_OPTIONS},
             "tasks": tasks_to_dicts(self.tasks.values()),
             "preprocess": asdict(self.preprocess),
         }
@@ -254,7 +255,7 @@ def backbone_takes_tokens(backbone: Mapping[str, Any]) -> bool:
 
     The backbone is built on the meta device: no memory, no initialisation, no random draws.
     """
-    options = {key: value for key, value in backbone.items() if key != "weights"}
+    options = {key: value for key, value in backbone.items() if key not in LOAD_TIME_OPTIONS}
     with torch.device("meta"):
         return bool(getattr(create_backbone(**options), "takes_tokens", False))
 

@@ -7,7 +7,6 @@ from plain data (``net_config``), so checkpoints load with ``weights_only=True``
 
 from __future__ import annotations
 
-import inspect
 import random
 from typing import Any, Callable, Mapping
 
@@ -21,6 +20,8 @@ from mhc.io import CHECKPOINT_FORMAT, load
 from mhc.losses import batch_losses
 from mhc.metrics import HeadMetrics, flatten_results
 from mhc.model.net import MultiHeadNet
+from mhc.pretrain import build_objective
+from mhc.training.schedules import optimization
 
 STAGES = ("train", "val", "test")
 OptimizerFactory = Callable[..., torch.optim.Optimizer]
@@ -36,6 +37,8 @@ class MultiHeadModule(pl.LightningModule):
         scheduler: optional factory ``scheduler(optimizer[, total_steps]) -> LRScheduler``,
             stepped every optimizer step.
         confusion: collect per-head confusion matrices during validation and test.
+        auxiliary: ``{name: {"objective", "weight", "options"}}``: masked-modeling losses (see
+            :func:`mhc.pretrain.build_objective`) added to the heads' weighted sum.
     """
 
     def __init__(
@@ -44,11 +47,17 @@ class MultiHeadModule(pl.LightningModule):
         optimizer: OptimizerFactory | None = None,
         scheduler: SchedulerFactory | None = None,
         confusion: bool = True,
+        auxiliary: Mapping[str, Mapping[str, Any]] | None = None,
     ) -> None:
         super().__init__()
-        self.save_hyperparameters({"net_config": dict(net_config)})
+        self.save_hyperparameters({"net_config": dict(net_config), "auxiliary": dict(auxiliary or {})})
         self.net = MultiHeadNet.from_config(net_config)
         self.tasks = self.net.tasks
+        # Masked-modeling objectives trained alongside the heads, on every batch, labelled or not.
+        self.auxiliary = torch.nn.ModuleDict(
+            {name: build_objective(self.net, spec["objective"], spec.get("options")) for name, spec in (auxiliary or {}).items()}
+        )
+        self.auxiliary_weights = {name: float(spec.get("weight", 1.0)) for name, spec in (auxiliary or {}).items()}
         self.optimizer_factory = optimizer
         self.scheduler_factory = scheduler
         self.metrics = torch.nn.ModuleDict(
@@ -77,6 +86,11 @@ class MultiHeadModule(pl.LightningModule):
         logits = self.net(inputs)
         losses = self.task_losses(logits, batch)
         total = self.combine(losses)
+        for name, objective in self.auxiliary.items():
+            auxiliary = objective(self.net.backbone_input(inputs)).loss
+            total = total + self.auxiliary_weights[name] * auxiliary
+            self.log(f"{stage}/{name}/loss", auxiliary, on_step=False, on_epoch=True, batch_size=inputs.shape[0],
+                     sync_dist=stage != "train")
         probs = self.net.probabilities({k: v.detach() for k, v in logits.items()}, batch.get("allowed"))
         # Per-task losses are averaged over each task's labelled samples by the stage metrics.
         self.stage_metrics(stage).update(probs, batch["targets"], batch["label_mask"], losses)
@@ -129,15 +143,7 @@ class MultiHeadModule(pl.LightningModule):
 
     # -- optimisation -----------------------------------------------------------------------
     def configure_optimizers(self) -> Any:
-        factory = self.optimizer_factory or (lambda params: torch.optim.AdamW(params, lr=1e-3))
-        optimizer = factory(self.parameters())
-        if self.scheduler_factory is None:
-            return optimizer
-        kwargs = {}
-        if "total_steps" in inspect.signature(self.scheduler_factory).parameters:
-            kwargs["total_steps"] = int(self.trainer.estimated_stepping_batches)
-        scheduler = self.scheduler_factory(optimizer, **kwargs)
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+        return optimization(self, self.optimizer_factory, self.scheduler_factory)
 
     # -- checkpoints ------------------------------------------------------------------------
     @classmethod

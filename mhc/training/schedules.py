@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import inspect
 import math
+from typing import TYPE_CHECKING, Any, Callable
 
 import torch
+
+if TYPE_CHECKING:
+    import pytorch_lightning as pl
 
 
 def warmup_cosine(
@@ -20,3 +25,19 @@ def warmup_cosine(
         return min_lr_ratio + (1 - min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
 
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+def optimization(
+    module: "pl.LightningModule", optimizer_factory: Callable[..., torch.optim.Optimizer] | None, scheduler_factory: Callable[..., Any] | None
+) -> Any:
+    """What ``configure_optimizers`` returns: the optimizer over the module's parameters (AdamW,
+    lr 1e-3 by default) and, if given, its schedule stepped every optimizer step."""
+    factory = optimizer_factory or (lambda params: torch.optim.AdamW(params, lr=1e-3))
+    optimizer = factory(module.parameters())
+    if scheduler_factory is None:
+        return optimizer
+    kwargs = {}
+    if "total_steps" in inspect.signature(scheduler_factory).parameters:
+        kwargs["total_steps"] = int(module.trainer.estimated_stepping_batches)
+    scheduler = scheduler_factory(optimizer, **kwargs)
+    return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}

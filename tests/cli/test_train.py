@@ -114,6 +114,6 @@ def test_sequence_experiment_trains_on_token_batches(tmp_path):
     assert {"first/acc", "before/acc", "majority/acc", "ordered/auroc"} <= set(metrics)
     model = mhc.load(tmp_path / "checkpoints" / "last.ckpt")
     assert model(torch.tensor([[2, 3, 1, 18, 19, 0, 0]]))["before"].shape == (1, 4)
-    assert model.backbone_config["vocab_size"] == len(model.tokenizer) == 20
+    assert model.backbone_config["vocab_size"] == len(model.tokenizer) == 21  # 20 tokens and <mask>
     from_text = model.predict("a0 b1 | X c2 Y")["first"].probs  # the saved word vocabulary
     assert torch.allclose(from_text, model.predict(torch.tensor([2, 7, 1, 18, 12, 19]))["first"].probs, atol=1e-5)

@@ -1,7 +1,9 @@
 import numpy as np
+import pytest
 
 from mhc.data.generated import generate_split, load_or_generate, scene_tasks
 from mhc.data.labels import ArrayDataset
+from mhc.errors import ConfigError
 
 
 def test_deterministic_and_cached(tmp_path):
@@ -37,3 +39,19 @@ def test_dataset_sample_format():
     assert sample["image"].shape == (3, 64, 64) and 0 <= sample["image"].min() and sample["image"].max() <= 1
     assert set(sample["targets"]) == set(sample["label_mask"]) == {t.name for t in scene_tasks()}
     assert sample["targets"]["marks"].shape == (4,)
+
+
+def test_train_fraction_keeps_a_fixed_subset_of_the_training_split_only():
+    from mhc.data import ScenesDataModule
+
+    def train_images(fraction: float, seed: int):
+        data = ScenesDataModule(num_train=200, num_val=20, num_test=20, train_fraction=fraction, seed=seed)
+        data.setup("fit")
+        return data.splits["train"], len(data.splits["val"])
+
+    subset, val_size = train_images(0.05, seed=0)
+    again, _ = train_images(0.05, seed=0)
+    assert len(subset) == 10 and val_size == 20
+    assert subset.indices == again.indices and subset.indices == sorted(subset.indices)
+    with pytest.raises(ConfigError, match=r"data.train_fraction must be in \(0, 1\]"):
+        ScenesDataModule(train_fraction=0.0)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Sequence
 
 from torch import Tensor, nn
@@ -30,8 +31,16 @@ class CompactCNN(nn.Module):
         self.pool = nn.AdaptiveAvgPool2d(1)
         self.num_features = widths[-1]
 
+    @property
+    def reduction(self) -> int:
+        """Input pixels per feature-map cell along each side (the product of the conv strides)."""
+        return math.prod(m.stride[0] for m in self.features.modules() if isinstance(m, nn.Conv2d))
+
+    def forward_map(self, x: Tensor) -> Tensor:  # x: [B, 3, H, W] -> [B, D, H / reduction, W / reduction]
+        return self.features(x)
+
     def forward(self, x: Tensor) -> Tensor:  # x: [B, 3, H, W] -> [B, D]
-        return self.pool(self.features(x)).flatten(1)
+        return self.pool(self.forward_map(x)).flatten(1)
 
 
 @register_backbone("cnn")

@@ -47,8 +47,15 @@ def list_backbones() -> list[str]:
     return sorted(_REGISTRY)
 
 
-def create_backbone(name: str, weights: str | None = None, **kwargs: Any) -> nn.Module:
-    """Build a registered backbone; ``weights`` is an optional local file (never a download)."""
+LOAD_TIME_OPTIONS = ("weights", "pretrained")  # where initial weights come from, not what the backbone is
+PRETRAINED_WEIGHTS = "backbone.safetensors"
+PRETRAINED_CONFIG = "backbone.json"
+
+
+def create_backbone(name: str, weights: str | None = None, pretrained: str | None = None, **kwargs: Any) -> nn.Module:
+    """Build a registered backbone, then load local weights (never a download): ``weights`` is a
+    state-dict file; ``pretrained`` is what ``mhc-pretrain`` saved (its folder or its
+    ``backbone.safetensors``), checked against this backbone's description first."""
     if name not in _REGISTRY:
         raise ConfigError(f"backbone.name: unknown backbone '{name}'; available: {list_backbones()}")
     try:
@@ -57,14 +64,40 @@ def create_backbone(name: str, weights: str | None = None, **kwargs: Any) -> nn.
         raise ConfigError(f"backbone '{name}': {err}") from None
     if weights:
         load_backbone_weights(backbone, weights)
+    if pretrained:
+        load_pretrained(backbone, pretrained, {"name": name, **kwargs})
     return backbone
 
 
-def load_backbone_weights(backbone: nn.Module, path: str | Path) -> None:
-    """Load a local state dict (safetensors or a weights-only torch file), strictly."""
+def load_pretrained(backbone: nn.Module, path: str | Path, description: Mapping[str, Any]) -> None:
+    """Load ``mhc-pretrain`` output strictly: a different architecture or size is one
+    :class:`CheckpointError` naming the differing options and the first mismatching keys."""
     path = Path(path)
+    folder = path if path.is_dir() else path.parent
+    weights = path / PRETRAINED_WEIGHTS if path.is_dir() else path
+    config = folder / PRETRAINED_CONFIG
+    differences = ""
+    if config.is_file():
+        import json
+
+        try:
+            saved = json.loads(config.read_text()).get("backbone", {})
+        except (json.JSONDecodeError, AttributeError) as err:
+            raise CheckpointError(f"backbone.pretrained: '{config}' is not a backbone description ({err})") from None
+        keys = sorted(k for k in set(saved) | set(description) if k not in LOAD_TIME_OPTIONS and k != "pruned_heads")
+        differing = [f"{k}: pretrained {saved.get(k)!r}, configured {description.get(k)!r}"
+                     for k in keys if k in saved and k in description and saved[k] != description[k]]
+        differences = f" ({'; '.join(differing[:4])})" if differing else ""
+    load_backbone_weights(backbone, weights, what=f"backbone.pretrained '{path}'", hint=differences)
+
+
+def load_backbone_weights(backbone: nn.Module, path: str | Path, what: str | None = None, hint: str = "") -> None:
+    """Load a local state dict (safetensors or a weights-only torch file), strictly: missing,
+    unexpected or differently shaped keys are one :class:`CheckpointError` naming the first ones."""
+    path = Path(path)
+    what = what or f"backbone weights '{path}'"
     if not path.is_file():
-        raise CheckpointError(f"backbone weights '{path}' not found")
+        raise CheckpointError(f"{what} not found")
     try:
         if path.suffix == ".safetensors":
             from safetensors.torch import load_file
@@ -74,17 +107,17 @@ def load_backbone_weights(backbone: nn.Module, path: str | Path) -> None:
             state = torch.load(path, map_location="cpu", weights_only=True)
             state = state.get("state_dict", state)
     except Exception as err:  # noqa: BLE001 - any reader failure means a bad file
-        raise CheckpointError(f"backbone weights '{path}' could not be read ({type(err).__name__}: {err})") from None
+        raise CheckpointError(f"{what} could not be read ({type(err).__name__}: {err})") from None
     if not isinstance(state, dict):
-        raise CheckpointError(f"backbone weights '{path}' hold a {type(state).__name__}, expected a state dict")
-    try:
-        result = backbone.load_state_dict(state, strict=False)
-    except RuntimeError as err:
-        raise CheckpointError(f"backbone weights '{path}' do not fit this backbone ({' '.join(str(err).split())[:300]})") from None
+        raise CheckpointError(f"{what} holds a {type(state).__name__}, expected a state dict")
+    own = backbone.state_dict()
     problems = []
-    if result.missing_keys:
-        problems.append(f"missing keys {result.missing_keys[:3]}")
-    if result.unexpected_keys:
-        problems.append(f"unexpected keys {result.unexpected_keys[:3]}")
+    missing = [k for k in own if k not in state]
+    unexpected = [k for k in state if k not in own]
+    shapes = [f"{k} {list(state[k].shape)} vs {list(own[k].shape)}" for k in own if k in state and state[k].shape != own[k].shape]
+    for label, keys in (("missing keys", missing), ("unexpected keys", unexpected), ("shape mismatches", shapes)):
+        if keys:
+            problems.append(f"{label} {keys[:3]}" + (f" and {len(keys) - 3} more" if len(keys) > 3 else ""))
     if problems:
-        raise CheckpointError(f"backbone weights '{path}' do not fit this backbone: {'; '.join(problems)}")
+        raise CheckpointError(f"{what} does not fit this backbone{hint}: {'; '.join(problems)}")
+    backbone.load_state_dict(state, strict=True)

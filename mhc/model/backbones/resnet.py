@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import math
+
+import torch
 from torch import Tensor, nn
 from torchvision.models import resnet
 
@@ -23,8 +26,28 @@ class ResNetBackbone(nn.Module):
         net.fc = nn.Identity()
         self.net = net
 
-    def forward(self, x: Tensor) -> Tensor:  # x: [B, C, H, W] -> [B, D]
-        return self.net(x)
+    @property
+    def stages(self) -> tuple[nn.Module, ...]:
+        return (self.net.layer1, self.net.layer2, self.net.layer3, self.net.layer4)
+
+    @property
+    def reduction(self) -> int:
+        """Input pixels per feature-map cell along each side: 32, or 8 with ``small_input``."""
+        stem = self.net.conv1.stride[0]
+        if isinstance(self.net.maxpool, nn.MaxPool2d):
+            pool_stride = self.net.maxpool.stride
+            stem *= pool_stride if isinstance(pool_stride, int) else pool_stride[0]
+        return stem * math.prod(stage[0].stride for stage in self.stages)
+
+    def forward_map(self, x: Tensor) -> Tensor:  # x: [B, C, H, W] -> [B, D, H / reduction, W / reduction]
+        net = self.net
+        x = net.maxpool(net.relu(net.bn1(net.conv1(x))))
+        for stage in self.stages:
+            x = stage(x)
+        return x
+
+    def forward(self, x: Tensor) -> Tensor:  # x: [B, C, H, W] -> [B, D]; torchvision's own order of operations
+        return torch.flatten(self.net.avgpool(self.forward_map(x)), 1)
 
 
 register_variants({arch: {"arch": arch} for arch in ("resnet18", "resnet34", "resnet50")}, ResNetBackbone)

@@ -41,13 +41,25 @@ class VisionTransformer(nn.Module):
         if pruned_heads:
             self.encoder.prune_heads(pruned_heads)
 
-    def forward_tokens(self, images: Tensor, need_weights: bool = False) -> tuple[Tensor, None, list[Tensor]]:
+    def forward_tokens(
+        self, images: Tensor, need_weights: bool = False, keep: Tensor | None = None
+    ) -> tuple[Tensor, None, list[Tensor]]:
         """Tokens [B, 1 + N, D] (CLS first), no padding mask (every patch is real) and, if
-        asked, attention weights per layer [B, H, L, L]; the same interface as the sequence model."""
-        patches = self.patch_embed(images).flatten(2).transpose(1, 2)  # [B, N, D]
-        tokens = torch.cat([self.cls_token.expand(len(patches), -1, -1), patches], dim=1) + self.pos_embed
-        tokens, maps = self.encoder(tokens, None, need_weights)
+        asked, attention weights per layer [B, H, L, L]; the same interface as the sequence model.
+
+        ``keep`` [B, K] (patch indices) encodes only those patches, with their positions: the
+        encoder of a masked autoencoder sees the visible patches alone (He et al. 2021).
+        """
+        patches = self.patch_embed(images).flatten(2).transpose(1, 2) + self.pos_embed[:, 1:]  # [B, N, D]
+        if keep is not None:
+            patches = patches.gather(1, keep.unsqueeze(-1).expand(-1, -1, patches.shape[-1]))
+        cls = (self.cls_token + self.pos_embed[:, :1]).expand(len(patches), -1, -1)
+        tokens, maps = self.encoder(torch.cat([cls, patches], dim=1), None, need_weights)
         return tokens, None, maps
+
+    @property
+    def patch_size(self) -> int:
+        return self.patch_embed.kernel_size[0]
 
     def token_names(self, length: int) -> list[str]:
         """Axis labels of attention maps: ``CLS`` then patches by grid position ``row,col``."""

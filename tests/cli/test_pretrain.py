@@ -1,0 +1,105 @@
+"""``mhc-pretrain``, and fine-tuning from its output with ``backbone.pretrained``."""
+
+import pytest
+import torch
+from hydra import compose, initialize_config_dir
+from safetensors.torch import load_file
+
+from mhc.cli.common import CONFIG_PATH, build_datamodule
+from mhc.cli.pretrain import pretrain
+from mhc.cli.train import build_module
+from mhc.errors import CheckpointError
+
+SMALL_DATA = ["data.num_train=64", "data.num_val=32", "data.num_test=32", "data.batch_size=32"]
+TINY_VIT = ["backbone=vit_tiny", "backbone.image_size=64", "backbone.patch_size=16", "backbone.dim=16",
+            "backbone.depth=1", "backbone.num_heads=2"]
+TINY_SEQ = ["backbone=seq_tiny", "backbone.dim=16", "backbone.depth=1", "backbone.num_heads=2"]
+
+
+def config(name: str, out, *overrides: str):
+    with initialize_config_dir(config_dir=CONFIG_PATH, version_base="1.3"):
+        return compose(name, overrides=[*SMALL_DATA, "trainer.max_epochs=1", "~callbacks.progress_bar",
+                                        f"paths.output_dir={out}", *overrides])
+
+
+@pytest.fixture(scope="module")
+def pretrained_vit(tmp_path_factory):
+    out = tmp_path_factory.mktemp("mae")
+    folder = pretrain(config("pretrain", out, *TINY_VIT, "objective.mae.decoder_dim=16", "objective.mae.decoder_depth=1"))
+    return out, folder
+
+
+def test_mae_pretraining_saves_the_backbone_and_reconstructions(pretrained_vit):
+    out, folder = pretrained_vit
+    assert (folder / "backbone.safetensors").is_file() and (folder / "backbone.json").is_file()
+    assert list((out / "csv").glob("version_*/reconstructions/epoch000.png"))
+    assert (out / "checkpoints" / "last.ckpt").is_file()
+    keys = load_file(str(folder / "backbone.safetensors")).keys()
+    assert "patch_embed.weight" in keys and not any(k.startswith("decoder") for k in keys)  # the decoder stays behind
+
+
+def test_fine_tuning_starts_from_the_pretrained_weights_bit_for_bit(pretrained_vit, tmp_path):
+    _, folder = pretrained_vit
+    cfg = config("train", tmp_path, *TINY_VIT, f"backbone.pretrained={folder}")
+    module = build_module(cfg, build_datamodule(cfg))
+    saved = load_file(str(folder / "backbone.safetensors"))
+    state = module.net.backbone.state_dict()
+    assert state.keys() == saved.keys() and all(torch.equal(state[k], saved[k]) for k in saved)
+    assert "pretrained" not in module.net.config()["backbone"]  # checkpoints do not depend on the folder
+
+
+def test_a_pretrained_backbone_of_another_size_is_one_clear_error(pretrained_vit, tmp_path):
+    _, folder = pretrained_vit
+    cfg = config("train", tmp_path, *TINY_VIT, "backbone.dim=32", f"backbone.pretrained={folder}")
+    with pytest.raises(CheckpointError) as info:
+        build_module(cfg, build_datamodule(cfg))
+    message = str(info.value)
+    assert "dim: pretrained 16, configured 32" in message and "shape mismatches ['cls_token [1, 1, 16] vs [1, 1, 32]'" in message
+    cfg = config("train", tmp_path, *TINY_SEQ, f"backbone.pretrained={folder}")
+    with pytest.raises(CheckpointError, match=r"name: pretrained 'vit_tiny', configured 'seq_tiny'.*missing keys \['embed.weight'"):
+        build_module(cfg, build_datamodule(cfg))
+
+
+def test_masked_token_pretraining_of_the_sequence_transformer(tmp_path):
+    folder = pretrain(config("pretrain", tmp_path, *TINY_SEQ))
+    description = (folder / "backbone.json").read_text()
+    assert '"objective": "masked_tokens"' in description and '"vocab_size": 21' in description
+    cfg = config("train", tmp_path / "ft", *TINY_SEQ, f"backbone.pretrained={folder}")
+    module = build_module(cfg, build_datamodule(cfg))
+    assert torch.equal(module.net.backbone.embed.weight, load_file(str(folder / "backbone.safetensors"))["embed.weight"])
+
+
+def test_masked_modeling_as_an_auxiliary_task_of_supervised_training(tmp_path):
+    from mhc.cli.train import train
+
+    cfg = config("train", tmp_path, *TINY_VIT, "tasks.masked.weight=0.5",
+                 "objective.mae.decoder_dim=16", "objective.mae.decoder_depth=1", "data.missing_fraction=0.5", "test=false")
+    module = build_module(cfg, build_datamodule(cfg))
+    assert "masked" not in module.tasks and module.auxiliary_weights == {"masked": 0.5}
+    assert module.auxiliary["masked"].backbone is module.net.backbone  # one shared backbone
+    train(cfg)
+    metrics = (tmp_path / "csv" / "version_0" / "metrics.csv").read_text().splitlines()[0]
+    assert "train/masked/loss" in metrics and "val/masked/loss" in metrics
+
+
+def test_auxiliary_task_options_are_checked(tmp_path):
+    from mhc.errors import ConfigError
+
+    cfg = config("train", tmp_path, *TINY_VIT, "tasks.masked.weight=1", "tasks.masked.loss=focal")
+    with pytest.raises(ConfigError, match="a masked_modeling task takes only 'weight'"):
+        build_module(cfg, build_datamodule(cfg))
+
+
+def test_the_masked_task_is_off_by_default(tmp_path):
+    cfg = config("train", tmp_path, *TINY_VIT)
+    assert cfg.tasks.masked.weight == 0.0 and not build_module(cfg, build_datamodule(cfg)).auxiliary
+
+
+def test_simmim_pretraining_of_the_compact_cnn(tmp_path):
+    folder = pretrain(config("pretrain", tmp_path, "backbone=cnn", "backbone.widths=[8,16]"))
+    assert '"objective": "simmim"' in (folder / "backbone.json").read_text()
+    assert list((tmp_path / "csv").glob("version_*/reconstructions/epoch000.png"))
+    cfg = config("train", tmp_path / "ft", "backbone=cnn", "backbone.widths=[8,16]", f"backbone.pretrained={folder}")
+    module = build_module(cfg, build_datamodule(cfg))
+    saved = load_file(str(folder / "backbone.safetensors"))
+    assert all(torch.equal(module.net.backbone.state_dict()[k], v) for k, v in saved.items())
