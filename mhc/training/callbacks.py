@@ -1,13 +1,19 @@
-"""Callbacks: per-head confusion matrices as images at the end of validation."""
+"""Dashboard callbacks: per-head confusion matrices and, for transformer backbones, attention
+maps, rollout and per-head attention entropy at the end of validation."""
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any, Mapping
 
 import numpy as np
 import pytorch_lightning as pl
 import torch
 
+from mhc.analysis import figures
+from mhc.analysis.attention import HeadLayout, PatternMeter
+from mhc.analysis.report import sample_maps
+from mhc.data.labels import batch_inputs
 from mhc.tasks import TaskSpec
 from mhc.tracking import log_figure, pyplot
 
@@ -54,3 +60,66 @@ class ConfusionMatrixLogger(pl.Callback):
             fig.savefig(out_dir / f"{name}.png", dpi=90)
             log_figure(trainer.loggers, f"val/{name}/confusion", fig, trainer.global_step)
             plt.close(fig)
+
+
+class AttentionMapLogger(pl.Callback):
+    """For a transformer backbone (``vit_*``, ``seq_*``), at the end of validation: the attention
+    maps (layers by heads) and the attention rollout of the first ``samples`` validation samples,
+    as images; and each head's attention entropy over the first ``probe`` validation samples, as
+    scalars ``attention/L<layer>H<head>/entropy`` (0: one key, 1: uniform), so a head that
+    collapses or stays uniform shows as a curve. PNGs go to ``<log dir>/attention/`` as well.
+    Does nothing for a CNN backbone.
+    """
+
+    def __init__(self, samples: int = 2, probe: int = 64, every_n_epochs: int = 1) -> None:
+        self.samples, self.probe, self.every_n_epochs = samples, probe, every_n_epochs
+        self.inputs: torch.Tensor | None = None
+
+    @staticmethod
+    def applies(pl_module: pl.LightningModule) -> bool:
+        return hasattr(getattr(pl_module.net.backbone, "encoder", None), "blocks")
+
+    def on_validation_batch_end(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Mapping[str, Any],
+        batch_idx: int, dataloader_idx: int = 0,
+    ) -> None:
+        if self.inputs is None and batch_idx == 0 and trainer.is_global_zero and self.applies(pl_module):
+            self.inputs = batch_inputs(batch)[: max(self.samples, self.probe)].detach().clone()
+
+    def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if (trainer.sanity_checking or self.inputs is None or not trainer.is_global_zero
+                or (trainer.current_epoch + 1) % self.every_n_epochs):
+            return
+        net, step = pl_module.net, trainer.global_step
+        was_training = net.training
+        net.eval()
+        try:
+            with torch.no_grad():
+                maps, padding = net.attention(self.inputs)
+            shown = sample_maps(net, self.inputs[: self.samples])
+        finally:
+            net.train(was_training)
+        layout = HeadLayout.of(net.backbone.encoder)
+        grid = None
+        if self.inputs.ndim == 4:  # images: the patches lie on a square grid after the CLS token
+            grid = self.inputs.shape[-1] // net.backbone.patch_size
+        meter = PatternMeter(grid=grid)
+        meter.update(maps, padding)
+        entropy = meter.compute(layout).entropy
+        scalars = {f"attention/L{layer}H{head}/entropy": float(entropy[layer, head])
+                   for layer, heads in enumerate(layout.kept) for head in heads}
+        for logger in trainer.loggers:
+            logger.log_metrics(scalars, step=step)
+
+        out_dir = Path(trainer.log_dir or trainer.default_root_dir) / "attention"
+        out_dir.mkdir(parents=True, exist_ok=True)
+        head_names = [[f"L{layer}H{head}" for head in kept] for layer, kept in enumerate(layout.kept)]
+        drawn = [(f"sample{i}", figures.attention_maps_figure(s["maps"], s["labels"], head_names, f"attention maps, sample {i}, step {step}"))
+                 for i, s in enumerate(shown)]
+        if shown:
+            images = [s["image"] for s in shown] if "image" in shown[0] else None
+            drawn.append(("rollout", figures.rollout_figure([s["rollout"] for s in shown], [s["labels"] for s in shown], images)))
+        for stem, fig in drawn:
+            fig.savefig(out_dir / f"{stem}.png", dpi=90)
+            log_figure(trainer.loggers, f"val/attention/{stem}", fig, step)
+            figures.close(fig)

@@ -50,7 +50,8 @@ class MultiHeadModule(pl.LightningModule):
             optimization) and accumulate this many batches per step.
         gradient_clip_val: gradient-norm clipping for those manual steps.
         conflict_every: every this many steps, log the pairwise cosine similarity of the task
-            gradients on the shared representation (0: never).
+            gradients on the shared representation (0: never; ``None``: on the steps Lightning
+            writes logs, every ``trainer.log_every_n_steps``).
         backbone_lr_scale: the backbone's learning rate as a multiple of the optimizer's (a
             head's is ``tasks.<name>.lr_scale``).
         baseline: ``{task: value}`` of ``baseline_metric`` for a baseline (e.g. single-task runs):
@@ -73,7 +74,7 @@ class MultiHeadModule(pl.LightningModule):
         weighting: Mapping[str, Any] | None = None,
         accumulate_grad_batches: int = 1,
         gradient_clip_val: float | None = None,
-        conflict_every: int = 50,
+        conflict_every: int | None = None,
         backbone_lr_scale: float = 1.0,
         baseline: Mapping[str, float] | None = None,
         baseline_metric: str = "acc",
@@ -98,7 +99,7 @@ class MultiHeadModule(pl.LightningModule):
         self.automatic_optimization = not self.weighting.needs_grads
         self.accumulate_grad_batches = int(accumulate_grad_batches)
         self.gradient_clip_val = gradient_clip_val
-        self.conflict_every = int(conflict_every)
+        self.conflict_every = conflict_every
         self.backbone_lr_scale = float(backbone_lr_scale)
         self.baseline = dict(baseline or {})
         self.baseline_metric = baseline_metric
@@ -189,7 +190,7 @@ class MultiHeadModule(pl.LightningModule):
         else:
             logits = self.net.forward_heads(features)
             step = loss_step(self.weighting, self.task_names, self.checked(self.task_losses(logits, batch)), logits, mask)
-            if self.conflict_every and self.global_step % self.conflict_every == 0 and len(step.present) > 1:
+            if self._logs_conflict() and len(step.present) > 1:
                 step.grads = torch.stack([
                     torch.autograd.grad(step.losses[t], features, retain_graph=True)[0].reshape(-1) for t in step.present
                 ])
@@ -237,11 +238,19 @@ class MultiHeadModule(pl.LightningModule):
         if scheduler is not None:
             scheduler.step()
 
+    def _logs_conflict(self) -> bool:
+        """Whether this step measures gradient conflict: Lightning writes step logs after global
+        steps ``n - 1, 2n - 1, ...``, so the measurement lands on those."""
+        every = self.conflict_every
+        if every is None:
+            every = self.trainer.log_every_n_steps if self._trainer is not None else 0
+        return bool(every) and (self.global_step + 1) % every == 0
+
     def _log_balance(self, step: BalancedStep) -> None:
         """Per-task weights every step; gradient conflict (pairwise cosine) when the gradients are at hand."""
         if step.weights:
             self.log_dict({f"train/weight/{t}": w for t, w in step.weights.items()}, on_step=True, on_epoch=False)
-        if step.grads is None or len(step.present) < 2 or not self.conflict_every or self.global_step % self.conflict_every:
+        if step.grads is None or len(step.present) < 2 or not self._logs_conflict():
             return
         cosines = gradient_cosines(step.grads)
         pairs = torch.triu_indices(len(step.present), len(step.present), offset=1)

@@ -1,7 +1,10 @@
+from hydra import compose, initialize_config_dir
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
+from mhc.cli.common import CONFIG_PATH
 from mhc.cli.train import train
 from mhc.data.generated import scene_tasks
+from tests.cli.conftest import TINY_SCENES
 
 
 def test_tensorboard_csv_and_offline_wandb_without_key(make_cfg, tmp_path, monkeypatch):
@@ -16,6 +19,44 @@ def test_tensorboard_csv_and_offline_wandb_without_key(make_cfg, tmp_path, monke
     assert any(tag.endswith("/confusion") for tag in events.Tags()["images"])
     assert list((tmp_path / "wandb").glob("offline-run-*"))
     assert (tmp_path / "csv" / "version_0" / "metrics.csv").is_file()
+
+
+def test_tensorboard_dashboard_of_a_transformer_run_has_every_panel(tmp_path):
+    """Read back with TensorBoard's own reader: per-head curves, confusion matrices, task weights,
+    gradient conflict, attention maps and entropy, and the resolved config."""
+    with initialize_config_dir(config_dir=CONFIG_PATH, version_base="1.3"):
+        cfg = compose("train", overrides=[
+            *TINY_SCENES, "trainer.max_epochs=2", "~callbacks.progress_bar", f"paths.output_dir={tmp_path}", "test=false",
+            "backbone=vit_tiny", "backbone.dim=32", "backbone.depth=2", "backbone.num_heads=2", "backbone.patch_size=16",
+            "logger=tensorboard", "weighting=pcgrad", "trainer.log_every_n_steps=1",
+        ])
+    train(cfg)
+    run = next((tmp_path / "tensorboard").glob("version_*"))
+    events = EventAccumulator(str(run), size_guidance={"images": 0, "scalars": 0}).Reload()
+    scalars, images = set(events.Tags()["scalars"]), set(events.Tags()["images"])
+    tasks = [task.name for task in scene_tasks()]
+    for task in tasks:
+        assert {f"val/{task}/acc", f"val/{task}/f1", f"val/{task}/loss", f"train/{task}/loss", f"train/weight/{task}"} <= scalars
+        assert f"val/{task}/confusion" in images
+    assert {"val/mean/acc", "train/conflict/mean_cosine", "train/conflict/negative_fraction", "train/conflict/shape~size"} <= scalars
+    entropy = {f"attention/L{layer}H{head}/entropy" for layer in range(2) for head in range(2)}
+    assert entropy <= scalars
+    for tag in entropy:
+        values = [event.value for event in events.Scalars(tag)]
+        # one per validation epoch, and one of the best checkpoint's final validation
+        assert len(values) == 3 and all(0.0 <= v <= 1.0 for v in values)
+    assert {"val/attention/sample0", "val/attention/sample1", "val/attention/rollout"} <= images
+    assert len(events.Images("val/attention/rollout")) == 3
+    assert (run / "attention" / "rollout.png").is_file()
+    hparams = (run / "hparams.yaml").read_text()
+    assert "weighting:" in hparams and "name: pcgrad" in hparams and "vit_tiny" in hparams
+
+
+def test_cnn_run_logs_no_attention(make_cfg, tmp_path):
+    train(make_cfg("test=false", "logger=tensorboard"))
+    events = EventAccumulator(str(next((tmp_path / "tensorboard").glob("version_*")))).Reload()
+    assert not any(tag.startswith("val/attention") for tag in events.Tags()["images"])
+    assert not any(tag.startswith("attention/") for tag in events.Tags()["scalars"])
 
 
 def test_wandb_with_a_key_but_no_server_falls_back_offline_with_one_warning(make_cfg, tmp_path, monkeypatch, capsys):

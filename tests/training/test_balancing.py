@@ -119,15 +119,17 @@ def test_gradient_method_trains_with_manual_optimization_and_accumulation(tasks,
     config = {"backbone": {"name": "cnn", "widths": [8, 16], "stem_stride": 2}, "tasks": [t.to_dict() for t in tasks],
               "preprocess": {}}
     module = MultiHeadModule(config, weighting={"name": "test_grad_sum", "grads": "representation"},
-                             accumulate_grad_batches=2, gradient_clip_val=1.0, conflict_every=1)
+                             accumulate_grad_batches=2, gradient_clip_val=1.0)
     assert not module.automatic_optimization
     batches = [make_batch(tasks, n=4) for _ in range(4)]
     loader = DataLoader(batches, batch_size=None)
     before = {k: v.clone() for k, v in module.state_dict().items()}
     trainer = pl.Trainer(max_epochs=1, logger=False, enable_checkpointing=False, enable_progress_bar=False,
-                         enable_model_summary=False, default_root_dir=tmp_path, num_sanity_val_steps=0, limit_val_batches=0)
+                         enable_model_summary=False, default_root_dir=tmp_path, num_sanity_val_steps=0, limit_val_batches=0,
+                         log_every_n_steps=2)
     trainer.fit(module, train_dataloaders=loader)
     assert trainer.global_step == 2  # 4 batches, 2 per optimizer step
+    # gradient conflict is measured on the steps Lightning writes (here the second), not lost between them
     assert any(not torch.equal(before[k], v) for k, v in module.state_dict().items() if k.startswith("net.backbone"))
     assert {"train/weight/coarse", "train/conflict/mean_cosine", "train/conflict/coarse~fine"} <= set(trainer.logged_metrics)
 
