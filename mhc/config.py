@@ -8,11 +8,13 @@ their constructors check their own arguments.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field, fields
+from pathlib import Path
 from typing import Any, Dict, List, Optional
 
 from hydra.core.config_store import ConfigStore
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from mhc.errors import ConfigError
 
@@ -75,6 +77,15 @@ class DeltaMOptions:
 
 
 @dataclass
+class SpeedOptions:
+    """``perf.*``: see :func:`mhc.training.speed.apply_speed_options`."""
+
+    channels_last: Any = "auto"  # true | false | auto (on for convolutional backbones)
+    compile: Any = False  # false | true | a torch.compile mode
+    fuse_heads: bool = True
+
+
+@dataclass
 class TrainConfig:
     task_name: str = "train"
     seed: int = 0
@@ -86,6 +97,7 @@ class TrainConfig:
     backbone_lr_scale: float = 1.0
     delta_m: DeltaMOptions = field(default_factory=DeltaMOptions)
     nonfinite_loss: str = "stop"
+    perf: SpeedOptions = field(default_factory=SpeedOptions)
     backbone: Dict[str, Any] = field(default_factory=dict)
     optimizer: Any = None
     scheduler: Any = None
@@ -114,8 +126,26 @@ class TrainConfig:
     format: Any = "safetensors"  # safetensors | onnx | torch_export, or a list of them
 
 
+def native_bf16_cpu(cpuinfo: str | Path = "/proc/cpuinfo") -> bool:
+    """Whether this CPU computes in bfloat16 natively (AVX512-BF16 or AMX), where bf16 autocast
+    about halves a convolutional training step; elsewhere it is emulated and slower."""
+    try:
+        flags = Path(cpuinfo).read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return False
+    return re.search(r"\b(avx512_bf16|amx_bf16)\b", flags) is not None
+
+
+def cpu_precision() -> str:
+    """``${mhc.cpu_precision:}``, the CPU trainer's default precision: bf16-mixed where the
+    hardware has bfloat16, else 32-true."""
+    return "bf16-mixed" if native_bf16_cpu() else "32-true"
+
+
 def register_configs() -> None:
     ConfigStore.instance().store(name="train_schema", node=TrainConfig)
+    if not OmegaConf.has_resolver("mhc.cpu_precision"):
+        OmegaConf.register_new_resolver("mhc.cpu_precision", cpu_precision)
 
 
 def check_top_level(cfg: DictConfig) -> None:

@@ -56,3 +56,13 @@ def test_sequence_backbones_default_to_the_built_in_sequences(overrides, data):
     assert cfg.data._target_ == data
     if data.endswith("SequencesDataModule"):
         assert set(cfg.tasks) == {"first", "before", "majority", "ordered", "masked"}
+
+
+def test_cpu_precision_follows_the_hardware(tmp_path):
+    from mhc.config import native_bf16_cpu
+
+    with_bf16, without = tmp_path / "zen4", tmp_path / "avx2"
+    with_bf16.write_text("flags\t\t: fpu sse2 avx2 avx512f avx512_bf16 avx512_vnni\n")
+    without.write_text("flags\t\t: fpu sse2 avx2 fma\n")
+    assert native_bf16_cpu(with_bf16) and not native_bf16_cpu(without)
+    assert not native_bf16_cpu(tmp_path / "absent")  # not Linux: full precision

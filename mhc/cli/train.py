@@ -80,7 +80,8 @@ def build_module(cfg: DictConfig, datamodule: Any) -> MultiHeadModule:
                            weighting=weighting, accumulate_grad_batches=trainer.get("accumulate_grad_batches") or 1,
                            gradient_clip_val=trainer.get("gradient_clip_val"), backbone_lr_scale=cfg.backbone_lr_scale,
                            baseline=baseline, baseline_metric=cfg.delta_m.metric,
-                           run_config=OmegaConf.to_container(cfg, resolve=True), nonfinite_loss=cfg.nonfinite_loss)
+                           run_config=OmegaConf.to_container(cfg, resolve=True), nonfinite_loss=cfg.nonfinite_loss,
+                           speed=OmegaConf.to_container(cfg.perf) if cfg.get("perf") else None)
 
 
 def backbone_for_data(cfg: DictConfig, preprocess: Mapping[str, Any]) -> dict[str, Any]:

@@ -19,7 +19,7 @@ from mhc.errors import DataError
 from mhc.masks import apply_output_mask, hierarchy_matrix
 from mhc.model.backbones import create_backbone
 from mhc.model.backbones.registry import LOAD_TIME_OPTIONS
-from mhc.model.heads import ClassificationHead
+from mhc.model.heads import ClassificationHead, fused_head_logits
 from mhc.model.inputs import to_batch
 from mhc.model.tokenizer import Tokenizer, tokenizer_from_dict
 from mhc.tasks import TaskSpec, tasks_from_dicts, tasks_to_dicts
@@ -79,6 +79,10 @@ class MultiHeadNet(nn.Module):
             models take images scaled to [0, 1].
     """
 
+    # Speed options (mhc.training.speed): single-linear heads share one matmul; NHWC image input.
+    fuse_heads: bool = True
+    channels_last: bool = False
+
     def __init__(self, backbone: Mapping[str, Any], tasks: Sequence[TaskSpec], preprocess: Preprocess | None = None) -> None:
         super().__init__()
         self.backbone_config = dict(backbone)
@@ -107,7 +111,8 @@ class MultiHeadNet(nn.Module):
         """Images [B, 3, H, W] in [0, 1] are normalised; token ids [B, L] pass as they are."""
         if self.takes_tokens:
             return inputs
-        return (inputs - self.mean) / self.std
+        images = (inputs - self.mean) / self.std
+        return images.contiguous(memory_format=torch.channels_last) if self.channels_last else images
 
     def forward_features(self, inputs: Tensor) -> Tensor:
         """Images [B, 3, H, W] in [0, 1] (or token ids [B, L] for a token backbone) -> features [B, D]."""
@@ -122,6 +127,8 @@ class MultiHeadNet(nn.Module):
         return maps, padding
 
     def forward_heads(self, features: Tensor) -> dict[str, Tensor]:
+        if self.fuse_heads:
+            return fused_head_logits(self.heads, features, self.training)
         return {name: head(features) for name, head in self.heads.items()}
 
     def forward(self, images: Tensor) -> dict[str, Tensor]:

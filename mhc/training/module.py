@@ -25,6 +25,7 @@ from mhc.model.net import MultiHeadNet
 from mhc.pretrain import build_objective
 from mhc.training.balancing import BalancedStep, gradient_cosines, gradient_step, loss_step
 from mhc.training.schedules import optimization
+from mhc.training.speed import apply_speed_options
 from mhc.weighting import Weighting, create
 
 STAGES = ("train", "val", "test")
@@ -62,6 +63,8 @@ class MultiHeadModule(pl.LightningModule):
         nonfinite_loss: a NaN or infinite training loss ``stop``s the run with a message naming
             the task and step (the checkpoints already written stay as they are), or ``skip``s
             that batch's update.
+        speed: options of :func:`mhc.training.speed.apply_speed_options` (``channels_last``,
+            ``compile``, ``fuse_heads``).
     """
 
     def __init__(
@@ -80,12 +83,14 @@ class MultiHeadModule(pl.LightningModule):
         baseline_metric: str = "acc",
         run_config: Mapping[str, Any] | None = None,
         nonfinite_loss: str = "stop",
+        speed: Mapping[str, Any] | None = None,
     ) -> None:
         super().__init__()
         # What the loggers show as the run's hyperparameters: the resolved config when there is one.
         self.save_hyperparameters({"net_config": dict(net_config), "auxiliary": dict(auxiliary or {}),
                                    "weighting": dict(weighting or {}), "config": dict(run_config or {})})
         self.net = MultiHeadNet.from_config(net_config)
+        apply_speed_options(self.net, **dict(speed or {}))
         self.tasks = self.net.tasks
         self.task_names = list(self.tasks)
         options = dict(weighting or {"name": "static"})

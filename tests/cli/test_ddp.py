@@ -18,6 +18,7 @@ def test_two_process_cpu_ddp_trains_and_its_metrics_equal_one_process(tmp_path):
     """DDP on CPU; 49 validation samples do not split evenly, and the per-head validation metrics
     of the two processes together still equal a one-process evaluation of the same weights."""
     overrides = [o for o in [*TINY_SCENES, *TINY] if not o.startswith("~")] + ["data.num_val=49"]
+    overrides.append("trainer.precision=32-true")  # the precision mhc-eval compares at
     proc = subprocess.run(
         [sys.executable, "-m", "mhc.train", "trainer=ddp_cpu", *overrides, "callbacks.progress_bar=null",
          f"hydra.run.dir={tmp_path}"],
