@@ -29,6 +29,7 @@ from mhc.data import ScenesDataModule
 from mhc.losses import batch_losses
 from mhc.model import MultiHeadNet
 from mhc.training import MultiHeadModule
+from mhc.training.speed import apply_speed_options
 
 BACKBONES = {
     "resnet18": ({"name": "resnet18", "small_input": True}, 16),
@@ -85,6 +86,7 @@ def compare(backbone: dict[str, Any], batch_size: int, num_batches: int, repeats
     torch.manual_seed(0)
     module = MultiHeadModule(config, optimizer=adamw)
     net = MultiHeadNet.from_config(config)
+    apply_speed_options(net)  # the module's defaults (channels_last for a CNN, fused heads): the same model
     net.load_state_dict(module.net.state_dict())
     alternate = Alternate(plain_epoch(net, batches))
     trainer = pl.Trainer(max_epochs=1 + repeats, logger=False, enable_checkpointing=False, enable_progress_bar=False,

@@ -1,5 +1,7 @@
 """Model FLOP utilisation of a training step: counted FLOPs over step time, against the FLOP
-rate of a large float32 matmul on the same machine, measured in the same process.
+rate of a large matmul on the same machine, measured in the same process. Each backbone is
+measured in float32 (against a float32 matmul) and as ``mhc-train`` runs it by default on a CPU
+with native bfloat16 (bf16 autocast, and channels_last for the CNN; against a bfloat16 matmul).
 
 FLOPs come from ``torch.utils.flop_counter.FlopCounterMode`` over one forward and backward
 pass (2 FLOPs per multiply-add; convolutions counted as their matmul-equivalent FLOPs;
@@ -13,6 +15,7 @@ one process, medians over repeats.
 from __future__ import annotations
 
 import argparse
+import contextlib
 from typing import Any, Callable
 
 import torch
@@ -22,6 +25,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from mhc.data import ScenesDataModule
 from mhc.losses import batch_losses
 from mhc.model import MultiHeadNet
+from mhc.training.speed import apply_speed_options
 
 BACKBONES = {
     "cnn (default)": {"name": "cnn", "widths": [32, 64, 128, 128], "stem_stride": 2},
@@ -30,12 +34,13 @@ BACKBONES = {
 }
 
 
-def train_step(net: MultiHeadNet, batch: dict[str, Any]) -> tuple[Callable[[], None], Callable[[], None]]:
+def train_step(net: MultiHeadNet, batch: dict[str, Any], bf16: bool = False) -> tuple[Callable[[], None], Callable[[], None]]:
     """The optimizer-free forward and backward, and the full step with AdamW."""
     optimizer = torch.optim.AdamW(net.parameters(), lr=1e-4)
 
     def forward_backward() -> None:
-        losses = batch_losses(net.tasks, net.hierarchy, net(batch["image"]), batch)
+        with torch.autocast("cpu", dtype=torch.bfloat16) if bf16 else contextlib.nullcontext():
+            losses = batch_losses(net.tasks, net.hierarchy, net(batch["image"]), batch)
         sum(losses.values()).backward()
 
     def step() -> None:
@@ -52,8 +57,8 @@ def counted_flops(run: Callable[[], None]) -> int:
     return counter.get_total_flops()
 
 
-def matmul(size: int) -> tuple[Callable[[], None], int]:
-    a, b = torch.randn(size, size), torch.randn(size, size)
+def matmul(size: int, dtype: torch.dtype = torch.float32) -> tuple[Callable[[], None], int]:
+    a, b = torch.randn(size, size, dtype=dtype), torch.randn(size, size, dtype=dtype)
     return lambda: torch.mm(a, b), 2 * size**3
 
 
@@ -67,19 +72,23 @@ def main() -> None:
     data = ScenesDataModule(num_train=args.batch_size, num_val=10, num_test=10, batch_size=args.batch_size, seed=0)
     data.set_tasks(data.task_specs())
     batch = next(iter(data.loader("train", shuffle=True)))
-    peak_run, peak_flops = matmul(args.matmul)
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; scenes 64x64, 7 heads, batch {args.batch_size}, "
-          f"float32; peak = {args.matmul}^2 float32 matmul")
-    print("| backbone | GFLOP / step | step (ms) | achieved GFLOP/s | matmul GFLOP/s | MFU |")
-    print("|---|---:|---:|---:|---:|---:|")
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; scenes 64x64, 7 heads, batch {args.batch_size}; "
+          f"peak = {args.matmul}^2 matmul of the step's precision")
+    print("| backbone | precision | GFLOP / step | step (ms) | achieved GFLOP/s | matmul GFLOP/s | MFU |")
+    print("|---|---|---:|---:|---:|---:|---:|")
     for name, backbone in BACKBONES.items():
-        net = MultiHeadNet(backbone, data.tasks).train()
-        forward_backward, step = train_step(net, batch)
-        flops = counted_flops(forward_backward)
-        step_seconds, peak_seconds = alternate([step, peak_run], args.repeats, warmup=2)
-        achieved, peak = flops / step_seconds, peak_flops / peak_seconds
-        print(f"| {name} | {flops / 1e9:.1f} | {step_seconds * 1e3:.0f} | {achieved / 1e9:.1f} | {peak / 1e9:.1f} | "
-              f"{achieved / peak:.1%} |", flush=True)
+        for precision, dtype in (("float32", torch.float32), ("bf16 autocast (default)", torch.bfloat16)):
+            net = MultiHeadNet(backbone, data.tasks).train()
+            bf16 = dtype == torch.bfloat16
+            if bf16:
+                apply_speed_options(net)  # channels_last for the CNN, as mhc-train does
+            forward_backward, step = train_step(net, batch, bf16)
+            flops = counted_flops(forward_backward)
+            peak_run, peak_flops = matmul(args.matmul, dtype)
+            step_seconds, peak_seconds = alternate([step, peak_run], args.repeats, warmup=2)
+            achieved, peak = flops / step_seconds, peak_flops / peak_seconds
+            print(f"| {name} | {precision} | {flops / 1e9:.1f} | {step_seconds * 1e3:.0f} | {achieved / 1e9:.1f} | "
+                  f"{peak / 1e9:.1f} | {achieved / peak:.1%} |", flush=True)
 
 
 if __name__ == "__main__":

@@ -1,10 +1,13 @@
-"""Speed options of a training step, side by side: float32 (the default) against channels_last,
-bf16 autocast, torch.compile, and compile with bf16, for the default compact CNN and ViT-Tiny.
+"""Speed options of a training step, side by side: float32 with none (the baseline) against
+channels_last, bf16 autocast, both, torch.compile, and compile with bf16.
 
 Every variant trains its own copy of the same network (same initial weights) on the same batch
-of generated scenes (7 heads, masked losses, AdamW); steps alternate between the variants in
-one process, and the table reports medians over repeats and each one's ratio to float32. The
-compile column's first call (the compilation itself) is reported apart.
+of generated scenes (7 heads, masked losses, AdamW), set up by ``apply_speed_options`` as
+``mhc-train`` does (``perf.channels_last``, ``perf.compile``; bf16 is Lightning's
+``bf16-mixed``: autocast around the forward pass and losses). Steps alternate between the
+variants in one process; the table reports medians over repeats and each one's ratio to the
+baseline. The first compiled call (the compilation itself) is reported apart. channels_last
+applies to convolutional backbones only.
 
     python benchmarks/speed_options.py [--repeats 9] [--batch-size 128] [--backbones cnn,vit_tiny]
 """
@@ -24,26 +27,30 @@ from timing import alternate
 from mhc.data import ScenesDataModule
 from mhc.losses import batch_losses
 from mhc.model import MultiHeadNet
+from mhc.training.speed import apply_speed_options, is_convolutional
 
-VARIANTS = ("float32", "channels_last", "bf16 autocast", "compile", "compile + bf16")
+# name: (channels_last, bf16, compile)
+VARIANTS = {
+    "float32": (False, False, False),
+    "channels_last": (True, False, False),
+    "bf16": (False, True, False),
+    "channels_last + bf16": (True, True, False),
+    "compile": (False, False, True),
+    "compile + bf16": (False, True, True),
+}
+EXTRA_BACKBONES = {"resnet18": {"name": "resnet18", "small_input": True}}
 
 
-def variant_step(base: MultiHeadNet, batch: dict[str, Any], variant: str) -> Callable[[], None]:
+def variant_step(base: MultiHeadNet, batch: dict[str, Any], channels_last: bool, bf16: bool, compile: bool) -> Callable[[], None]:
     net = copy.deepcopy(base)
-    images = batch["image"]
-    if variant == "channels_last":
-        net = net.to(memory_format=torch.channels_last)
-        images = images.contiguous(memory_format=torch.channels_last)
-    if variant.startswith("compile"):
-        net.compile()
+    apply_speed_options(net, channels_last=channels_last, compile=compile)
     optimizer = torch.optim.AdamW(net.parameters(), lr=1e-4)
-    bf16 = variant.endswith("bf16") or variant == "bf16 autocast"
 
     def step() -> None:
         optimizer.zero_grad(set_to_none=True)
         autocast = torch.autocast("cpu", dtype=torch.bfloat16) if bf16 else contextlib.nullcontext()
         with autocast:
-            losses = batch_losses(net.tasks, net.hierarchy, net(images), batch)
+            losses = batch_losses(net.tasks, net.hierarchy, net(batch["image"]), batch)
         sum(losses.values()).backward()
         optimizer.step()
 
@@ -54,27 +61,29 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--repeats", type=int, default=9)
     parser.add_argument("--batch-size", type=int, default=128)
-    parser.add_argument("--backbones", default="cnn,vit_tiny")
+    parser.add_argument("--backbones", default="cnn,vit_tiny", help="cnn, vit_tiny, resnet18")
     args = parser.parse_args()
     torch.manual_seed(0)
     data = ScenesDataModule(num_train=args.batch_size, num_val=10, num_test=10, batch_size=args.batch_size, seed=0)
     data.set_tasks(data.task_specs())
     batch = next(iter(data.loader("train", shuffle=True)))
+    backbones = {**{name.split()[0]: (name, options) for name, options in BACKBONES.items()},
+                 **{name: (name, options) for name, options in EXTRA_BACKBONES.items()}}
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; scenes 64x64, 7 heads, batch {args.batch_size}; "
-          "step = forward, losses, backward, AdamW")
-    print("| backbone | " + " | ".join(f"{v} (ms)" for v in VARIANTS) + " | compilation (s) |")
+          "step = forward, losses, backward, AdamW; ms (ratio to float32)")
+    print("| backbone | " + " | ".join(VARIANTS) + " | compilation (s) |")
     print("|---|" + "---:|" * (len(VARIANTS) + 1))
     for key in args.backbones.split(","):
-        name = next(n for n in BACKBONES if n.split()[0] == key)
-        base = MultiHeadNet(BACKBONES[name], data.tasks).train()
-        steps = [variant_step(base, batch, v) for v in VARIANTS]
+        label, options = backbones[key]
+        base = MultiHeadNet(options, data.tasks).train()
+        names = [n for n, (channels_last, _, _) in VARIANTS.items() if not channels_last or is_convolutional(base)]
+        steps = [variant_step(base, batch, *VARIANTS[n]) for n in names]
         start = time.perf_counter()
-        steps[VARIANTS.index("compile")]()
+        steps[names.index("compile")]()
         compilation = time.perf_counter() - start
-        steps[VARIANTS.index("compile + bf16")]()
-        times = alternate(steps, args.repeats, warmup=2)
-        cells = [f"{t * 1e3:.0f} ({t / times[0]:.2f}x)" for t in times]
-        print(f"| {name} | " + " | ".join(cells) + f" | {compilation:.0f} |", flush=True)
+        times = dict(zip(names, alternate(steps, args.repeats, warmup=2)))
+        cells = [f"{times[n] * 1e3:.0f} ({times[n] / times['float32']:.2f}x)" if n in times else "-" for n in VARIANTS]
+        print(f"| {label} | " + " | ".join(cells) + f" | {compilation:.0f} |", flush=True)
 
 
 if __name__ == "__main__":

@@ -40,6 +40,33 @@ def test_causal_output_at_t_ignores_later_tokens():
     assert not torch.allclose(before[:, 6:], after[:, 6:], atol=1e-3)
 
 
+def test_bf16_on_cpu_takes_the_explicit_product_for_short_sequences_only():
+    from mhc.model.backbones.attention import EXPLICIT_BF16_CPU_MAX_LENGTH, explicit_is_faster
+
+    short = torch.zeros(2, 3, EXPLICIT_BF16_CPU_MAX_LENGTH, 8)
+    long = torch.zeros(2, 3, EXPLICIT_BF16_CPU_MAX_LENGTH + 1, 8)
+    assert explicit_is_faster(short.bfloat16())
+    assert not explicit_is_faster(long.bfloat16()) and not explicit_is_faster(short)
+
+
+def test_bf16_explicit_attention_keeps_masks_and_matches_float32():
+    """Under bf16 autocast the short-sequence path is the explicit product: masked keys get
+    exactly zero weight, and outputs stay within bf16 rounding of float32 SDPA."""
+    model = seq(causal=True, pool="last")
+    ids = torch.randint(1, 20, (3, 10))
+    changed = ids.clone()
+    changed[:, 6:] = torch.randint(1, 20, (3, 4))
+    padded = torch.cat([ids, torch.zeros(3, 5, dtype=torch.long)], dim=1)
+    reference, _, _ = model.forward_tokens(ids)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        before, _, _ = model.forward_tokens(ids)
+        after, _, _ = model.forward_tokens(changed)
+        with_padding, _, _ = model.forward_tokens(padded)
+    assert torch.equal(before[:, :6], after[:, :6])  # causal: later tokens change nothing
+    torch.testing.assert_close(before, with_padding[:, :10], atol=2e-2, rtol=2e-2)  # padding: rounding only
+    assert torch.allclose(before.float(), reference, atol=0.1, rtol=0.05)
+
+
 def test_attention_weights_only_when_asked_and_respect_masks():
     model = seq(causal=True)
     ids = torch.tensor([[3, 4, 5, 0, 0]])

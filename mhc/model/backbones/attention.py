@@ -1,7 +1,8 @@
 """Multi-head self-attention with key-padding and causal masks, and the transformer block.
 
 The fast path is ``F.scaled_dot_product_attention``; per-head attention weights [B, H, L, L]
-are computed (the slow, explicit way) only when asked for.
+are computed (the explicit way) only when asked for, or where the explicit product is the faster
+one: bfloat16 on CPU with short sequences (see :func:`explicit_is_faster`).
 """
 
 from __future__ import annotations
@@ -9,6 +10,16 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+
+# bfloat16 on CPU: up to this many tokens, the explicit product (softmax in float32) trains 1.5-5x
+# faster than SDPA's CPU kernel, forward and backward; from about 256 tokens SDPA is faster
+# (benchmarks/attention_kernels.py). In float32 and on GPUs, SDPA is faster at every length.
+EXPLICIT_BF16_CPU_MAX_LENGTH = 128
+
+
+def explicit_is_faster(q: Tensor) -> bool:
+    """Whether the explicit attention product beats SDPA for queries ``q`` [B, H, L, d]."""
+    return q.dtype == torch.bfloat16 and q.device.type == "cpu" and q.shape[-2] <= EXPLICIT_BF16_CPU_MAX_LENGTH
 
 
 def attention_mask(key_padding: Tensor | None, causal: bool, length: int, device: torch.device) -> Tensor | None:
@@ -65,12 +76,14 @@ class SelfAttention(nn.Module):
     def forward(self, x: Tensor, mask: Tensor | None = None, need_weights: bool = False) -> tuple[Tensor, Tensor | None]:
         B, L, _ = x.shape
         q, k, v = self.qkv(x).view(B, L, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)  # 3 x [B, H, L, d]
-        if need_weights:
+        if need_weights or explicit_is_faster(q):
             scores = (q @ k.transpose(-2, -1)) / self.head_dim**0.5
             if mask is not None:
                 scores = scores.masked_fill(~mask, float("-inf"))
-            weights = torch.nan_to_num(scores.softmax(dim=-1))  # a fully masked query row attends nowhere
+            # a fully masked query row attends nowhere
+            weights = torch.nan_to_num(scores.float().softmax(dim=-1)).to(v.dtype)
             out = F.dropout(weights, self.dropout, self.training) @ v
+            weights = weights if need_weights else None
         else:
             weights = None
             out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=self.dropout if self.training else 0.0)
