@@ -13,17 +13,15 @@ over repeats; the pipeline should be several times faster, so it never starves t
 from __future__ import annotations
 
 import argparse
-import contextlib
 from typing import Callable, Iterator
 
 import torch
+from defaults import as_trained, default_autocast, describe
 from timing import alternate
 
-from mhc.config import cpu_precision
 from mhc.data import ScenesDataModule
 from mhc.losses import batch_losses
 from mhc.model import MultiHeadNet
-from mhc.training.speed import apply_speed_options
 
 BACKBONE = {"name": "cnn", "widths": [32, 64, 128, 128], "stem_stride": 2}
 
@@ -44,9 +42,7 @@ def main() -> None:
     data.setup("fit")
     batches = endless(data)
     batch = next(batches)
-    net = MultiHeadNet(BACKBONE, data.tasks).train()
-    apply_speed_options(net)
-    bf16 = cpu_precision() == "bf16-mixed"
+    net = as_trained(MultiHeadNet(BACKBONE, data.tasks).train())
     optimizer = torch.optim.AdamW(net.parameters(), lr=3e-3, weight_decay=0.05)
 
     def load() -> None:
@@ -55,7 +51,7 @@ def main() -> None:
 
     def train() -> None:
         for _ in range(args.batches):
-            with torch.autocast("cpu", dtype=torch.bfloat16) if bf16 else contextlib.nullcontext():
+            with default_autocast():
                 loss = sum(batch_losses(net.tasks, net.hierarchy, net(batch["image"]), batch).values())
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
@@ -65,7 +61,7 @@ def main() -> None:
     load_seconds, train_seconds = alternate(steps, args.repeats, warmup=1)
     samples = args.batches * data.batch_size
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; scenes 64x64, 7 heads, batch {data.batch_size}, "
-          f"num_workers {data.num_workers}, cnn {BACKBONE['widths']}, step precision {cpu_precision()}")
+          f"num_workers {data.num_workers}, cnn {BACKBONE['widths']}, {describe()}")
     print("| data loader (samples/s) | training step (samples/s) | loader / step |")
     print("|---:|---:|---:|")
     print(f"| {samples / load_seconds:.0f} | {samples / train_seconds:.0f} | {train_seconds / load_seconds:.1f} |")

@@ -26,17 +26,23 @@ from mhc.tasks import TaskSpec
 AUROC_THRESHOLDS = 200
 
 
-def task_metrics(task: TaskSpec) -> MetricCollection:
-    """Accuracy and macro-F1 for every head; AUROC for binary and multilabel heads."""
+def task_metrics(task: TaskSpec, auroc: bool = True) -> MetricCollection:
+    """Accuracy and macro-F1 for every head; AUROC for binary and multilabel heads (unless ``auroc=False``).
+
+    Labels are checked where they are read (the data modules), so the metrics skip torchmetrics'
+    per-update argument checks; accuracy and F1 share one set of stat scores.
+    """
     if task.kind == "multiclass":
-        kw = {"task": "multiclass", "num_classes": task.num_classes}
-        return MetricCollection({"acc": Accuracy(**kw), "f1": F1Score(average="macro", **kw)})
+        kw = {"task": "multiclass", "num_classes": task.num_classes, "validate_args": False}
+        return MetricCollection({"acc": Accuracy(**kw), "f1": F1Score(average="macro", **kw)}, compute_groups=[["acc", "f1"]])
     if task.kind == "binary":
-        return MetricCollection({"acc": Accuracy(task="binary"), "f1": F1Score(task="binary"), "auroc": AUROC(task="binary", thresholds=AUROC_THRESHOLDS)})
-    kw = {"task": "multilabel", "num_labels": task.num_classes}
-    return MetricCollection(
-        {"acc": Accuracy(average="macro", **kw), "f1": F1Score(average="macro", **kw), "auroc": AUROC(average="macro", thresholds=AUROC_THRESHOLDS, **kw)}
-    )
+        kw = {"task": "binary", "validate_args": False}
+    else:
+        kw = {"task": "multilabel", "num_labels": task.num_classes, "average": "macro", "validate_args": False}
+    metrics = {"acc": Accuracy(**kw), "f1": F1Score(**kw)}
+    if not auroc:
+        return MetricCollection(metrics, compute_groups=[["acc", "f1"]])
+    return MetricCollection({**metrics, "auroc": AUROC(thresholds=AUROC_THRESHOLDS, **kw)}, compute_groups=[["acc", "f1"], ["auroc"]])
 
 
 def task_confusion(task: TaskSpec) -> ConfusionMatrix:
@@ -50,12 +56,16 @@ def task_confusion(task: TaskSpec) -> ConfusionMatrix:
 
 
 class HeadMetrics(nn.Module):
-    """One ``MetricCollection`` per task, plus its loss averaged over labelled samples."""
+    """One ``MetricCollection`` per task, plus its loss averaged over labelled samples.
 
-    def __init__(self, tasks: Mapping[str, TaskSpec], confusion: bool = False) -> None:
+    ``auroc=False`` leaves AUROC out (the training stage: its binned update costs as much as
+    accuracy and F1 together, on every step).
+    """
+
+    def __init__(self, tasks: Mapping[str, TaskSpec], confusion: bool = False, auroc: bool = True) -> None:
         super().__init__()
         self.tasks = dict(tasks)
-        self.metrics = nn.ModuleDict({name: task_metrics(t) for name, t in self.tasks.items()})
+        self.metrics = nn.ModuleDict({name: task_metrics(t, auroc) for name, t in self.tasks.items()})
         self.confusion = nn.ModuleDict({name: task_confusion(t) for name, t in self.tasks.items()}) if confusion else None
         self.losses = nn.ModuleDict({name: MeanMetric() for name in self.tasks})
         self.track_losses = False

@@ -91,3 +91,15 @@ def test_baseline_metrics_from_mapping_and_checkpoint(tiny_net, tmp_path):
     assert baseline_metrics(str(path)) == {"coarse": 0.8}
     with pytest.raises(ConfigError, match="holds no validation 'auroc' per task"):
         baseline_metrics(str(path), "auroc")
+
+
+def test_training_stage_metrics_leave_auroc_out_and_agree_on_the_rest():
+    full, light = HeadMetrics(TASKS), HeadMetrics(TASKS, auroc=False)
+    for seed in range(2):
+        batch = random_batch(30, seed)
+        full.update(*batch)
+        light.update(*batch)
+    full_results, light_results = full.compute(), light.compute()
+    assert "auroc" in full_results["flag"] and "auroc" not in light_results["flag"]
+    for name, values in light_results.items():
+        assert values == pytest.approx({k: v for k, v in full_results[name].items() if k != "auroc"}, abs=1e-7)

@@ -93,6 +93,7 @@ class TaskDataModule(pl.LightningDataModule):
         pin_memory: bool = False,
         eval_batch_size: int | None = None,
         train_fraction: float = 1.0,
+        persistent_workers: bool = True,
     ) -> None:
         super().__init__()
         if isinstance(train_fraction, bool) or not isinstance(train_fraction, (int, float)) or not 0.0 < train_fraction <= 1.0:
@@ -102,6 +103,7 @@ class TaskDataModule(pl.LightningDataModule):
         self.eval_batch_size = check_count("eval_batch_size", eval_batch_size or batch_size, minimum=1)
         self.num_workers = check_count("num_workers", num_workers, minimum=0)
         self.pin_memory = pin_memory
+        self.persistent_workers = bool(persistent_workers) and self.num_workers > 0  # workers kept between epochs
         self.splits: dict[str, Dataset] = {}
         self.tasks: list[TaskSpec] | None = None
 
@@ -178,7 +180,7 @@ class TaskDataModule(pl.LightningDataModule):
             sampler=sampler,
             num_workers=self.num_workers,
             pin_memory=self.pin_memory,
-            persistent_workers=self.num_workers > 0,
+            persistent_workers=self.persistent_workers,
             drop_last=False,
         )
 

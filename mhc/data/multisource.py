@@ -208,4 +208,4 @@ class MultiSourceDataModule(TaskDataModule):
         sampler = SourceBatchSampler(sizes, self.batch_size if shuffle else self.eval_batch_size, self.sampling,
                                      self.temperature, shuffle=shuffle, seed=self.seed)
         return DataLoader(dataset, batch_sampler=sampler, num_workers=self.num_workers, pin_memory=self.pin_memory,
-                          persistent_workers=self.num_workers > 0)
+                          persistent_workers=self.persistent_workers)

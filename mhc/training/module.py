@@ -121,7 +121,8 @@ class MultiHeadModule(pl.LightningModule):
         self.optimizer_factory = optimizer
         self.scheduler_factory = scheduler
         self.metrics = torch.nn.ModuleDict(
-            {f"{stage}_": HeadMetrics(self.tasks, confusion=confusion and stage != "train") for stage in STAGES}
+            {f"{stage}_": HeadMetrics(self.tasks, confusion=confusion and stage != "train", auroc=stage != "train")
+             for stage in STAGES}
         )
         self.last_results: dict[str, dict[str, dict[str, float]]] = {}
 

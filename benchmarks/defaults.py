@@ -1,0 +1,28 @@
+"""The training setup ``mhc-train`` uses by default on this machine, for benchmarks that time
+steps outside Lightning: the trainer's precision as an autocast context, and the speed options."""
+
+from __future__ import annotations
+
+import contextlib
+from typing import ContextManager
+
+import torch
+
+from mhc.config import cpu_precision
+from mhc.model import MultiHeadNet
+from mhc.training.speed import apply_speed_options
+
+
+def default_autocast() -> ContextManager:
+    """bf16 autocast where the default CPU precision is bf16-mixed, else nothing."""
+    return torch.autocast("cpu", dtype=torch.bfloat16) if cpu_precision() == "bf16-mixed" else contextlib.nullcontext()
+
+
+def as_trained(net: MultiHeadNet) -> MultiHeadNet:
+    """``net`` with the default speed options (channels_last for a CNN, fused heads)."""
+    apply_speed_options(net)
+    return net
+
+
+def describe() -> str:
+    return f"precision {cpu_precision()}, default speed options"
