@@ -11,7 +11,8 @@ median wall time of ``train`` (fit and the best checkpoint's validation) over re
 from __future__ import annotations
 
 import argparse
-import functools
+import contextlib
+import io
 import logging
 import statistics
 import tempfile
@@ -23,6 +24,13 @@ from timing import timed
 
 from mhc.cli.common import CONFIG_PATH
 from mhc.cli.train import train
+
+
+def quiet_train(cfg) -> None:
+    """``train`` without its tables and progress output."""
+    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+        train(cfg)
+
 
 SETTINGS = {
     "0 workers": ["data.num_workers=0"],
@@ -41,12 +49,12 @@ def main() -> None:
     seconds: dict[str, list[float]] = {name: [] for name in SETTINGS}
     with tempfile.TemporaryDirectory() as out, initialize_config_dir(config_dir=CONFIG_PATH, version_base="1.3"):
         common = ["data.num_train=2000", "data.num_val=500", "data.num_test=100", f"trainer.max_epochs={args.epochs}",
-                  "test=false", "logger=none", "~callbacks.progress_bar", f"paths.cache_dir={out}/cache"]
-        train(compose("train", overrides=[*common, "trainer.max_epochs=1", f"paths.output_dir={out}/warmup"]))
+                  "test=false", "logger=none", "~callbacks.progress_bar", "trainer.enable_progress_bar=false", f"paths.cache_dir={out}/cache"]
+        quiet_train(compose("train", overrides=[*common, "trainer.max_epochs=1", f"paths.output_dir={out}/warmup"]))
         for repeat in range(args.repeats):
             for index, (name, overrides) in enumerate(SETTINGS.items()):
                 cfg = compose("train", overrides=[*common, *overrides, f"paths.output_dir={out}/run{repeat}-{index}"])
-                seconds[name].append(timed(functools.partial(train, cfg)))
+                seconds[name].append(timed(lambda: quiet_train(cfg)))  # noqa: B023 (called at once)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; mhc-train defaults, 2,000 + 500 images, "
           f"{args.epochs} epochs, median of {args.repeats}")
     print("| loader | wall (s) | ratio to 0 workers |")

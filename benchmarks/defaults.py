@@ -13,9 +13,9 @@ from mhc.model import MultiHeadNet
 from mhc.training.speed import apply_speed_options
 
 
-def default_autocast() -> ContextManager:
-    """bf16 autocast where the default CPU precision is bf16-mixed, else nothing."""
-    return torch.autocast("cpu", dtype=torch.bfloat16) if cpu_precision() == "bf16-mixed" else contextlib.nullcontext()
+def default_autocast(backbone: str = "cnn") -> ContextManager:
+    """bf16 autocast where ``backbone``'s default CPU precision is bf16-mixed, else nothing."""
+    return torch.autocast("cpu", dtype=torch.bfloat16) if cpu_precision(backbone) == "bf16-mixed" else contextlib.nullcontext()
 
 
 def as_trained(net: MultiHeadNet) -> MultiHeadNet:
@@ -24,5 +24,5 @@ def as_trained(net: MultiHeadNet) -> MultiHeadNet:
     return net
 
 
-def describe() -> str:
-    return f"precision {cpu_precision()}, default speed options"
+def describe(backbone: str = "cnn") -> str:
+    return f"precision {cpu_precision(backbone)}, default speed options"

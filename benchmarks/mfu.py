@@ -1,7 +1,8 @@
 """Model FLOP utilisation of a training step: counted FLOPs over step time, against the FLOP
 rate of a large matmul on the same machine, measured in the same process. Each backbone is
-measured in float32 (against a float32 matmul) and as ``mhc-train`` runs it by default on a CPU
-with native bfloat16 (bf16 autocast, and channels_last for the CNN; against a bfloat16 matmul).
+measured in float32 (against a float32 matmul) and in bf16 autocast with the default speed
+options (channels_last for the CNN; against a bfloat16 matmul); ``mhc-train`` trains the CNN in
+bf16 by default on a CPU with native bfloat16, transformers in float32.
 
 FLOPs come from ``torch.utils.flop_counter.FlopCounterMode`` over one forward and backward
 pass (2 FLOPs per multiply-add; convolutions counted as their matmul-equivalent FLOPs;
@@ -77,7 +78,7 @@ def main() -> None:
     print("| backbone | precision | GFLOP / step | step (ms) | achieved GFLOP/s | matmul GFLOP/s | MFU |")
     print("|---|---|---:|---:|---:|---:|---:|")
     for name, backbone in BACKBONES.items():
-        for precision, dtype in (("float32", torch.float32), ("bf16 autocast (default)", torch.bfloat16)):
+        for precision, dtype in (("float32", torch.float32), ("bf16 autocast", torch.bfloat16)):
             net = MultiHeadNet(backbone, data.tasks).train()
             bf16 = dtype == torch.bfloat16
             if bf16:

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
+import torch
 from hydra.core.config_store import ConfigStore
 from omegaconf import DictConfig, OmegaConf
 
@@ -136,10 +137,21 @@ def native_bf16_cpu(cpuinfo: str | Path = "/proc/cpuinfo") -> bool:
     return re.search(r"\b(avx512_bf16|amx_bf16)\b", flags) is not None
 
 
-def cpu_precision() -> str:
-    """``${mhc.cpu_precision:}``, the CPU trainer's default precision: bf16-mixed where the
-    hardware has bfloat16, else 32-true."""
-    return "bf16-mixed" if native_bf16_cpu() else "32-true"
+def cpu_precision(backbone: str) -> str:
+    """``${mhc.cpu_precision:${backbone.name}}``, the CPU trainer's default precision: bf16-mixed
+    for a convolutional backbone where the hardware has bfloat16, else 32-true. Transformers stay
+    in float32: in bf16 the sequence transformer learned less in the same epochs (see
+    docs/benchmarks.md), so there bf16 is a choice (``trainer.precision=bf16-mixed``)."""
+    from mhc.model.backbones import create_backbone
+
+    if not native_bf16_cpu():
+        return "32-true"
+    try:
+        with torch.device("meta"):  # no memory, no initialisation
+            model = create_backbone(backbone)
+    except ConfigError:  # an unknown backbone: the error comes, with its message, where it is built
+        return "32-true"
+    return "bf16-mixed" if sum(isinstance(m, torch.nn.Conv2d) for m in model.modules()) > 1 else "32-true"
 
 
 def register_configs() -> None:

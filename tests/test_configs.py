@@ -66,3 +66,14 @@ def test_cpu_precision_follows_the_hardware(tmp_path):
     without.write_text("flags\t\t: fpu sse2 avx2 fma\n")
     assert native_bf16_cpu(with_bf16) and not native_bf16_cpu(without)
     assert not native_bf16_cpu(tmp_path / "absent")  # not Linux: full precision
+
+
+def test_default_cpu_precision_is_bf16_for_convolutional_backbones_only(monkeypatch):
+    import mhc.config as config
+
+    monkeypatch.setattr(config, "native_bf16_cpu", lambda: True)
+    assert config.cpu_precision("cnn") == "bf16-mixed" == config.cpu_precision("resnet18")
+    assert config.cpu_precision("vit_tiny") == "32-true" == config.cpu_precision("seq_small")
+    assert config.cpu_precision("no_such_backbone") == "32-true"  # its error comes where it is built
+    monkeypatch.setattr(config, "native_bf16_cpu", lambda: False)
+    assert config.cpu_precision("cnn") == "32-true"
