@@ -27,7 +27,7 @@ from timing import alternate
 from mhc.data import ScenesDataModule
 from mhc.losses import batch_losses
 from mhc.model import MultiHeadNet
-from mhc.training.speed import apply_speed_options, is_convolutional
+from mhc.training.speed import apply_speed_options, has_convolutional_backbone
 
 # name: (channels_last, bf16, compile)
 VARIANTS = {
@@ -76,7 +76,7 @@ def main() -> None:
     for key in args.backbones.split(","):
         label, options = backbones[key]
         base = MultiHeadNet(options, data.tasks).train()
-        names = [n for n, (channels_last, _, _) in VARIANTS.items() if not channels_last or is_convolutional(base)]
+        names = [n for n, (channels_last, _, _) in VARIANTS.items() if not channels_last or has_convolutional_backbone(base)]
         steps = [variant_step(base, batch, *VARIANTS[n]) for n in names]
         start = time.perf_counter()
         steps[names.index("compile")]()

@@ -13,7 +13,6 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
-import torch
 from hydra.core.config_store import ConfigStore
 from omegaconf import DictConfig, OmegaConf
 
@@ -142,16 +141,9 @@ def cpu_precision(backbone: str) -> str:
     for a convolutional backbone where the hardware has bfloat16, else 32-true. Transformers stay
     in float32: in bf16 the sequence transformer learned less in the same epochs (see
     docs/benchmarks.md), so there bf16 is a choice (``trainer.precision=bf16-mixed``)."""
-    from mhc.model.backbones import create_backbone
+    from mhc.model.backbones.registry import is_convolutional_backbone
 
-    if not native_bf16_cpu():
-        return "32-true"
-    try:
-        with torch.device("meta"):  # no memory, no initialisation
-            model = create_backbone(backbone)
-    except ConfigError:  # an unknown backbone: the error comes, with its message, where it is built
-        return "32-true"
-    return "bf16-mixed" if sum(isinstance(m, torch.nn.Conv2d) for m in model.modules()) > 1 else "32-true"
+    return "bf16-mixed" if native_bf16_cpu() and is_convolutional_backbone(backbone) else "32-true"
 
 
 def register_configs() -> None:

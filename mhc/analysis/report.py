@@ -83,6 +83,12 @@ def token_labels(net: MultiHeadNet, inputs: Tensor, length: int) -> list[str]:
     return names[:length]
 
 
+def patch_grid(net: MultiHeadNet, inputs: Tensor) -> int | None:
+    """The side of the square patch grid a ViT sees for images ``inputs`` (the patches follow its
+    CLS token); ``None`` for tokens."""
+    return inputs.shape[-1] // net.backbone.patch_size if inputs.ndim == 4 else None
+
+
 def chosen_inputs(batches: Sequence[Mapping[str, Any]], samples: int | Sequence[int]) -> Tensor:
     """The inputs of the first ``samples`` samples, or of the samples at those indices."""
     inputs = torch.cat([batch_inputs(b) for b in batches])
@@ -143,11 +149,7 @@ def analyze(
     if not batches:
         raise ValueError("the analysis split has no data")
     net.eval()
-    grid = None
-    first_inputs = batch_inputs(batches[0])
-    if first_inputs.ndim == 4:  # images: patches on a square grid after the CLS token
-        grid = first_inputs.shape[-1] // net.backbone.patch_embed.kernel_size[0]
-    patterns, redundancy = PatternMeter(grid=grid), RedundancyMeter()
+    patterns, redundancy = PatternMeter(grid=patch_grid(net, batch_inputs(batches[0]))), RedundancyMeter()
     count = 0
     with torch.no_grad():
         for batch in batches:

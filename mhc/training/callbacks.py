@@ -12,7 +12,7 @@ import torch
 
 from mhc.analysis import figures
 from mhc.analysis.attention import HeadLayout, PatternMeter
-from mhc.analysis.report import sample_maps
+from mhc.analysis.report import patch_grid, sample_maps
 from mhc.data.labels import batch_inputs
 from mhc.tasks import TaskSpec
 from mhc.tracking import log_figure, pyplot
@@ -100,10 +100,7 @@ class AttentionMapLogger(pl.Callback):
         finally:
             net.train(was_training)
         layout = HeadLayout.of(net.backbone.encoder)
-        grid = None
-        if self.inputs.ndim == 4:  # images: the patches lie on a square grid after the CLS token
-            grid = self.inputs.shape[-1] // net.backbone.patch_size
-        meter = PatternMeter(grid=grid)
+        meter = PatternMeter(grid=patch_grid(net, self.inputs))
         meter.update(maps, padding)
         entropy = meter.compute(layout).entropy
         scalars = {f"attention/L{layer}H{head}/entropy": float(entropy[layer, head])

@@ -8,17 +8,17 @@ them loads anywhere. Mixed precision is Lightning's (``trainer.precision=bf16-mi
 from __future__ import annotations
 
 import torch
-from torch import nn
 
 from mhc.errors import ConfigError
+from mhc.model.backbones.registry import is_convolutional
 from mhc.model.net import MultiHeadNet
 
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 
 
-def is_convolutional(net: MultiHeadNet) -> bool:
-    """Whether the backbone is convolutional past its input layer (a CNN, not a transformer's patch embedding)."""
-    return not net.takes_tokens and sum(isinstance(m, nn.Conv2d) for m in net.backbone.modules()) > 1
+def has_convolutional_backbone(net: MultiHeadNet) -> bool:
+    """Whether ``net`` reads images with a CNN (where channels_last pays)."""
+    return not net.takes_tokens and is_convolutional(net.backbone)
 
 
 def apply_speed_options(net: MultiHeadNet, channels_last: bool | str = "auto", compile: bool | str = False,
@@ -34,7 +34,7 @@ def apply_speed_options(net: MultiHeadNet, channels_last: bool | str = "auto", c
     if channels_last not in (True, False, "auto"):
         raise ConfigError(f"perf.channels_last must be true, false or auto, got '{channels_last}'")
     if channels_last == "auto":
-        channels_last = is_convolutional(net)
+        channels_last = has_convolutional_backbone(net)
     if channels_last:
         if net.takes_tokens:
             raise ConfigError("perf.channels_last applies to image backbones; this one reads token ids")

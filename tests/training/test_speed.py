@@ -5,7 +5,7 @@ from mhc.errors import ConfigError
 from mhc.model import MultiHeadNet
 from mhc.model.heads import fused_head_logits
 from mhc.tasks import TaskSpec
-from mhc.training.speed import apply_speed_options, is_convolutional
+from mhc.training.speed import apply_speed_options, has_convolutional_backbone
 
 CNN = {"name": "cnn", "widths": [8, 16], "stem_stride": 2}
 VIT = {"name": "vit_tiny", "image_size": 32, "patch_size": 8, "dim": 16, "depth": 1, "num_heads": 2}
@@ -62,7 +62,7 @@ def test_channels_last_auto_is_for_convolutional_backbones_and_changes_nothing_b
     cnn = MultiHeadNet(CNN, TASKS[:3]).eval()
     expected = cnn(images)
     apply_speed_options(cnn)
-    assert cnn.channels_last and is_convolutional(cnn)
+    assert cnn.channels_last and has_convolutional_backbone(cnn)
     assert cnn.backbone_input(images).is_contiguous(memory_format=torch.channels_last)
     conv = next(m for m in cnn.backbone.modules() if isinstance(m, torch.nn.Conv2d))
     assert conv.weight.is_contiguous(memory_format=torch.channels_last)
@@ -71,7 +71,7 @@ def test_channels_last_auto_is_for_convolutional_backbones_and_changes_nothing_b
     assert set(cnn.state_dict()) == set(MultiHeadNet(CNN, TASKS[:3]).state_dict())
     vit = MultiHeadNet(VIT, TASKS[:3])
     apply_speed_options(vit)
-    assert not vit.channels_last and not is_convolutional(vit)
+    assert not vit.channels_last and not has_convolutional_backbone(vit)
 
 
 @pytest.mark.parametrize("options, message", [

@@ -69,6 +69,22 @@ def create_backbone(name: str, weights: str | None = None, pretrained: str | Non
     return backbone
 
 
+def is_convolutional(backbone: nn.Module) -> bool:
+    """Whether a backbone is convolutional past its input layer (a CNN, not a ViT's patch embedding)."""
+    return sum(isinstance(m, nn.Conv2d) for m in backbone.modules()) > 1
+
+
+@functools.lru_cache(maxsize=None)
+def is_convolutional_backbone(name: str) -> bool:
+    """:func:`is_convolutional` of the backbone ``name`` with its defaults, built on the meta
+    device (no memory, no initialisation); an unknown name is not convolutional."""
+    try:
+        with torch.device("meta"):
+            return is_convolutional(create_backbone(name))
+    except ConfigError:
+        return False
+
+
 def load_pretrained(backbone: nn.Module, path: str | Path, description: Mapping[str, Any]) -> None:
     """Load ``mhc-pretrain`` output strictly: a different architecture or size is one
     :class:`CheckpointError` naming the differing options and the first mismatching keys."""
