@@ -1,8 +1,9 @@
 """Per-head torchmetrics, fed only the labelled samples of each task.
 
-Masked samples are removed before ``update`` (rather than through ``ignore_index``), so a
-head's metric on masked data equals the metric on its labelled subset, and a batch with no
-labels for a task is simply skipped.
+Masked samples are removed before ``update``, so a head's metric on masked data equals the
+metric on its labelled subset, and a batch with no labels for a task is simply skipped. The
+accuracy and F1 of binary heads are kept together, as the labels of one multilabel metric that
+ignores masked samples: with many binary heads (attributes, tags) one update serves them all.
 """
 
 from __future__ import annotations
@@ -17,6 +18,8 @@ from torchmetrics.classification import (
     Accuracy,
     ConfusionMatrix,
     F1Score,
+    MultilabelAccuracy,
+    MultilabelF1Score,
 )
 
 from mhc.tasks import TaskSpec
@@ -45,6 +48,16 @@ def task_metrics(task: TaskSpec, auroc: bool = True) -> MetricCollection:
     return MetricCollection({**metrics, "auroc": AUROC(thresholds=AUROC_THRESHOLDS, **kw)}, compute_groups=[["acc", "f1"], ["auroc"]])
 
 
+IGNORED = -1  # the target of a masked sample among the binary heads
+
+
+def binary_heads_metrics(num_heads: int) -> MetricCollection:
+    """Accuracy and F1 of ``num_heads`` binary heads at once, per head (``average=None``); each
+    equals the head's own binary metric on its labelled samples."""
+    kw = {"num_labels": num_heads, "average": None, "ignore_index": IGNORED, "validate_args": False}
+    return MetricCollection({"acc": MultilabelAccuracy(**kw), "f1": MultilabelF1Score(**kw)}, compute_groups=[["acc", "f1"]])
+
+
 def task_confusion(task: TaskSpec) -> ConfusionMatrix:
     """Confusion matrix: [C, C] for multiclass, [2, 2] for binary, [C, 2, 2] for multilabel."""
     if task.kind == "multiclass":
@@ -56,7 +69,8 @@ def task_confusion(task: TaskSpec) -> ConfusionMatrix:
 
 
 class HeadMetrics(nn.Module):
-    """One ``MetricCollection`` per task, plus its loss averaged over labelled samples.
+    """One ``MetricCollection`` per task, plus its loss averaged over labelled samples; binary
+    heads (when there are several) share one accuracy-and-F1 metric and keep their own AUROC.
 
     ``auroc=False`` leaves AUROC out (the training stage: its binned update costs as much as
     accuracy and F1 together, on every step).
@@ -65,7 +79,14 @@ class HeadMetrics(nn.Module):
     def __init__(self, tasks: Mapping[str, TaskSpec], confusion: bool = False, auroc: bool = True) -> None:
         super().__init__()
         self.tasks = dict(tasks)
-        self.metrics = nn.ModuleDict({name: task_metrics(t, auroc) for name, t in self.tasks.items()})
+        binary = [name for name, t in self.tasks.items() if t.kind == "binary"]
+        self.binary = binary if len(binary) > 1 else []
+        self.binary_metrics = binary_heads_metrics(len(self.binary)) if self.binary else None
+        own = {name: task_metrics(t, auroc) for name, t in self.tasks.items() if name not in self.binary}
+        if auroc:  # binary heads measured together keep their own AUROC
+            own.update({name: MetricCollection({"auroc": AUROC(task="binary", thresholds=AUROC_THRESHOLDS, validate_args=False)})
+                        for name in self.binary})
+        self.metrics = nn.ModuleDict(own)
         self.confusion = nn.ModuleDict({name: task_confusion(t) for name, t in self.tasks.items()}) if confusion else None
         self.losses = nn.ModuleDict({name: MeanMetric() for name in self.tasks})
         self.track_losses = False
@@ -81,18 +102,24 @@ class HeadMetrics(nn.Module):
     ) -> None:
         """Add a batch; ``losses`` (per-task batch means) are averaged over labelled samples."""
         self.track_losses = self.track_losses or losses is not None
-        for name in self.tasks:
-            keep = label_mask[name].bool()
-            labelled = int(keep.sum())
+        keep = {name: label_mask[name].bool() for name in self.tasks}
+        counts = dict(zip(self.tasks, torch.stack([k.sum() for k in keep.values()]).tolist()))  # one sync
+        for name, labelled in counts.items():
             if not labelled:
                 continue
             self.seen[name] += labelled
             if losses is not None:
                 self.losses[name].update(losses[name].detach(), weight=labelled)
-            p, y = probs[name][keep], targets[name][keep].long()
-            self.metrics[name].update(p, y)
-            if self.confusion is not None:
-                self.confusion[name].update(p, y)
+            if name in self.metrics or self.confusion is not None:
+                p, y = probs[name][keep[name]], targets[name][keep[name]].long()
+                if name in self.metrics:
+                    self.metrics[name].update(p, y)
+                if self.confusion is not None:
+                    self.confusion[name].update(p, y)
+        if self.binary and any(counts[name] for name in self.binary):
+            p = torch.stack([probs[name] for name in self.binary], dim=1)  # [B, binary heads]
+            y = torch.stack([torch.where(keep[name], targets[name].long(), IGNORED) for name in self.binary], dim=1)
+            self.binary_metrics.update(p, y)
 
     def labelled_counts(self) -> Tensor:
         """Labelled samples seen per task [T] (on this process), in task order."""
@@ -105,12 +132,18 @@ class HeadMetrics(nn.Module):
         synchronises) the same metrics; computing on one process alone would deadlock.
         """
         counts = self.labelled_counts() if labelled_counts is None else labelled_counts
-        results = {}
-        for name, count in zip(self.tasks, counts.tolist()):
-            if count > 0:
-                results[name] = {k: float(v) for k, v in self.metrics[name].compute().items()}
-                if self.track_losses:
-                    results[name]["loss"] = float(self.losses[name].compute())
+        counts = dict(zip(self.tasks, counts.tolist()))
+        results: dict[str, dict[str, float]] = {name: {} for name, count in counts.items() if count > 0}
+        if any(counts[name] for name in self.binary):
+            together = self.binary_metrics.compute()
+            for i, name in enumerate(self.binary):
+                if name in results:
+                    results[name].update({k: float(v[i]) for k, v in together.items()})
+        for name in results:
+            if name in self.metrics:
+                results[name].update({k: float(v) for k, v in self.metrics[name].compute().items()})
+            if self.track_losses:
+                results[name]["loss"] = float(self.losses[name].compute())
         return results
 
     def confusion_matrices(self, labelled_counts: Tensor | None = None) -> dict[str, Tensor]:
@@ -122,14 +155,10 @@ class HeadMetrics(nn.Module):
 
     def reset(self) -> None:
         self.seen = dict.fromkeys(self.tasks, 0)
-        for collection in self.metrics.values():
-            collection.reset()
-        for loss in self.losses.values():
-            loss.reset()
+        for metric in [*self.metrics.values(), *self.losses.values(), *(self.confusion or {}).values(), self.binary_metrics]:
+            if metric is not None:
+                metric.reset()
         self.track_losses = False
-        if self.confusion is not None:
-            for matrix in self.confusion.values():
-                matrix.reset()
 
 
 def flatten_results(results: Mapping[str, Mapping[str, float]], prefix: str) -> dict[str, float]:

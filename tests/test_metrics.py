@@ -103,3 +103,34 @@ def test_training_stage_metrics_leave_auroc_out_and_agree_on_the_rest():
     assert "auroc" in full_results["flag"] and "auroc" not in light_results["flag"]
     for name, values in light_results.items():
         assert values == pytest.approx({k: v for k, v in full_results[name].items() if k != "auroc"}, abs=1e-7)
+
+
+@pytest.mark.parametrize("auroc", [True, False])
+def test_binary_heads_measured_together_equal_each_head_alone(auroc):
+    """Several binary heads share one multilabel accuracy/F1 that ignores masked samples; every
+    head's figures equal its own binary metrics on its labelled subset, fully masked batches
+    and heads that never saw a label included."""
+    tasks = {f"b{i}": TaskSpec(f"b{i}", "binary", ["no", "yes"], masked=True) for i in range(4)}
+    tasks["multi"] = TASKS["multi"]
+    metrics, subsets = HeadMetrics(tasks, auroc=auroc), {}
+    g = torch.Generator().manual_seed(0)
+    for batch in range(3):
+        probs = {name: torch.rand(24, generator=g) for name in tasks}
+        probs["multi"] = torch.rand(24, 4, generator=g).softmax(-1)
+        targets = {name: (torch.rand(24, generator=g) < 0.4).float() for name in tasks}
+        targets["multi"] = torch.randint(0, 4, (24,), generator=g)
+        masks = {name: torch.rand(24, generator=g) < 0.7 for name in tasks}
+        masks["b2"] = torch.zeros(24, dtype=torch.bool) if batch else masks["b2"]  # labelled in the first batch only
+        masks["b3"] = torch.zeros(24, dtype=torch.bool)  # never labelled
+        metrics.update(probs, targets, masks)
+        for name in tasks:
+            subsets.setdefault(name, []).append((probs[name][masks[name]], targets[name][masks[name]].long()))
+    results = metrics.compute()
+    assert set(results) == {"b0", "b1", "b2", "multi"}
+    for name in results:
+        reference = task_metrics(tasks[name], auroc=auroc)
+        for p, y in subsets[name]:
+            if len(y):
+                reference.update(p, y)
+        expected = {k: float(v) for k, v in reference.compute().items()}
+        assert results[name] == pytest.approx(expected, abs=1e-6), name
