@@ -13,9 +13,14 @@ from mhc.model import MultiHeadNet
 from mhc.training.speed import apply_speed_options
 
 
+def bf16_autocast(enabled: bool) -> ContextManager:
+    """What Lightning's ``bf16-mixed`` does on CPU around the forward pass and losses (or nothing)."""
+    return torch.autocast("cpu", dtype=torch.bfloat16) if enabled else contextlib.nullcontext()
+
+
 def default_autocast(backbone: str = "cnn") -> ContextManager:
     """bf16 autocast where ``backbone``'s default CPU precision is bf16-mixed, else nothing."""
-    return torch.autocast("cpu", dtype=torch.bfloat16) if cpu_precision(backbone) == "bf16-mixed" else contextlib.nullcontext()
+    return bf16_autocast(cpu_precision(backbone) == "bf16-mixed")
 
 
 def as_trained(net: MultiHeadNet) -> MultiHeadNet:

@@ -16,10 +16,10 @@ one process, medians over repeats.
 from __future__ import annotations
 
 import argparse
-import contextlib
 from typing import Any, Callable
 
 import torch
+from defaults import bf16_autocast
 from timing import alternate
 from torch.utils.flop_counter import FlopCounterMode
 
@@ -40,7 +40,7 @@ def train_step(net: MultiHeadNet, batch: dict[str, Any], bf16: bool = False) -> 
     optimizer = torch.optim.AdamW(net.parameters(), lr=1e-4)
 
     def forward_backward() -> None:
-        with torch.autocast("cpu", dtype=torch.bfloat16) if bf16 else contextlib.nullcontext():
+        with bf16_autocast(bf16):
             losses = batch_losses(net.tasks, net.hierarchy, net(batch["image"]), batch)
         sum(losses.values()).backward()
 

@@ -15,12 +15,12 @@ applies to convolutional backbones only.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import copy
 import time
 from typing import Any, Callable
 
 import torch
+from defaults import bf16_autocast
 from mfu import BACKBONES
 from timing import alternate
 
@@ -48,8 +48,7 @@ def variant_step(base: MultiHeadNet, batch: dict[str, Any], channels_last: bool,
 
     def step() -> None:
         optimizer.zero_grad(set_to_none=True)
-        autocast = torch.autocast("cpu", dtype=torch.bfloat16) if bf16 else contextlib.nullcontext()
-        with autocast:
+        with bf16_autocast(bf16):
             losses = batch_losses(net.tasks, net.hierarchy, net(batch["image"]), batch)
         sum(losses.values()).backward()
         optimizer.step()
