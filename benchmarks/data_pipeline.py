@@ -37,7 +37,7 @@ def main() -> None:
     parser.add_argument("--batches", type=int, default=4, help="batches per timed call")
     args = parser.parse_args()
     torch.manual_seed(0)
-    data = ScenesDataModule(seed=0)  # the defaults of conf/data/scenes.yaml
+    data = ScenesDataModule(seed=0)  # the defaults of mhc/conf/data/scenes.yaml
     data.set_tasks(data.task_specs())
     data.setup("fit")
     batches = endless(data)

@@ -19,15 +19,13 @@ import tempfile
 import warnings
 
 import torch
-from hydra import compose, initialize_config_dir
 from timing import timed
 
-from mhc.cli.common import CONFIG_PATH
-from mhc.cli.train import train
+from mhc.api import compose_config, train
 
 
 def quiet_train(cfg) -> None:
-    """``train`` without its tables and progress output."""
+    """``train`` without Lightning's messages and progress output."""
     with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
         train(cfg)
 
@@ -47,13 +45,13 @@ def main() -> None:
     logging.getLogger("pytorch_lightning").setLevel(logging.ERROR)
     warnings.filterwarnings("ignore")
     seconds: dict[str, list[float]] = {name: [] for name in SETTINGS}
-    with tempfile.TemporaryDirectory() as out, initialize_config_dir(config_dir=CONFIG_PATH, version_base="1.3"):
+    with tempfile.TemporaryDirectory() as out:
         common = ["data.num_train=2000", "data.num_val=500", "data.num_test=100", f"trainer.max_epochs={args.epochs}",
-                  "test=false", "logger=none", "~callbacks.progress_bar", "trainer.enable_progress_bar=false", f"paths.cache_dir={out}/cache"]
-        quiet_train(compose("train", overrides=[*common, "trainer.max_epochs=1", f"paths.output_dir={out}/warmup"]))
+                  "test=false", "logger=none", "~callbacks.progress_bar", "+trainer.enable_progress_bar=false", f"paths.cache_dir={out}/cache"]
+        quiet_train(compose_config("train", [*common, "trainer.max_epochs=1"], output_dir=f"{out}/warmup"))
         for repeat in range(args.repeats):
             for index, (name, overrides) in enumerate(SETTINGS.items()):
-                cfg = compose("train", overrides=[*common, *overrides, f"paths.output_dir={out}/run{repeat}-{index}"])
+                cfg = compose_config("train", [*common, *overrides], output_dir=f"{out}/run{repeat}-{index}")
                 seconds[name].append(timed(lambda: quiet_train(cfg)))  # noqa: B023 (called at once)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; mhc-train defaults, 2,000 + 500 images, "
           f"{args.epochs} epochs, median of {args.repeats}")

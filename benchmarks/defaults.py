@@ -1,5 +1,6 @@
-"""The training setup ``mhc-train`` uses by default on this machine, for benchmarks that time
-steps outside Lightning: the trainer's precision as an autocast context, and the speed options."""
+"""The training setup ``mhc-train`` uses by default on this machine's CPU
+(``trainer.accelerator=cpu``), for benchmarks that time steps outside Lightning: the trainer's
+precision as an autocast context, and the speed options."""
 
 from __future__ import annotations
 
@@ -8,8 +9,8 @@ from typing import ContextManager
 
 import torch
 
-from mhc.config import cpu_precision
 from mhc.model import MultiHeadNet
+from mhc.training.precision import default_precision
 from mhc.training.speed import apply_speed_options
 
 
@@ -18,9 +19,14 @@ def bf16_autocast(enabled: bool) -> ContextManager:
     return torch.autocast("cpu", dtype=torch.bfloat16) if enabled else contextlib.nullcontext()
 
 
+def cpu_default_precision(backbone: str = "cnn") -> str:
+    """``trainer.precision`` of a CPU run of ``backbone`` by default (``${mhc.precision:cpu,<backbone>}``)."""
+    return default_precision("cpu", backbone)
+
+
 def default_autocast(backbone: str = "cnn") -> ContextManager:
     """bf16 autocast where ``backbone``'s default CPU precision is bf16-mixed, else nothing."""
-    return bf16_autocast(cpu_precision(backbone) == "bf16-mixed")
+    return bf16_autocast(cpu_default_precision(backbone) == "bf16-mixed")
 
 
 def as_trained(net: MultiHeadNet) -> MultiHeadNet:
@@ -30,4 +36,4 @@ def as_trained(net: MultiHeadNet) -> MultiHeadNet:
 
 
 def describe(backbone: str = "cnn") -> str:
-    return f"precision {cpu_precision(backbone)}, default speed options"
+    return f"precision {cpu_default_precision(backbone)}, default speed options"

@@ -28,13 +28,12 @@ BACKBONE = {"name": "cnn", "widths": [16, 32, 64, 64], "stem_stride": 2}
 
 
 def method_options(name: str) -> dict:
-    from pathlib import Path
-
+    """The method's packaged config, ``mhc/conf/weighting/<name>.yaml``."""
     from omegaconf import OmegaConf
 
-    from mhc.cli.common import CONFIG_PATH
+    from mhc.config import config_dir
 
-    return OmegaConf.to_container(OmegaConf.load(Path(CONFIG_PATH) / "weighting" / f"{name}.yaml"))
+    return OmegaConf.to_container(OmegaConf.load(config_dir() / "weighting" / f"{name}.yaml"))
 
 
 def build(data: ScenesDataModule, weighting: dict, seed: int = 0) -> MultiHeadModule:

@@ -4,6 +4,8 @@
 >>> model = mhc.load("outputs/train/<run>/checkpoints/last.ckpt")   # doctest: +SKIP
 >>> model.predict(["scene.png"])["shape"].labels                     # doctest: +SKIP
 ['circle']
+>>> run = mhc.train(["backbone=resnet18"], output_dir="runs/r18")     # doctest: +SKIP
+>>> run.metrics["val"]["shape"]["acc"], run.best_checkpoint           # doctest: +SKIP
 """
 
 from mhc.errors import CheckpointError, ConfigError, DataError, MhcError
@@ -20,7 +22,26 @@ __all__ = [
     "Preprocess",
     "TaskPrediction",
     "TaskSpec",
+    "analyze",
+    "compose_config",
+    "evaluate",
+    "export",
     "load",
+    "predict",
+    "pretrain",
+    "prune",
     "save_export",
+    "train",
 ]
 __version__ = "0.1.0"
+
+API = ("analyze", "compose_config", "evaluate", "export", "predict", "pretrain", "prune", "train")
+
+
+def __getattr__(name: str) -> object:
+    """:mod:`mhc.api`'s functions, imported on first use: ``mhc.load`` needs no Lightning or Hydra."""
+    if name in API:
+        import mhc.api
+
+        return getattr(mhc.api, name)
+    raise AttributeError(f"module 'mhc' has no attribute '{name}'")

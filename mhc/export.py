@@ -77,14 +77,14 @@ def parse_formats(value: str | Iterable[str]) -> list[str]:
 
 def max_tokens(net: MultiHeadNet) -> int:
     """The longest token sequence a token backbone reads."""
-    return int(getattr(net.backbone, "max_length", net.preprocess.image_size[-1]))
+    return int(net.backbone.max_length)
 
 
 def input_spec(net: MultiHeadNet) -> dict[str, Any]:
     """Name, dtype and shape (symbolic ``batch``/``length``) of the graph input."""
     if net.takes_tokens:
         return {"name": INPUT_NAME, "dtype": "int64", "shape": ["batch", "length"], "max_length": max_tokens(net),
-                "pad_id": int(getattr(net.backbone, "pad_id", 0))}
+                "pad_id": int(net.backbone.pad_id)}
     height, width = net.preprocess.image_size
     return {"name": INPUT_NAME, "dtype": "float32", "shape": ["batch", 3, height, width], "range": [0.0, 1.0]}
 
@@ -95,10 +95,10 @@ def example_input(net: MultiHeadNet, batch: int = 2) -> Tensor:
     generator = torch.Generator().manual_seed(0)
     if not net.takes_tokens:
         return torch.rand(batch, 3, *net.preprocess.image_size, generator=generator)
-    vocab = getattr(getattr(net.backbone, "embed", None), "num_embeddings", 3)
+    vocab = net.backbone.vocab_size
     length = max_tokens(net)
     ids = torch.randint(min(3, vocab - 1), vocab, (batch, length), generator=generator)
-    ids[-1, length // 2 :] = int(getattr(net.backbone, "pad_id", 0))
+    ids[-1, length // 2 :] = int(net.backbone.pad_id)
     return ids
 
 

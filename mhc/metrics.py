@@ -8,7 +8,7 @@ ignores masked samples: with many binary heads (attributes, tags) one update ser
 
 from __future__ import annotations
 
-from typing import Any, Mapping
+from typing import Mapping
 
 import torch
 from torch import Tensor, nn
@@ -185,19 +185,3 @@ def delta_m(results: Mapping[str, Mapping[str, float]], baseline: Mapping[str, f
         if metric in values and baseline.get(task) not in (None, 0)
     ]
     return 100.0 * sum(gains) / len(gains) if gains else float("nan")
-
-
-def baseline_metrics(source: str | Mapping[str, Any], metric: str = "acc") -> dict[str, float]:
-    """``{task: value}`` of a baseline: a mapping (``{task: value}`` or ``{task: {metric: value}}``),
-    or the path of a baseline run's checkpoint (its saved validation metrics)."""
-    from mhc.errors import ConfigError
-    from mhc.io import read_checkpoint
-
-    if isinstance(source, Mapping):
-        values = {t: (v[metric] if isinstance(v, Mapping) else v) for t, v in source.items()}
-    else:
-        saved = read_checkpoint(source)["mhc"].get("metrics") or {}
-        values = {t: v[metric] for t, v in saved.items() if metric in v}
-        if not values:
-            raise ConfigError(f"delta_m.baseline: checkpoint '{source}' holds no validation '{metric}' per task")
-    return {str(t): float(v) for t, v in values.items()}

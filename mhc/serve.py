@@ -44,8 +44,8 @@ from starlette.exceptions import HTTPException
 from torch import Tensor
 
 from mhc.errors import DataError, MhcError
-from mhc.model.inputs import to_batch
 from mhc.model.net import MultiHeadNet, TaskPrediction, decode_predictions
+from mhc.processing.images import to_batch
 
 MAX_IMAGE_PIXELS = 4096 * 4096  # larger images are refused before they are decoded
 IMAGE_FORMS = "a base64-encoded PNG/JPEG file or a nested list [H][W][3] or [3][H][W] of floats in [0, 1]"
@@ -168,11 +168,11 @@ def token_row(net: MultiHeadNet, item: Any) -> Tensor:
 
 
 def token_pad_id(net: MultiHeadNet) -> int:
-    return net.tokenizer.pad_id if net.tokenizer is not None else int(getattr(net.backbone, "pad_id", 0))
+    return net.tokenizer.pad_id if net.tokenizer is not None else int(net.backbone.pad_id)
 
 
 def token_vocab_size(net: MultiHeadNet) -> int:
-    return int(net.backbone.embed.num_embeddings)
+    return int(net.backbone.vocab_size)
 
 
 def token_forms(net: MultiHeadNet) -> str:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import asdict, dataclass, field, fields
-from typing import Any, Callable, Iterable, Literal, Mapping
+from typing import Any, Callable, Dict, Iterable, List, Literal, Mapping
 
 from torch import nn
 
@@ -25,6 +25,44 @@ DEFAULT_LOSS: dict[str, str] = {"multiclass": "ce", "binary": "bce", "multilabel
 TASK_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_-]*")
 # Task names key torch ModuleDicts, whose keys may not shadow module attributes.
 RESERVED_NAMES = frozenset(name for name in dir(nn.ModuleDict) if not name.startswith("_"))
+
+
+@dataclass(frozen=True)
+class TaskOption:
+    """How a task option is given in configs and manifests: its type in the config schema, and
+    how a value is normalised (``None``: as it is), with what is expected when it cannot be (a
+    wrong type is one :class:`ConfigError`, not a failure deep in training)."""
+
+    config_type: Any
+    cast: Callable[[Any], Any] | None = None
+    expected: str = ""
+
+
+def _option(config_type: Any, cast: Callable[[Any], Any] | None = None, expected: str = "") -> dict[str, TaskOption]:
+    return {"option": TaskOption(config_type, cast, expected)}
+
+
+def _listed(value: Any) -> list:
+    """A list or tuple as a list; a string or mapping is not a list of values."""
+    if isinstance(value, (str, bytes, Mapping)) or not isinstance(value, Iterable):
+        raise TypeError(f"not a list: {value!r}")
+    return list(value)
+
+
+def _boolean(value: Any) -> bool:
+    if not isinstance(value, bool):
+        raise TypeError(f"not a boolean: {value!r}")
+    return value
+
+
+def _class_map(value: Any) -> dict[str, list[str]]:
+    if not isinstance(value, Mapping):
+        raise TypeError(f"not a mapping: {value!r}")
+    return {str(key): [str(c) for c in _listed(names)] for key, names in value.items()}
+
+
+def _numbers(value: Any) -> list[float] | None:
+    return None if value is None else [float(w) for w in _listed(value)]
 
 
 @dataclass
@@ -53,23 +91,28 @@ class TaskSpec:
     """
 
     name: str
-    kind: TaskKind
-    classes: list[str]
-    masked: bool = False
-    parent: str | None = None
-    allowed_by_parent: dict[str, list[str]] = field(default_factory=dict)
-    loss: str | None = None
-    weight: float = 1.0
-    lr_scale: float = 1.0
-    hidden: list[int] = field(default_factory=list)
-    dropout: float = 0.0
-    label_smoothing: float = 0.0
-    class_weights: list[float] | None = None
-    pos_weight: list[float] | None = None
-    focal_gamma: float = 2.0
+    kind: TaskKind = field(metadata=_option(str, str, "one of multiclass, binary, multilabel"))
+    classes: list[str] = field(metadata=_option(List[str], lambda v: [str(c) for c in _listed(v)], "a list of class names"))
+    masked: bool = field(default=False, metadata=_option(bool, _boolean, "true or false"))
+    parent: str | None = field(default=None, metadata=_option(str))
+    allowed_by_parent: dict[str, list[str]] = field(
+        default_factory=dict, metadata=_option(Dict[str, List[str]], _class_map, "a mapping {parent class: [classes]}"))
+    loss: str | None = field(default=None, metadata=_option(str))
+    weight: float = field(default=1.0, metadata=_option(float, float, "a number"))
+    lr_scale: float = field(default=1.0, metadata=_option(float, float, "a number"))
+    hidden: list[int] = field(default_factory=list, metadata=_option(List[int], lambda v: [int(h) for h in _listed(v)],
+                                                                      "a list of integers"))
+    dropout: float = field(default=0.0, metadata=_option(float, float, "a number"))
+    label_smoothing: float = field(default=0.0, metadata=_option(float, float, "a number"))
+    class_weights: list[float] | None = field(default=None, metadata=_option(List[float], _numbers, "a list of numbers"))
+    pos_weight: list[float] | None = field(default=None, metadata=_option(List[float], _numbers, "a list of numbers"))
+    focal_gamma: float = field(default=2.0, metadata=_option(float, float, "a number"))
 
     def __post_init__(self) -> None:
-        for option, (cast, expected) in _OPTION_TYPES.items():
+        for option, declared in TASK_OPTIONS.items():
+            if declared.cast is None:
+                continue
+            cast, expected = declared.cast, declared.expected
             value = getattr(self, option)
             try:
                 setattr(self, option, cast(value))
@@ -159,43 +202,9 @@ def valid_task_name(name: Any) -> bool:
     return isinstance(name, str) and TASK_NAME.fullmatch(name) is not None and name not in RESERVED_NAMES
 
 
-def _listed(value: Any) -> list:
-    """A list or tuple as a list; a string or mapping is not a list of values."""
-    if isinstance(value, (str, bytes, Mapping)) or not isinstance(value, Iterable):
-        raise TypeError(f"not a list: {value!r}")
-    return list(value)
-
-
-def _boolean(value: Any) -> bool:
-    if not isinstance(value, bool):
-        raise TypeError(f"not a boolean: {value!r}")
-    return value
-
-
-def _class_map(value: Any) -> dict[str, list[str]]:
-    if not isinstance(value, Mapping):
-        raise TypeError(f"not a mapping: {value!r}")
-    return {str(key): [str(c) for c in _listed(names)] for key, names in value.items()}
-
-
-# Options whose values come from configs and manifests: how each is normalised, and what is
-# expected when it cannot be (a wrong type is one ConfigError, not a failure deep in training).
-_OPTION_TYPES: dict[str, tuple[Callable[[Any], Any], str]] = {
-    "classes": (lambda v: [str(c) for c in _listed(v)], "a list of class names"),
-    "masked": (_boolean, "true or false"),
-    "allowed_by_parent": (_class_map, "a mapping {parent class: [classes]}"),
-    "weight": (float, "a number"),
-    "lr_scale": (float, "a number"),
-    "hidden": (lambda v: [int(h) for h in _listed(v)], "a list of integers"),
-    "dropout": (float, "a number"),
-    "label_smoothing": (float, "a number"),
-    "class_weights": (lambda v: None if v is None else [float(w) for w in _listed(v)], "a list of numbers"),
-    "pos_weight": (lambda v: None if v is None else [float(w) for w in _listed(v)], "a list of numbers"),
-    "focal_gamma": (float, "a number"),
-}
-
-
-TASK_OPTION_NAMES: frozenset[str] = frozenset(f.name for f in fields(TaskSpec)) - {"name"}
+# Every option of a task, declared once on TaskSpec's fields: its config type and normaliser.
+TASK_OPTIONS: dict[str, TaskOption] = {f.name: f.metadata["option"] for f in fields(TaskSpec) if "option" in f.metadata}
+TASK_OPTION_NAMES: frozenset[str] = frozenset(TASK_OPTIONS)
 
 
 def resolve_tasks(

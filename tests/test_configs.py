@@ -1,12 +1,10 @@
 """Every option of every config group composes with the train schema."""
 
-from pathlib import Path
-
 import pytest
-from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
-from mhc.cli.common import CONFIG_PATH
+from mhc.api import compose_config
+from mhc.config import group_options
 
 GROUPS = ["data", "backbone", "head", "loss", "weighting", "objective", "optimizer", "scheduler", "trainer", "logger", "callbacks",
           "experiment"]
@@ -16,15 +14,10 @@ REQUIRED = {
 }
 
 
-def options(group: str) -> list[str]:
-    return sorted(p.stem for p in (Path(CONFIG_PATH) / group).glob("*.yaml"))
-
-
-@pytest.mark.parametrize("group, option", [(g, o) for g in GROUPS for o in options(g)])
+@pytest.mark.parametrize("group, option", [(g, o) for g in GROUPS for o in group_options(g)])
 def test_every_option_composes(group, option):
     overrides = [f"{group}={option}", *REQUIRED.get(group, {}).get(option, [])]
-    with initialize_config_dir(config_dir=CONFIG_PATH, version_base="1.3"):
-        cfg = compose("train", overrides=[*overrides, "paths.output_dir=/tmp/x"])
+    cfg = compose_config("train", overrides, output_dir="/tmp/x")
     OmegaConf.to_container(cfg, resolve=True)  # every interpolation resolves
     if group == "data":
         assert cfg.data._target_.startswith("mhc.data.")
@@ -32,14 +25,12 @@ def test_every_option_composes(group, option):
 
 @pytest.mark.parametrize("name", ["train", "eval", "predict", "analyze", "prune", "pretrain"])
 def test_entry_configs_compose(name):
-    with initialize_config_dir(config_dir=CONFIG_PATH, version_base="1.3"):
-        cfg = compose(name, overrides=["ckpt=x.ckpt", "paths.output_dir=/tmp/x"] if name != "train" else [])
+    cfg = compose_config(name, ["ckpt=x.ckpt"] if name != "train" else [], output_dir="/tmp/x")
     assert cfg.task_name == name
 
 
 def test_experiment_selects_data_tasks_and_overrides():
-    with initialize_config_dir(config_dir=CONFIG_PATH, version_base="1.3"):
-        cfg = compose("train", overrides=["experiment=cifar100_resnet18", "data.root=x", "paths.output_dir=/tmp/x"])
+    cfg = compose_config("train", ["experiment=cifar100_resnet18", "data.root=x"], output_dir="/tmp/x")
     assert cfg.data._target_ == "mhc.data.Cifar100DataModule"
     assert set(cfg.tasks) == {"coarse", "fine", "masked"} and cfg.tasks.fine.label_smoothing == 0.1
     assert cfg.backbone.name == "resnet18" and cfg.optimizer._target_ == "torch.optim.SGD"
@@ -51,15 +42,14 @@ def test_experiment_selects_data_tasks_and_overrides():
     (["backbone=vit_tiny"], "mhc.data.ScenesDataModule"),
 ])
 def test_sequence_backbones_default_to_the_built_in_sequences(overrides, data):
-    with initialize_config_dir(config_dir=CONFIG_PATH, version_base="1.3"):
-        cfg = compose("train", overrides=[*overrides, "paths.output_dir=/tmp/x"])
+    cfg = compose_config("train", overrides, output_dir="/tmp/x")
     assert cfg.data._target_ == data
     if data.endswith("SequencesDataModule"):
         assert set(cfg.tasks) == {"first", "before", "majority", "ordered", "masked"}
 
 
 def test_cpu_precision_follows_the_hardware(tmp_path):
-    from mhc.config import native_bf16_cpu
+    from mhc.training.precision import native_bf16_cpu
 
     with_bf16, without = tmp_path / "zen4", tmp_path / "avx2"
     with_bf16.write_text("flags\t\t: fpu sse2 avx2 avx512f avx512_bf16 avx512_vnni\n")
@@ -69,11 +59,46 @@ def test_cpu_precision_follows_the_hardware(tmp_path):
 
 
 def test_default_cpu_precision_is_bf16_for_convolutional_backbones_only(monkeypatch):
-    import mhc.config as config
+    import mhc.training.precision as precision
 
-    monkeypatch.setattr(config, "native_bf16_cpu", lambda: True)
-    assert config.cpu_precision("cnn") == "bf16-mixed" == config.cpu_precision("resnet18")
-    assert config.cpu_precision("vit_tiny") == "32-true" == config.cpu_precision("seq_small")
-    assert config.cpu_precision("no_such_backbone") == "32-true"  # its error comes where it is built
-    monkeypatch.setattr(config, "native_bf16_cpu", lambda: False)
-    assert config.cpu_precision("cnn") == "32-true"
+    monkeypatch.setattr(precision, "native_bf16_cpu", lambda: True)
+    assert precision.cpu_precision("cnn") == "bf16-mixed" == precision.cpu_precision("resnet18")
+    assert precision.cpu_precision("vit_tiny") == "32-true" == precision.cpu_precision("seq_small")
+    assert precision.cpu_precision("no_such_backbone") == "32-true"  # its error comes where it is built
+    monkeypatch.setattr(precision, "native_bf16_cpu", lambda: False)
+    assert precision.cpu_precision("cnn") == "32-true"
+
+
+def test_default_precision_follows_the_accelerator(monkeypatch):
+    import torch
+
+    import mhc.training.precision as precision
+
+    monkeypatch.setattr(precision, "native_bf16_cpu", lambda: False)
+    monkeypatch.setattr(precision, "gpu_precision", lambda: "gpu rule")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert precision.default_precision("auto", "cnn") == "gpu rule"  # auto with CUDA present trains on the GPU
+    assert precision.default_precision("cpu", "cnn") == "32-true"
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert precision.default_precision("auto", "cnn") == "32-true"
+
+
+@pytest.mark.parametrize(("bf16", "expected"), [(True, "bf16-mixed"), (False, "32-true")])
+def test_gpu_precision_is_bf16_where_the_gpu_computes_in_it(monkeypatch, bf16, expected):
+    import torch
+
+    import mhc.training.precision as precision
+
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation=True: bf16)
+    assert precision.default_precision("gpu", "vit_tiny") == expected == precision.default_precision("cuda", "cnn")
+
+
+def test_trainer_precision_resolves_from_accelerator_and_backbone(monkeypatch):
+    import mhc.training.precision as precision
+
+    monkeypatch.setattr(precision, "native_bf16_cpu", lambda: False)
+    monkeypatch.setattr(precision, "gpu_precision", lambda: "bf16-mixed")
+    cfg = compose_config("train", ["trainer.accelerator=gpu"], output_dir="/tmp/x")
+    assert cfg.trainer.precision == "bf16-mixed"
+    cfg = compose_config("train", ["trainer.accelerator=cpu", "backbone=vit_tiny"], output_dir="/tmp/x")
+    assert cfg.trainer.precision == "32-true"

@@ -19,7 +19,7 @@ from mhc.export import (
 from mhc.io import save_checkpoint
 from mhc.model import MultiHeadNet
 from mhc.model.net import Preprocess
-from mhc.model.tokenizer import CharTokenizer
+from mhc.processing.tokenizer import CharTokenizer
 from mhc.tasks import TaskSpec
 
 ALL = ["safetensors", "onnx", "torch_export"]

@@ -82,9 +82,9 @@ def test_delta_m_is_the_mean_relative_gain_and_respects_lower_is_better():
 
 
 def test_baseline_metrics_from_mapping_and_checkpoint(tiny_net, tmp_path):
+    from mhc.api.build import baseline_metrics
     from mhc.errors import ConfigError
     from mhc.io import save_checkpoint
-    from mhc.metrics import baseline_metrics
 
     assert baseline_metrics({"a": 0.5, "b": {"acc": 0.25}}) == {"a": 0.5, "b": 0.25}
     path = save_checkpoint(tiny_net, tmp_path / "m.ckpt", metrics={"coarse": {"acc": 0.8, "f1": 0.7}})

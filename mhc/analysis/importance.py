@@ -21,15 +21,15 @@ from mhc.analysis.attention import HeadLayout
 from mhc.data.labels import batch_inputs
 from mhc.errors import ConfigError
 from mhc.losses import batch_losses
+from mhc.model.backbones.base import ATTENTION
 from mhc.model.net import MultiHeadNet
 
 
 def transformer_encoder(net: MultiHeadNet) -> nn.Module:
     """The attention encoder of a transformer backbone; a clear error for other backbones."""
-    encoder = getattr(net.backbone, "encoder", None)
-    if encoder is None or not hasattr(encoder, "blocks"):
+    if not net.backbone.supports(ATTENTION):
         raise ConfigError(f"backbone '{net.backbone_config['name']}' is not a transformer; attention analysis needs a vit_* or seq_* model")
-    return encoder
+    return net.backbone.encoder
 
 
 @contextmanager

@@ -21,15 +21,14 @@ from mhc.analysis.attention import (
     HeadPatterns,
     PatternMeter,
     RedundancyMeter,
-    attention_rollout,
     pattern_labels,
 )
 from mhc.analysis.importance import combined_importance, head_importance, move, transformer_encoder
+from mhc.analysis.maps import patch_grid, sample_maps
 from mhc.analysis.pruning import CurvePoint, importance_order, mean_random, pruning_curve
 from mhc.data.labels import batch_inputs
 from mhc.errors import ConfigError
 from mhc.model.net import MultiHeadNet
-from mhc.model.tokenizer import tokenizer_from_dict
 from mhc.tracking import log_figure, log_text
 
 DEFAULT_FRACTIONS = (0.0, 0.125, 0.25, 0.375, 0.5, 0.625, 0.75)
@@ -69,26 +68,6 @@ class Analysis:
         }
 
 
-def token_labels(net: MultiHeadNet, inputs: Tensor, length: int) -> list[str]:
-    """Axis labels for one sample's attention map of ``length`` positions: patch positions for
-    images; for tokens, the saved tokenizer's strings (ids where the model has none)."""
-    backbone = net.backbone
-    if hasattr(backbone, "token_names"):
-        return backbone.token_names(length)
-    saved = getattr(net.preprocess, "tokenizer", None)
-    tokenizer = tokenizer_from_dict(saved) if saved else None
-    names = [(tokenizer.decode([i]) if tokenizer else "") or str(i) for i in inputs.tolist()]
-    if getattr(backbone, "cls_token", None) is not None:
-        names = ["CLS", *names]
-    return names[:length]
-
-
-def patch_grid(net: MultiHeadNet, inputs: Tensor) -> int | None:
-    """The side of the square patch grid a ViT sees for images ``inputs`` (the patches follow its
-    CLS token); ``None`` for tokens."""
-    return inputs.shape[-1] // net.backbone.patch_size if inputs.ndim == 4 else None
-
-
 def chosen_inputs(batches: Sequence[Mapping[str, Any]], samples: int | Sequence[int]) -> Tensor:
     """The inputs of the first ``samples`` samples, or of the samples at those indices."""
     inputs = torch.cat([batch_inputs(b) for b in batches])
@@ -98,28 +77,6 @@ def chosen_inputs(batches: Sequence[Mapping[str, Any]], samples: int | Sequence[
     if bad:
         raise ConfigError(f"samples: indices {bad} are outside the {len(inputs)} samples analysed")
     return inputs[list(samples)]
-
-
-def sample_maps(net: MultiHeadNet, inputs: Tensor) -> list[dict[str, Any]]:
-    """Attention maps and rollout of a few samples, cropped to their real tokens."""
-    if not len(inputs):
-        return []
-    with torch.no_grad():
-        maps, padding = net.attention(inputs)
-    rollout = attention_rollout(maps)
-    samples = []
-    for i in range(len(inputs)):
-        real = torch.ones(maps[0].shape[-1], dtype=torch.bool) if padding is None else ~padding[i].cpu()
-        keep = torch.nonzero(real).flatten()
-        sample = {
-            "maps": [m[i].cpu()[..., keep[:, None], keep] for m in maps],
-            "rollout": rollout[i].cpu()[keep[:, None], keep],
-            "labels": token_labels(net, inputs[i].cpu(), len(keep)),
-        }
-        if padding is None and inputs.ndim == 4:
-            sample["image"] = inputs[i].cpu()
-        samples.append(sample)
-    return samples
 
 
 def analyze(

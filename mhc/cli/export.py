@@ -10,30 +10,20 @@ The folder (``output``, by default ``<run folder>/export``) holds the chosen mod
 
 from __future__ import annotations
 
-from pathlib import Path
+from omegaconf import DictConfig
 
-from omegaconf import DictConfig, OmegaConf
-
+from mhc.api.export import export
 from mhc.cli.common import console, hydra_app
-from mhc.export import default_folder, export_checkpoint, parse_formats
 from mhc.io import read_export_config
-
-
-def export(cfg: DictConfig) -> Path:
-    fmt = cfg.format
-    formats = parse_formats(OmegaConf.to_container(fmt) if OmegaConf.is_config(fmt) else fmt)
-    folder = Path(cfg.output) if cfg.output else default_folder(cfg.ckpt)
-    export_checkpoint(cfg.ckpt, folder, formats)
-    console.print(f"exported {cfg.ckpt} to {folder}:")
-    for name in read_export_config(folder)["files"]:
-        size = (folder / name).stat().st_size
-        console.print(f"  {name:<18} {size / 1e6:8.2f} MB" if size >= 1e5 else f"  {name:<18} {size / 1e3:8.1f} kB")
-    return folder
 
 
 @hydra_app("export")
 def main(cfg: DictConfig) -> None:
-    export(cfg)
+    folder = export(cfg)
+    console.print(f"exported {cfg.ckpt} to {folder}:")
+    for name in read_export_config(folder)["files"]:
+        size = (folder / name).stat().st_size
+        console.print(f"  {name:<18} {size / 1e6:8.2f} MB" if size >= 1e5 else f"  {name:<18} {size / 1e3:8.1f} kB")
 
 
 if __name__ == "__main__":

@@ -9,45 +9,17 @@ predicted class (multilabel: ``a|b``) and one ``<task>__p_<class>`` column per c
 
 from __future__ import annotations
 
-import os
-from pathlib import Path
-
 import pandas as pd
-import torch
 from omegaconf import DictConfig
 
-from mhc.cli.common import checkpoint_with_data, console, hydra_app
-from mhc.model.net import decode_predictions
-
-
-def predictions_table(input_column: str, inputs: list[str], predictions: dict) -> pd.DataFrame:
-    """One row per input: the input cell under ``input_column``, the classes, the probabilities."""
-    columns: dict[str, list] = {input_column: inputs}
-    for name, pred in predictions.items():
-        columns[name] = ["|".join(v) if isinstance(v, list) else v for v in pred.labels]
-        for j, cls in enumerate(pred.classes):
-            columns[f"{name}__p_{cls}"] = pred.probs[:, j].tolist()
-    return pd.DataFrame(columns)
-
-
-def predict(cfg: DictConfig) -> Path:
-    module, datamodule, trainer = checkpoint_with_data(cfg)
-    batches = trainer.predict(module, datamodule=datamodule)
-    probs = {name: torch.cat([b[name] for b in batches]).cpu() for name in module.tasks}
-    dataset = datamodule.splits["predict"]
-    table = predictions_table(dataset.input_column, dataset.inputs, decode_predictions(module.tasks.values(), probs))
-    out = Path(cfg.output)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp")
-    table.to_csv(tmp, index=False, float_format="%.6g")
-    os.replace(tmp, out)
-    console.print(f"{len(table)} predictions written to {out}")
-    return out
+from mhc.api.evaluate import predict
+from mhc.cli.common import console, hydra_app
 
 
 @hydra_app("predict")
 def main(cfg: DictConfig) -> None:
-    predict(cfg)
+    out = predict(cfg)
+    console.print(f"{len(pd.read_csv(out, usecols=[0]))} predictions written to {out}")
 
 
 if __name__ == "__main__":

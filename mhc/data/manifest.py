@@ -10,7 +10,7 @@ manifest's folder or absolute) or ``text``. Every other column is a task, except
     img/2.png,,large,,
 
 A text manifest's samples carry token ids (``tokens``, long [max_length], right-padded with
-0) from a tokenizer fitted on the training split only (:mod:`mhc.model.tokenizer`); the
+0) from a tokenizer fitted on the training split only (:mod:`mhc.processing.tokenizer`); the
 network saves it, so evaluation and prediction encode with the checkpoint's tokenizer::
 
     text,topic,urgent
@@ -61,8 +61,8 @@ from torch.utils.data import Dataset
 from mhc.data.datamodule import TaskDataModule, check_count, check_image_size
 from mhc.data.labels import MISSING, encode_sample, validate_labels
 from mhc.errors import ConfigError, DataError
-from mhc.model.inputs import to_batch
-from mhc.model.tokenizer import FITTED_KINDS, Tokenizer, fit_tokenizer, tokenizer_from_dict
+from mhc.processing.images import to_batch
+from mhc.processing.tokenizer import FITTED_KINDS, Tokenizer, fit_tokenizer, tokenizer_from_dict
 from mhc.tasks import TaskSpec, check_task_graph, valid_task_name
 
 IMAGE_COLUMN = "image"

@@ -26,7 +26,7 @@ from torch.utils.data import Dataset
 
 from mhc.data.datamodule import TaskDataModule
 from mhc.data.labels import encode_sample, validate_labels
-from mhc.model.tokenizer import WordTokenizer
+from mhc.processing.tokenizer import WordTokenizer
 from mhc.tasks import TaskSpec
 
 GROUPS = ["a", "b", "c", "d"]

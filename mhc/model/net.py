@@ -18,10 +18,11 @@ from torch import Tensor, nn
 from mhc.errors import DataError
 from mhc.masks import apply_output_mask, hierarchy_matrix
 from mhc.model.backbones import create_backbone
-from mhc.model.backbones.registry import LOAD_TIME_OPTIONS
+from mhc.model.backbones.base import ATTENTION, HEAD_PRUNING, TOKENS
+from mhc.model.backbones.registry import LOAD_TIME_OPTIONS, describe_backbone
 from mhc.model.heads import ClassificationHead, fused_head_logits
-from mhc.model.inputs import to_batch
-from mhc.model.tokenizer import Tokenizer, tokenizer_from_dict
+from mhc.processing.images import to_batch
+from mhc.processing.tokenizer import Tokenizer, tokenizer_from_dict
 from mhc.tasks import TaskSpec, tasks_from_dicts, tasks_to_dicts
 
 
@@ -59,7 +60,7 @@ class Preprocess:
     """How raw inputs become network input.
 
     Images: resize to ``image_size`` [H, W], scale to [0, 1], normalise with ``mean``/``std``.
-    Text: ``tokenizer`` (:meth:`mhc.model.tokenizer.Tokenizer.to_dict` data) encodes to ids
+    Text: ``tokenizer`` (:meth:`mhc.processing.tokenizer.Tokenizer.to_dict` data) encodes to ids
     padded to ``image_size[-1]`` tokens (``image_size`` is ``[1, max_length]``).
     """
 
@@ -103,9 +104,14 @@ class MultiHeadNet(nn.Module):
                 self.register_buffer(f"allowed_{t.name}", matrix, persistent=False)
 
     @property
+    def modality(self) -> str:
+        """What the backbone reads: ``image`` or ``tokens`` (its declared modality)."""
+        return self.backbone.modality
+
+    @property
     def takes_tokens(self) -> bool:
         """Whether the backbone reads token ids [B, L] rather than images."""
-        return bool(getattr(self.backbone, "takes_tokens", False))
+        return self.backbone.modality == TOKENS
 
     def backbone_input(self, inputs: Tensor) -> Tensor:
         """Images [B, 3, H, W] in [0, 1] are normalised; token ids [B, L] pass as they are."""
@@ -121,7 +127,7 @@ class MultiHeadNet(nn.Module):
     def attention(self, inputs: Tensor) -> tuple[list[Tensor], Tensor | None]:
         """Per-layer attention weights [B, H, L, L] of a transformer backbone, and its padding
         mask [B, L] (True at padding; ``None`` for images)."""
-        if not hasattr(self.backbone, "forward_tokens"):
+        if not self.backbone.supports(ATTENTION):
             raise ValueError(f"backbone '{self.backbone_config['name']}' has no attention to show")
         _, padding, maps = self.backbone.forward_tokens(self.backbone_input(inputs), need_weights=True)
         return maps, padding
@@ -137,10 +143,9 @@ class MultiHeadNet(nn.Module):
     def prune_heads(self, heads: list[list[int]]) -> None:
         """Remove attention heads of a transformer backbone (``heads[l]``: original indices in layer
         ``l``). The choice is recorded in the backbone config, so the pruned model saves and loads."""
-        encoder = getattr(self.backbone, "encoder", None)
-        if encoder is None:
+        if not self.backbone.supports(HEAD_PRUNING):
             raise ValueError(f"backbone '{self.backbone_config['name']}' has no attention heads to prune")
-        encoder.prune_heads(heads)
+        self.backbone.prune_heads(heads)
         previous = self.backbone_config.get("pruned_heads") or [[] for _ in heads]
         self.backbone_config["pruned_heads"] = [sorted(set(a) | set(b)) for a, b in zip(previous, heads)]
 
@@ -258,13 +263,9 @@ class MultiHeadNet(nn.Module):
 
 
 def backbone_takes_tokens(backbone: Mapping[str, Any]) -> bool:
-    """Whether the backbone a config describes reads token ids [B, L] rather than images.
-
-    The backbone is built on the meta device: no memory, no initialisation, no random draws.
-    """
-    options = {key: value for key, value in backbone.items() if key not in LOAD_TIME_OPTIONS}
-    with torch.device("meta"):
-        return bool(getattr(create_backbone(**options), "takes_tokens", False))
+    """Whether the backbone a config describes reads token ids [B, L] rather than images (its
+    declared modality, read without allocating it)."""
+    return describe_backbone(backbone).modality == TOKENS
 
 
 def _is_file(path: str) -> bool:

@@ -17,7 +17,8 @@ from typing import TYPE_CHECKING, Any, Callable, Mapping
 from torch import Tensor, nn
 
 from mhc.errors import ConfigError
-from mhc.model.tokenizer import tokenizer_from_dict
+from mhc.model.backbones.base import Backbone
+from mhc.processing.tokenizer import tokenizer_from_dict
 
 if TYPE_CHECKING:
     from mhc.model.net import MultiHeadNet
@@ -61,13 +62,20 @@ def create_objective(name: str, backbone: nn.Module, **options: Any) -> nn.Modul
         raise ConfigError(f"objective '{name}': {err}") from None
 
 
-def objective_for(backbone: nn.Module, name: str) -> str:
-    """``auto``: MAE for a vision transformer, masked tokens for token models, SimMIM otherwise."""
+def objective_for(backbone: Backbone, name: str) -> str:
+    """``auto``: the backbone's declared default (MAE for a vision transformer, masked tokens for
+    token models, SimMIM for CNNs); any other name as it is."""
     if name != "auto":
         return name
-    if getattr(backbone, "takes_tokens", False):
-        return "masked_tokens"
-    return "mae" if hasattr(backbone, "patch_embed") else "simmim"
+    if not backbone.masked_modeling:
+        raise ConfigError(f"backbone {type(backbone).__name__} declares no masked-modeling objective")
+    return backbone.masked_modeling[0]
+
+
+def require_fit(backbone: Backbone, objective: str, needs: str, instead: str) -> None:
+    """A :class:`ConfigError` unless ``backbone`` declares ``objective`` among its masked-modeling objectives."""
+    if objective not in backbone.masked_modeling:
+        raise ConfigError(f"objective '{objective}' needs {needs}, got {type(backbone).__name__}; {instead}")
 
 
 def build_objective(net: "MultiHeadNet", name: str, options: Mapping[str, Any] | None = None) -> nn.Module:

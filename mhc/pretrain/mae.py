@@ -14,7 +14,7 @@ from torch import Tensor, nn
 
 from mhc.errors import ConfigError
 from mhc.model.backbones.attention import Encoder
-from mhc.pretrain.base import PretrainOutput, register_objective
+from mhc.pretrain.base import PretrainOutput, register_objective, require_fit
 from mhc.pretrain.masking import random_patch_mask
 
 
@@ -45,11 +45,7 @@ class MaskedAutoencoder(nn.Module):
         norm_pix_loss: bool = False,
     ) -> None:
         super().__init__()
-        if not hasattr(backbone, "patch_embed") or not hasattr(backbone, "forward_tokens"):
-            raise ConfigError(
-                f"objective 'mae' needs a vision transformer backbone (vit_*), got {type(backbone).__name__}; "
-                "use 'simmim' for CNNs and 'masked_tokens' for seq_*"
-            )
+        require_fit(backbone, "mae", "a vision transformer backbone (vit_*)", "use 'simmim' for CNNs and 'masked_tokens' for seq_*")
         if not 0.0 <= mask_ratio < 1.0:
             raise ConfigError(f"mae: mask_ratio must be in [0, 1), got {mask_ratio}")
         self.backbone = backbone

@@ -18,7 +18,7 @@ import torch
 from torch import Tensor, nn
 
 from mhc.errors import ConfigError
-from mhc.pretrain.base import PretrainOutput, register_objective
+from mhc.pretrain.base import PretrainOutput, register_objective, require_fit
 from mhc.pretrain.mae import masked_mean
 from mhc.pretrain.masking import random_patch_mask
 
@@ -48,11 +48,7 @@ class SimMIM(nn.Module):
     def __init__(self, backbone: nn.Module, mask_ratio: float = 0.6, patch_size: int | None = None,
                  in_chans: int = 3) -> None:
         super().__init__()
-        if not hasattr(backbone, "forward_map") or not hasattr(backbone, "reduction"):
-            raise ConfigError(
-                f"objective 'simmim' needs a CNN backbone (cnn, resnet*), got {type(backbone).__name__}; "
-                "use 'mae' for vit_* and 'masked_tokens' for seq_*"
-            )
+        require_fit(backbone, "simmim", "a CNN backbone (cnn, resnet*)", "use 'mae' for vit_* and 'masked_tokens' for seq_*")
         reduction = backbone.reduction
         patch_size = reduction if patch_size is None else patch_size
         if not isinstance(patch_size, int) or patch_size <= 0 or patch_size % reduction:

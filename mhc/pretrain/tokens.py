@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from mhc.errors import ConfigError
-from mhc.pretrain.base import PretrainOutput, register_objective
+from mhc.pretrain.base import PretrainOutput, register_objective, require_fit
 from mhc.pretrain.masking import bert_token_mask
 
 
@@ -28,12 +28,8 @@ class MaskedTokenModel(nn.Module):
 
     def __init__(self, backbone: nn.Module, mask_id: int | None = None, probability: float = 0.15) -> None:
         super().__init__()
-        if not getattr(backbone, "takes_tokens", False) or not hasattr(backbone, "forward_tokens"):
-            raise ConfigError(
-                f"objective 'masked_tokens' needs a sequence transformer backbone (seq_*), got {type(backbone).__name__}; "
-                "use 'mae' for vit_* and 'simmim' for CNNs"
-            )
-        vocab = backbone.embed.num_embeddings
+        require_fit(backbone, "masked_tokens", "a sequence transformer backbone (seq_*)", "use 'mae' for vit_* and 'simmim' for CNNs")
+        vocab = backbone.vocab_size
         if mask_id is None or not 0 <= mask_id < vocab or mask_id == backbone.pad_id:
             raise ConfigError(
                 f"masked_tokens: mask_id must be the tokenizer's <mask> id within the vocabulary of {vocab}, got {mask_id}"

@@ -12,8 +12,9 @@ import torch
 
 from mhc.analysis import figures
 from mhc.analysis.attention import HeadLayout, PatternMeter
-from mhc.analysis.report import patch_grid, sample_maps
+from mhc.analysis.maps import patch_grid, sample_maps
 from mhc.data.labels import batch_inputs
+from mhc.model.backbones.base import ATTENTION
 from mhc.tasks import TaskSpec
 from mhc.tracking import log_figure, pyplot
 
@@ -77,7 +78,7 @@ class AttentionMapLogger(pl.Callback):
 
     @staticmethod
     def applies(pl_module: pl.LightningModule) -> bool:
-        return hasattr(getattr(pl_module.net.backbone, "encoder", None), "blocks")
+        return pl_module.net.backbone.supports(ATTENTION)
 
     def on_validation_batch_end(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Mapping[str, Any],

@@ -10,7 +10,6 @@ from __future__ import annotations
 import torch
 
 from mhc.errors import ConfigError
-from mhc.model.backbones.registry import is_convolutional
 from mhc.model.net import MultiHeadNet
 
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
@@ -18,7 +17,7 @@ COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-
 
 def has_convolutional_backbone(net: MultiHeadNet) -> bool:
     """Whether ``net`` reads images with a CNN (where channels_last pays)."""
-    return not net.takes_tokens and is_convolutional(net.backbone)
+    return net.backbone.convolutional
 
 
 def apply_speed_options(net: MultiHeadNet, channels_last: bool | str = "auto", compile: bool | str = False,

@@ -1,11 +1,10 @@
-"""Compose the real Hydra configs with tiny overrides, the way the CLI does."""
+"""Compose the real Hydra configs with tiny overrides through :func:`mhc.api.compose_config`."""
 
 from __future__ import annotations
 
 import pytest
-from hydra import compose, initialize_config_dir
 
-from mhc.cli.common import CONFIG_PATH
+from mhc import api
 
 TINY_SCENES = ["data.num_train=96", "data.num_val=48", "data.num_test=48", "data.batch_size=32"]
 TINY = [
@@ -16,15 +15,16 @@ TINY = [
 
 
 def compose_config(config_name: str, output_dir, *overrides: str):
-    with initialize_config_dir(config_dir=CONFIG_PATH, version_base="1.3"):
-        scenes = [] if config_name == "predict" else TINY_SCENES
-        return compose(config_name, overrides=[*scenes, *TINY, f"paths.output_dir={output_dir}", *overrides])
+    scenes = [] if config_name == "predict" else TINY_SCENES
+    return api.compose_config(config_name, [*scenes, *TINY, *overrides], output_dir=output_dir)
 
 
 @pytest.fixture
 def make_cfg(tmp_path):
-    def make(*overrides: str, config_name: str = "train"):
-        return compose_config(config_name, tmp_path, *overrides)
+    """A composed config; its run folder is ``output_dir`` (default: the test's ``tmp_path``)."""
+
+    def make(*overrides: str, config_name: str = "train", output_dir=None):
+        return compose_config(config_name, tmp_path if output_dir is None else output_dir, *overrides)
 
     return make
 
@@ -32,8 +32,6 @@ def make_cfg(tmp_path):
 @pytest.fixture(scope="module")
 def trained_checkpoint(tmp_path_factory):
     """A checkpoint of a tiny run, shared by the tests of one module."""
-    from mhc.cli.train import train
-
     out = tmp_path_factory.mktemp("trained")
-    train(compose_config("train", out, "test=false"))
+    api.train(compose_config("train", out, "test=false"))
     return out / "checkpoints" / "last.ckpt"

@@ -6,7 +6,7 @@ import pytest
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from mhc.analysis.attention import PATTERNS
-from mhc.cli.analyze import run_analysis
+from mhc.api import analyze
 from mhc.errors import ConfigError
 
 FIGURES = ["attention_sample0", "attention_sample1", "rollout", "patterns", "importance", "redundancy", "pruning_curve"]
@@ -15,7 +15,7 @@ FIGURES = ["attention_sample0", "attention_sample1", "rollout", "patterns", "imp
 def test_report_figures_tables_and_tensorboard_copy(make_cfg, sequence_checkpoint, tmp_path):
     cfg = make_cfg(f"ckpt={sequence_checkpoint}", "data=sequences", "samples=[0,5]", "max_batches=2",
                    "prune.fractions=[0.0,0.5]", "prune.random_seeds=2", "logger=tensorboard", config_name="analyze")
-    report = run_analysis(cfg)
+    report = analyze(cfg).report
     text = report.read_text()
     for stem in FIGURES:
         png = tmp_path / "figures" / f"{stem}.png"
@@ -34,9 +34,9 @@ def test_report_figures_tables_and_tensorboard_copy(make_cfg, sequence_checkpoin
 
 def test_analyze_refuses_a_cnn_checkpoint(make_cfg, trained_checkpoint):
     with pytest.raises(ConfigError, match="backbone 'cnn' is not a transformer"):
-        run_analysis(make_cfg(f"ckpt={trained_checkpoint}", config_name="analyze"))
+        analyze(make_cfg(f"ckpt={trained_checkpoint}", config_name="analyze"))
 
 
 def test_analyze_unknown_split_is_clear(make_cfg, sequence_checkpoint):
     with pytest.raises(ConfigError, match="split: expected one of"):
-        run_analysis(make_cfg(f"ckpt={sequence_checkpoint}", "data=sequences", "split=dev", config_name="analyze"))
+        analyze(make_cfg(f"ckpt={sequence_checkpoint}", "data=sequences", "split=dev", config_name="analyze"))

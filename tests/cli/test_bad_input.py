@@ -69,7 +69,7 @@ def make_folder(folder: Path, manifests: dict[str, str]) -> Path:
 
 def start_train(folder: Path, overrides: list[str]) -> subprocess.Popen:
     command = [
-        sys.executable, "-m", "mhc.train", "data=manifest", f"data.train={folder / 'train.csv'}",
+        sys.executable, "-m", "mhc.cli.train", "data=manifest", f"data.train={folder / 'train.csv'}",
         f"data.val={folder / 'val.csv'}", "data.image_size=[16,16]", "data.batch_size=4", "backbone.widths=[8,16]",
         "trainer.max_epochs=1", "test=false", "~callbacks.progress_bar", f"hydra.run.dir={folder / 'out'}",
         *[o.replace("<dir>", str(folder)) for o in overrides],

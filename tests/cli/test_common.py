@@ -1,4 +1,4 @@
-from mhc.cli.common import fill_defaults
+from mhc.api.build import fill_defaults
 from mhc.tasks import TaskSpec
 
 

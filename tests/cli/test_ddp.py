@@ -7,10 +7,9 @@ from pathlib import Path
 
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
 
 import mhc
-from mhc.cli.common import CONFIG_PATH
+from mhc.api import compose_config, evaluate
 from tests.cli.conftest import TINY, TINY_SCENES
 
 
@@ -20,7 +19,7 @@ def test_two_process_cpu_ddp_trains_and_its_metrics_equal_one_process(tmp_path):
     overrides = [o for o in [*TINY_SCENES, *TINY] if not o.startswith("~")] + ["data.num_val=49"]
     overrides.append("trainer.precision=32-true")  # the precision mhc-eval compares at
     proc = subprocess.run(
-        [sys.executable, "-m", "mhc.train", "trainer=ddp_cpu", *overrides, "callbacks.progress_bar=null",
+        [sys.executable, "-m", "mhc.cli.train", "trainer=ddp_cpu", *overrides, "callbacks.progress_bar=null",
          f"hydra.run.dir={tmp_path}"],
         capture_output=True, text=True, timeout=300,
     )
@@ -32,12 +31,8 @@ def test_two_process_cpu_ddp_trains_and_its_metrics_equal_one_process(tmp_path):
     assert checkpoint["global_step"] == 2
     assert set(mhc.load(tmp_path / "checkpoints" / "last.ckpt").tasks) >= {"shape", "marks"}
 
-    from mhc.cli.eval import evaluate
-
     best = next((tmp_path / "checkpoints").glob("best-*.ckpt"))
-    with initialize_config_dir(config_dir=CONFIG_PATH, version_base="1.3"):
-        cfg = compose("eval", overrides=[*TINY_SCENES, "data.num_val=49", f"ckpt={best}", "split=val",
-                                         f"paths.output_dir={tmp_path}"])
+    cfg = compose_config("eval", [*TINY_SCENES, "data.num_val=49", f"ckpt={best}", "split=val"], output_dir=tmp_path)
     single = evaluate(cfg)
     rows = list(csv.DictReader((tmp_path / "csv" / "version_0" / "metrics.csv").open()))
     distributed = rows[-2]  # the best checkpoint validated again after fitting (the last row is its test)
@@ -67,7 +62,7 @@ def test_gradient_method_under_ddp_keeps_processes_in_step(tmp_path):
     both processes end with the same weights."""
     overrides = [o for o in [*TINY_SCENES, *TINY] if not o.startswith("~")]
     proc = subprocess.run(
-        [sys.executable, "-m", "mhc.train", "trainer=ddp_cpu", *overrides, "callbacks.progress_bar=null", "test=false",
+        [sys.executable, "-m", "mhc.cli.train", "trainer=ddp_cpu", *overrides, "callbacks.progress_bar=null", "test=false",
          "weighting=pcgrad", "trainer.max_epochs=2", "+callbacks.checksum._target_=tests.cli.test_ddp.RankChecksum",
          f"+callbacks.checksum.folder={tmp_path}", f"hydra.run.dir={tmp_path}"],
         capture_output=True, text=True, timeout=300,

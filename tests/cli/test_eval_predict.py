@@ -6,8 +6,7 @@ import pytest
 from PIL import Image
 
 import mhc
-from mhc.cli.eval import evaluate
-from mhc.cli.predict import predict
+from mhc.api import evaluate, predict
 from mhc.data.generated import generate_split
 from mhc.errors import CheckpointError
 

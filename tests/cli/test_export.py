@@ -5,7 +5,7 @@ import sys
 import torch
 
 import mhc
-from mhc.cli.export import export
+from mhc.api import export
 from mhc.io import save_checkpoint
 
 

@@ -17,7 +17,7 @@ RUN = ["data.num_train=384", "data.num_val=64", "data.num_test=32", "data.batch_
 
 
 def train_command(folder, *extra):
-    return [sys.executable, "-m", "mhc.train", *RUN, f"hydra.run.dir={folder}", *extra]
+    return [sys.executable, "-m", "mhc.cli.train", *RUN, f"hydra.run.dir={folder}", *extra]
 
 
 def test_sigkill_then_resume_ends_like_an_uninterrupted_run(tmp_path):

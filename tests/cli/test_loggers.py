@@ -1,8 +1,8 @@
-from hydra import compose, initialize_config_dir
+import logging
+
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from mhc.cli.common import CONFIG_PATH
-from mhc.cli.train import train
+from mhc.api import compose_config, train
 from mhc.data.generated import scene_tasks
 from tests.cli.conftest import TINY_SCENES
 
@@ -24,12 +24,11 @@ def test_tensorboard_csv_and_offline_wandb_without_key(make_cfg, tmp_path, monke
 def test_tensorboard_dashboard_of_a_transformer_run_has_every_panel(tmp_path):
     """Read back with TensorBoard's own reader: per-head curves, confusion matrices, task weights,
     gradient conflict, attention maps and entropy, and the resolved config."""
-    with initialize_config_dir(config_dir=CONFIG_PATH, version_base="1.3"):
-        cfg = compose("train", overrides=[
-            *TINY_SCENES, "trainer.max_epochs=2", "~callbacks.progress_bar", f"paths.output_dir={tmp_path}", "test=false",
-            "backbone=vit_tiny", "backbone.dim=32", "backbone.depth=2", "backbone.num_heads=2", "backbone.patch_size=16",
-            "logger=tensorboard", "weighting=pcgrad", "trainer.log_every_n_steps=1",
-        ])
+    cfg = compose_config("train", [
+        *TINY_SCENES, "trainer.max_epochs=2", "~callbacks.progress_bar", "test=false",
+        "backbone=vit_tiny", "backbone.dim=32", "backbone.depth=2", "backbone.num_heads=2", "backbone.patch_size=16",
+        "logger=tensorboard", "weighting=pcgrad", "trainer.log_every_n_steps=1",
+    ], output_dir=tmp_path)
     train(cfg)
     run = next((tmp_path / "tensorboard").glob("version_*"))
     events = EventAccumulator(str(run), size_guidance={"images": 0, "scalars": 0}).Reload()
@@ -59,7 +58,7 @@ def test_cnn_run_logs_no_attention(make_cfg, tmp_path):
     assert not any(tag.startswith("attention/") for tag in events.Tags()["scalars"])
 
 
-def test_wandb_with_a_key_but_no_server_falls_back_offline_with_one_warning(make_cfg, tmp_path, monkeypatch, capsys):
+def test_wandb_with_a_key_but_no_server_falls_back_offline_with_one_warning(make_cfg, tmp_path, monkeypatch):
     import socket
 
     with socket.socket() as probe:  # a local port nobody listens on
@@ -68,8 +67,16 @@ def test_wandb_with_a_key_but_no_server_falls_back_offline_with_one_warning(make
     monkeypatch.setenv("WANDB_API_KEY", "x" * 40)
     monkeypatch.setenv("WANDB_BASE_URL", f"http://127.0.0.1:{port}")
     monkeypatch.delenv("WANDB_MODE", raising=False)
-    train(make_cfg("logger=wandb", "logger.wandb.offline=false", "test=false"))
-    warnings = [line for line in capsys.readouterr().err.splitlines() if line.startswith("warning:") and "wandb" in line]
-    assert warnings == [f"warning: wandb server http://127.0.0.1:{port} is out of reach; logging offline (sync later with `wandb sync`)"]
+    records: list[logging.LogRecord] = []
+    handler = logging.Handler(logging.WARNING)
+    handler.emit = records.append
+    library = logging.getLogger("mhc")  # the library warns through its logger; the commands print "warning: ..."
+    library.addHandler(handler)
+    try:
+        train(make_cfg("logger=wandb", "logger.wandb.offline=false", "test=false"))
+    finally:
+        library.removeHandler(handler)
+    warnings = [r.getMessage() for r in records if r.levelno == logging.WARNING and "wandb" in r.getMessage()]
+    assert warnings == [f"wandb server http://127.0.0.1:{port} is out of reach; logging offline (sync later with `wandb sync`)"]
     assert list((tmp_path / "wandb").glob("offline-run-*"))
     assert (tmp_path / "checkpoints" / "last.ckpt").is_file()

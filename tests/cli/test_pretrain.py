@@ -2,12 +2,10 @@
 
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
 from safetensors.torch import load_file
 
-from mhc.cli.common import CONFIG_PATH, build_datamodule
-from mhc.cli.pretrain import pretrain
-from mhc.cli.train import build_module
+from mhc.api import compose_config, pretrain
+from mhc.api.build import build_datamodule, build_module
 from mhc.errors import CheckpointError
 
 SMALL_DATA = ["data.num_train=64", "data.num_val=32", "data.num_test=32", "data.batch_size=32"]
@@ -17,16 +15,15 @@ TINY_SEQ = ["backbone=seq_tiny", "backbone.dim=16", "backbone.depth=1", "backbon
 
 
 def config(name: str, out, *overrides: str):
-    with initialize_config_dir(config_dir=CONFIG_PATH, version_base="1.3"):
-        return compose(name, overrides=[*SMALL_DATA, "trainer.max_epochs=1", "~callbacks.progress_bar",
-                                        f"paths.output_dir={out}", *overrides])
+    return compose_config(name, [*SMALL_DATA, "trainer.max_epochs=1", "~callbacks.progress_bar", *overrides], output_dir=out)
 
 
 @pytest.fixture(scope="module")
 def pretrained_vit(tmp_path_factory):
     out = tmp_path_factory.mktemp("mae")
-    folder = pretrain(config("pretrain", out, *TINY_VIT, "objective.mae.decoder_dim=16", "objective.mae.decoder_depth=1"))
-    return out, folder
+    result = pretrain(config("pretrain", out, *TINY_VIT, "objective.mae.decoder_dim=16", "objective.mae.decoder_depth=1"))
+    assert result.objective == "mae" and "val/loss" in result.metrics
+    return out, result.output
 
 
 def test_mae_pretraining_saves_the_backbone_and_reconstructions(pretrained_vit):
@@ -61,7 +58,7 @@ def test_a_pretrained_backbone_of_another_size_is_one_clear_error(pretrained_vit
 
 
 def test_masked_token_pretraining_of_the_sequence_transformer(tmp_path):
-    folder = pretrain(config("pretrain", tmp_path, *TINY_SEQ))
+    folder = pretrain(config("pretrain", tmp_path, *TINY_SEQ)).output
     description = (folder / "backbone.json").read_text()
     assert '"objective": "masked_tokens"' in description and '"vocab_size": 21' in description
     cfg = config("train", tmp_path / "ft", *TINY_SEQ, f"backbone.pretrained={folder}")
@@ -70,7 +67,7 @@ def test_masked_token_pretraining_of_the_sequence_transformer(tmp_path):
 
 
 def test_masked_modeling_as_an_auxiliary_task_of_supervised_training(tmp_path):
-    from mhc.cli.train import train
+    from mhc.api import train
 
     cfg = config("train", tmp_path, *TINY_VIT, "tasks.masked.weight=0.5",
                  "objective.mae.decoder_dim=16", "objective.mae.decoder_depth=1", "data.missing_fraction=0.5", "test=false")
@@ -96,7 +93,7 @@ def test_the_masked_task_is_off_by_default(tmp_path):
 
 
 def test_simmim_pretraining_of_the_compact_cnn(tmp_path):
-    folder = pretrain(config("pretrain", tmp_path, "backbone=cnn", "backbone.widths=[8,16]"))
+    folder = pretrain(config("pretrain", tmp_path, "backbone=cnn", "backbone.widths=[8,16]")).output
     assert '"objective": "simmim"' in (folder / "backbone.json").read_text()
     assert list((tmp_path / "csv").glob("version_*/reconstructions/epoch000.png"))
     cfg = config("train", tmp_path / "ft", "backbone=cnn", "backbone.widths=[8,16]", f"backbone.pretrained={folder}")

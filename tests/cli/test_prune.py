@@ -6,15 +6,14 @@ import pytest
 import torch
 
 import mhc
-from mhc.cli.eval import evaluate
-from mhc.cli.prune import run_pruning
+from mhc.api import evaluate, prune
 from mhc.errors import ConfigError
 
 
 def test_prune_writes_a_smaller_checkpoint_that_loads_and_evaluates(make_cfg, sequence_checkpoint, tmp_path):
     cfg = make_cfg(f"ckpt={sequence_checkpoint}", "data=sequences", "fraction=0.5", "max_batches=2", "repeats=3",
                    config_name="prune")
-    output = run_pruning(cfg)
+    output = prune(cfg)["pruned_checkpoint"]
     report = json.loads((tmp_path / "prune.json").read_text())
     assert sum(map(len, report["pruned_heads"])) == 4 and all(len(h) < 4 for h in report["pruned_heads"])
     original, pruned = report["original"], report["pruned"]
@@ -32,8 +31,8 @@ def test_prune_writes_a_smaller_checkpoint_that_loads_and_evaluates(make_cfg, se
 def test_random_pruning_is_seeded(make_cfg, sequence_checkpoint):
     heads = []
     for _ in range(2):
-        output = run_pruning(make_cfg(f"ckpt={sequence_checkpoint}", "data=sequences", "strategy=random", "seed=5",
-                                      "repeats=1", config_name="prune"))
+        output = prune(make_cfg(f"ckpt={sequence_checkpoint}", "data=sequences", "strategy=random", "seed=5",
+                                "repeats=1", config_name="prune"))["pruned_checkpoint"]
         heads.append(mhc.load(output).backbone_config["pruned_heads"])
     assert heads[0] == heads[1] and sum(map(len, heads[0])) == round(0.3 * 8)
 
@@ -42,11 +41,11 @@ def test_random_pruning_is_seeded(make_cfg, sequence_checkpoint):
                                                    ("fraction=1.0", "fraction: expected a fraction")])
 def test_prune_option_errors(make_cfg, sequence_checkpoint, override, message):
     with pytest.raises(ConfigError, match=message):
-        run_pruning(make_cfg(f"ckpt={sequence_checkpoint}", "data=sequences", override, config_name="prune"))
+        prune(make_cfg(f"ckpt={sequence_checkpoint}", "data=sequences", override, config_name="prune"))
 
 
 def test_pruning_leaves_the_original_checkpoint_untouched(make_cfg, sequence_checkpoint):
     before = torch.load(sequence_checkpoint, weights_only=True)["state_dict"]
-    run_pruning(make_cfg(f"ckpt={sequence_checkpoint}", "data=sequences", "repeats=1", config_name="prune"))
+    prune(make_cfg(f"ckpt={sequence_checkpoint}", "data=sequences", "repeats=1", config_name="prune"))
     after = torch.load(sequence_checkpoint, weights_only=True)["state_dict"]
     assert before.keys() == after.keys() and all(torch.equal(before[k], after[k]) for k in before)

@@ -6,7 +6,8 @@ import sys
 
 import pytest
 
-from mhc.cli.sweep import load_space, main
+from mhc.api.sweep import default_space, load_space, objective_value
+from mhc.cli.sweep import main
 from mhc.errors import ConfigError
 from tests.cli.conftest import TINY, TINY_SCENES
 
@@ -37,13 +38,20 @@ def test_bad_search_space_is_a_clear_error(tmp_path):
 
 
 def test_default_space_is_valid():
-    assert {"optimizer.lr", "weighting"} <= set(load_space("conf/sweep/default.yaml"))
+    assert {"optimizer.lr", "weighting"} <= set(load_space(default_space()))
+
+
+def test_objective_is_the_mean_over_heads_of_the_metric():
+    metrics = {"shape": {"acc": 0.5, "loss": 1.0}, "size": {"acc": 1.0}, "marks": {"f1": 0.3}}
+    assert objective_value(metrics, "acc") == 0.75
+    with pytest.raises(ConfigError, match="--metric auroc: the runs report no such per-head metric"):
+        objective_value(metrics, "auroc")
 
 
 def test_hydra_multirun_over_weighting_methods(tmp_path):
     overrides = [o for o in [*TINY_SCENES, *TINY] if not o.startswith("~")]
     proc = subprocess.run(
-        [sys.executable, "-m", "mhc.train", "-m", "weighting=equal,pcgrad", *overrides, "callbacks.progress_bar=null",
+        [sys.executable, "-m", "mhc.cli.train", "-m", "weighting=equal,pcgrad", *overrides, "callbacks.progress_bar=null",
          "test=false", f"hydra.sweep.dir={tmp_path}"], capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert (tmp_path / "0" / "checkpoints" / "last.ckpt").is_file() and (tmp_path / "1" / "checkpoints" / "last.ckpt").is_file()

@@ -5,16 +5,13 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import pytest
-from hydra import compose, initialize_config_dir
 
 import mhc
 import mhc.data.manifest
-from mhc.cli.common import CONFIG_PATH, build_datamodule
-from mhc.cli.eval import evaluate
-from mhc.cli.predict import predict
-from mhc.cli.train import build_module, train
+from mhc.api import compose_config, evaluate, predict, train
+from mhc.api.build import build_datamodule, build_module
 from mhc.errors import ConfigError
-from mhc.model.tokenizer import CharTokenizer
+from mhc.processing.tokenizer import CharTokenizer
 
 PHRASES = {
     "hardware": ["the printer is on fire", "my screen went dark", "keyboard keys stick"],
@@ -34,8 +31,7 @@ def text_rows(n: int, seed: int) -> pd.DataFrame:
 
 
 def text_cfg(output_dir, *overrides: str, config_name: str = "train"):
-    with initialize_config_dir(config_dir=CONFIG_PATH, version_base="1.3"):
-        return compose(config_name, overrides=[*TINY_TEXT, f"paths.output_dir={output_dir}", *overrides])
+    return compose_config(config_name, [*TINY_TEXT, *overrides], output_dir=output_dir)
 
 
 @pytest.fixture(scope="module")
@@ -81,8 +77,7 @@ def test_eval_encodes_with_the_saved_tokenizer(text_run, tmp_path, monkeypatch):
 
 def test_text_checkpoint_on_image_data_is_one_config_error(text_run, tmp_path):
     _, ckpt = text_run
-    with initialize_config_dir(config_dir=CONFIG_PATH, version_base="1.3"):
-        cfg = compose("eval", overrides=[f"ckpt={ckpt}", "data=scenes", f"paths.output_dir={tmp_path}"])
+    cfg = compose_config("eval", [f"ckpt={ckpt}", "data=scenes"], output_dir=tmp_path)
     with pytest.raises(ConfigError, match="the checkpoint's model reads text but this data gives images"):
         evaluate(cfg)
 
@@ -114,8 +109,7 @@ def test_predict_writes_a_text_column(text_run, tmp_path):
 )
 def test_backbone_reading_the_other_input_is_one_config_error(text_run, tmp_path, overrides, message):
     train_csv = text_run[0] / "train.csv"
-    with initialize_config_dir(config_dir=CONFIG_PATH, version_base="1.3"):
-        cfg = compose("train", overrides=[o.format(train=train_csv) for o in overrides] + [f"paths.output_dir={tmp_path}"])
+    cfg = compose_config("train", [o.format(train=train_csv) for o in overrides], output_dir=tmp_path)
     with pytest.raises(ConfigError) as info:
         build_module(cfg, build_datamodule(cfg))
     assert message in str(info.value) and "\n" not in str(info.value)

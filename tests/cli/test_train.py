@@ -3,21 +3,25 @@ import sys
 
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
 
 import mhc
-from mhc.cli.common import CONFIG_PATH
-from mhc.cli.train import train
+from mhc.api import compose_config, train
 from mhc.data.generated import scene_tasks
 from mhc.errors import ConfigError
 from tests.cli.conftest import TINY_SCENES
 
 
 def test_short_run_writes_checkpoints_and_metrics(make_cfg, tmp_path):
-    metrics = train(make_cfg())
-    assert {f"{t.name}/acc" for t in scene_tasks()} <= set(metrics)
-    assert all(0.0 <= v <= 1.0 for k, v in metrics.items() if not k.endswith("/loss"))
-    assert all(0.0 <= v < float("inf") for k, v in metrics.items() if k.endswith("/loss"))
+    result = train(make_cfg())
+    metrics = result.metrics["val"]  # {task: {metric: value}} of the best checkpoint
+    assert all("acc" in metrics.get(t.name, {}) for t in scene_tasks())
+    assert all(0.0 <= v <= 1.0 for values in metrics.values() for m, v in values.items() if m != "loss")
+    assert all(0.0 <= values["loss"] < float("inf") for values in metrics.values() if "loss" in values)
+    assert set(result.metrics["test"]) == set(metrics)  # test=true: the best checkpoint tested too
+    assert result.mean("acc") == sum(v["acc"] for v in metrics.values()) / len(metrics)
+    assert result.output_dir == tmp_path and result.last_checkpoint == tmp_path / "checkpoints" / "last.ckpt"
+    assert result.best_checkpoint.parent == tmp_path / "checkpoints" and result.best_checkpoint.name.startswith("best-epoch")
+    assert result.log_dirs == {"CSVLogger": str(tmp_path / "csv" / "version_0")}
     assert (tmp_path / "checkpoints" / "last.ckpt").is_file()
     assert list((tmp_path / "checkpoints").glob("best-epoch*.ckpt"))
     header = (tmp_path / "csv" / "version_0" / "metrics.csv").read_text().splitlines()[0]
@@ -45,11 +49,11 @@ def test_load_predict_round_trip(make_cfg, tmp_path):
 
 def test_resume_continues_from_last_checkpoint(make_cfg, tmp_path):
     first_run = tmp_path / "first"
-    train(make_cfg("test=false", f"paths.output_dir={first_run}"))
+    train(make_cfg("test=false", output_dir=first_run))
     last = first_run / "checkpoints" / "last.ckpt"
     first = torch.load(last, weights_only=True)["global_step"]
     assert first > 0
-    train(make_cfg("test=false", "trainer.max_epochs=2", f"resume={first_run}", f"paths.output_dir={tmp_path / 'second'}"))
+    train(make_cfg("test=false", "trainer.max_epochs=2", f"resume={first_run}", output_dir=tmp_path / "second"))
     assert torch.load(last, weights_only=True)["global_step"] == 2 * first  # continued in the first run's folder
     assert not (tmp_path / "second" / "checkpoints").exists()
 
@@ -85,7 +89,7 @@ def test_unknown_task_option_is_a_config_error(make_cfg):
 )
 def test_cli_errors_are_one_line_with_exit_code(override, message, tmp_path):
     proc = subprocess.run(
-        [sys.executable, "-m", "mhc.train", override, f"hydra.run.dir={tmp_path}"],
+        [sys.executable, "-m", "mhc.cli.train", override, f"hydra.run.dir={tmp_path}"],
         capture_output=True, text=True, timeout=120,
     )
     assert proc.returncode == 1
@@ -94,11 +98,10 @@ def test_cli_errors_are_one_line_with_exit_code(override, message, tmp_path):
 
 
 def test_vit_backbone_trains_and_reloads(tmp_path):
-    with initialize_config_dir(config_dir=CONFIG_PATH, version_base="1.3"):
-        cfg = compose("train", overrides=[
-            *TINY_SCENES, "trainer.max_epochs=1", "~callbacks.progress_bar", f"paths.output_dir={tmp_path}", "test=false",
-            "backbone=vit_tiny", "backbone.dim=48", "backbone.depth=2", "backbone.patch_size=16",
-        ])
+    cfg = compose_config("train", [
+        *TINY_SCENES, "trainer.max_epochs=1", "~callbacks.progress_bar", "test=false",
+        "backbone=vit_tiny", "backbone.dim=48", "backbone.depth=2", "backbone.patch_size=16",
+    ], output_dir=tmp_path)
     train(cfg)
     model = mhc.load(tmp_path / "checkpoints" / "last.ckpt")
     assert model.backbone_config["name"] == "vit_tiny"
@@ -106,14 +109,13 @@ def test_vit_backbone_trains_and_reloads(tmp_path):
 
 
 def test_sequence_experiment_trains_on_token_batches(tmp_path):
-    with initialize_config_dir(config_dir=CONFIG_PATH, version_base="1.3"):
-        cfg = compose("train", overrides=[
-            "experiment=sequences", "data.num_train=64", "data.num_val=32", "data.num_test=32", "data.batch_size=32",
-            "backbone.dim=32", "backbone.depth=1", "trainer.max_epochs=1", "~callbacks.progress_bar",
-            f"paths.output_dir={tmp_path}",
-        ])
-    metrics = train(cfg)
-    assert {"first/acc", "before/acc", "majority/acc", "ordered/auroc"} <= set(metrics)
+    cfg = compose_config("train", [
+        "experiment=sequences", "data.num_train=64", "data.num_val=32", "data.num_test=32", "data.batch_size=32",
+        "backbone.dim=32", "backbone.depth=1", "trainer.max_epochs=1", "~callbacks.progress_bar",
+    ], output_dir=tmp_path)
+    metrics = train(cfg).metrics["val"]
+    assert "acc" in metrics["first"] and "acc" in metrics["before"] and "acc" in metrics["majority"]
+    assert "auroc" in metrics["ordered"]
     model = mhc.load(tmp_path / "checkpoints" / "last.ckpt")
     assert model(torch.tensor([[2, 3, 1, 18, 19, 0, 0]]))["before"].shape == (1, 4)
     assert model.backbone_config["vocab_size"] == len(model.tokenizer) == 21  # 20 tokens and <mask>

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from mhc.cli.train import train
+from mhc.api import train
 from mhc.errors import ConfigError
 
 
@@ -18,8 +18,8 @@ def state(path):
     ["weighting=cagrad", "trainer.precision=bf16-mixed", "trainer.gradient_clip_val=1.0"],
 ])
 def test_weighting_methods_train_and_checkpoint(make_cfg, tmp_path, overrides):
-    metrics = train(make_cfg("test=false", "trainer.log_every_n_steps=1", *overrides))
-    assert 0.0 <= metrics["shape/acc"] <= 1.0
+    result = train(make_cfg("test=false", "trainer.log_every_n_steps=1", *overrides))
+    assert 0.0 <= result.metrics["val"]["shape"]["acc"] <= 1.0
     checkpoint = state(tmp_path / "checkpoints" / "last.ckpt")
     # 96 samples, batch 32: 3 batches; accumulating 2 gives 2 optimizer steps (the last one partial)
     assert checkpoint["global_step"] == (2 if "trainer.accumulate_grad_batches=2" in overrides else 3)
@@ -32,9 +32,9 @@ def test_stateful_method_resumes_exactly(make_cfg, tmp_path, method):
     """Three epochs in one go, and two epochs then a resumed third, end with the same weights
     (DWA's weights first move in the third epoch)."""
     common = ["test=false", f"weighting={method}", "trainer.deterministic=true", "scheduler=none"]
-    train(make_cfg(*common, "trainer.max_epochs=3", f"paths.output_dir={tmp_path / 'whole'}"))
-    train(make_cfg(*common, "trainer.max_epochs=2", f"paths.output_dir={tmp_path / 'split'}"))
-    train(make_cfg(*common, "trainer.max_epochs=3", f"resume={tmp_path / 'split'}", f"paths.output_dir={tmp_path / 'x'}"))
+    train(make_cfg(*common, "trainer.max_epochs=3", output_dir=tmp_path / "whole"))
+    train(make_cfg(*common, "trainer.max_epochs=2", output_dir=tmp_path / "split"))
+    train(make_cfg(*common, "trainer.max_epochs=3", f"resume={tmp_path / 'split'}", output_dir=tmp_path / "x"))
     whole = state(tmp_path / "whole" / "checkpoints" / "last.ckpt")
     split = state(tmp_path / "split" / "checkpoints" / "last.ckpt")
     assert whole["global_step"] == split["global_step"] == 9
@@ -44,8 +44,7 @@ def test_stateful_method_resumes_exactly(make_cfg, tmp_path, method):
 
 
 def test_learning_rate_scales_reach_the_optimizer(make_cfg):
-    from mhc.cli.common import build_datamodule
-    from mhc.cli.train import build_module
+    from mhc.api.build import build_datamodule, build_module
 
     cfg = make_cfg("scheduler=none", "optimizer.lr=0.01", "backbone_lr_scale=0.1", "tasks.shape.lr_scale=0")
     module = build_module(cfg, build_datamodule(cfg))
@@ -55,7 +54,7 @@ def test_learning_rate_scales_reach_the_optimizer(make_cfg):
 
 def test_backbone_finetuning_callback_freezes_the_backbone(make_cfg, tmp_path):
     def backbone_after(name, *overrides):
-        train(make_cfg("test=false", "optimizer.weight_decay=0", f"paths.output_dir={tmp_path / name}", *overrides))
+        train(make_cfg("test=false", "optimizer.weight_decay=0", *overrides, output_dir=tmp_path / name))
         saved = state(tmp_path / name / "checkpoints" / "last.ckpt")["state_dict"]
         # Convolution kernels (Lightning's BackboneFinetuning keeps batch norms training while frozen).
         return {k: v for k, v in saved.items() if k.startswith("net.backbone.") and v.ndim == 4}
@@ -83,13 +82,13 @@ def test_delta_m_over_a_baseline_run_selects_the_checkpoint(make_cfg, tmp_path):
     from mhc.data.generated import scene_tasks
 
     base = tmp_path / "base"
-    train(make_cfg("test=false", f"paths.output_dir={base}"))
+    train(make_cfg("test=false", output_dir=base))
     baseline_ckpt = next((base / "checkpoints").glob("best-*.ckpt"))
     baseline = state(baseline_ckpt)["mhc"]["metrics"]
     run = tmp_path / "run"
-    train(make_cfg("test=false", "trainer.max_epochs=2", "weighting=dwa", f"paths.output_dir={run}",
+    train(make_cfg("test=false", "trainer.max_epochs=2", "weighting=dwa",
                    f"delta_m.baseline={baseline_ckpt}", "callbacks=early_stop", "callbacks.early_stopping.monitor=val/delta_m",
-                   "callbacks.model_checkpoint.monitor=val/delta_m"))
+                   "callbacks.model_checkpoint.monitor=val/delta_m", output_dir=run))
     rows = [r for r in csv.DictReader((run / "csv" / "version_0" / "metrics.csv").open()) if r.get("val/delta_m")]
     assert len(rows) == 3  # two epochs, then the best checkpoint validated again
     for row in rows:

@@ -15,11 +15,12 @@ from omegaconf import OmegaConf
 from PIL import Image
 from torch.utils.data import DataLoader
 
+from mhc.config import config_dir
 from mhc.data import ManifestDataModule
 from mhc.data.manifest import ManifestDataset, infer_tasks, read_manifest
 from mhc.errors import ConfigError, DataError
 
-CONF = Path(__file__).resolve().parents[2] / "conf" / "data" / "manifest.yaml"
+CONF = config_dir() / "data" / "manifest.yaml"
 HAS_PYARROW = importlib.util.find_spec("pyarrow") is not None
 
 TRAIN = """\

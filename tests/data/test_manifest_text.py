@@ -9,13 +9,14 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
+from mhc.config import config_dir
 from mhc.data import ManifestDataModule
 from mhc.data.manifest import read_manifest
 from mhc.errors import ConfigError, DataError
-from mhc.model.tokenizer import ByteTokenizer, CharTokenizer
+from mhc.processing.tokenizer import ByteTokenizer, CharTokenizer
 from tests.data.test_manifest import write
 
-CONF = Path(__file__).resolve().parents[2] / "conf" / "data" / "manifest.yaml"
+CONF = config_dir() / "data" / "manifest.yaml"
 
 TRAIN = """\
     text,topic,urgent

@@ -2,7 +2,7 @@ import numpy as np
 import torch
 
 from mhc.data.sequences import FIRST_SYMBOL, MARKER, X_ID, Y_ID, SequencesDataModule, generate_sequences
-from mhc.model.tokenizer import tokenizer_from_dict
+from mhc.processing.tokenizer import tokenizer_from_dict
 
 
 def group(token: int) -> int:

@@ -13,13 +13,13 @@ from hydra.utils import instantiate
 from omegaconf import OmegaConf
 from PIL import Image
 
+from mhc.config import config_dir
 from mhc.data import CelebADataModule, Cifar100DataModule
 from mhc.data.torchvision_sets import CELEBA_ATTRIBUTES, load_cifar_pickle
 from mhc.errors import DataError
 from mhc.masks import hierarchy_matrix
 from mhc.tasks import resolve_tasks
 
-REPO = Path(__file__).resolve().parents[2]
 COARSE = [f"super{i:02d}" for i in range(20)]
 FINE = [f"class{i:03d}" for i in range(100)]
 N_TRAIN, N_TEST = 200, 40
@@ -299,15 +299,15 @@ def test_celeba_bad_partition(celeba_root: Path) -> None:
 
 @pytest.mark.parametrize("name, cls", [("cifar100", Cifar100DataModule), ("celeba", CelebADataModule)])
 def test_configs_instantiate(name: str, cls: type, cifar_root: Path) -> None:
-    cfg = OmegaConf.create({"seed": 0, "data": OmegaConf.load(REPO / "conf" / "data" / f"{name}.yaml")})
+    cfg = OmegaConf.create({"seed": 0, "data": OmegaConf.load(config_dir() / "data" / f"{name}.yaml")})
     cfg.data.root = str(cifar_root)
     dm = instantiate(cfg.data)
     assert isinstance(dm, cls) and dm.batch_size == 128 and dm.num_workers == 0
 
 
 def test_task_configs_list_the_data_tasks(cifar_root: Path) -> None:
-    cifar = OmegaConf.to_container(OmegaConf.load(REPO / "conf" / "tasks" / "cifar100.yaml"))
-    celeba = OmegaConf.to_container(OmegaConf.load(REPO / "conf" / "tasks" / "celeba.yaml"))
+    cifar = OmegaConf.to_container(OmegaConf.load(config_dir() / "tasks" / "cifar100.yaml"))
+    celeba = OmegaConf.to_container(OmegaConf.load(config_dir() / "tasks" / "celeba.yaml"))
     assert cifar == {"coarse": {}, "fine": {}}
     assert list(celeba) == CELEBA_ATTRIBUTES and all(v == {} for v in celeba.values())
     assert [t.name for t in Cifar100DataModule(str(cifar_root)).task_specs()] == list(cifar)

@@ -11,7 +11,7 @@ import mhc
 from mhc.errors import CheckpointError, DataError
 from mhc.model import MultiHeadNet, Preprocess
 from mhc.model.net import backbone_takes_tokens
-from mhc.model.tokenizer import CharTokenizer
+from mhc.processing.tokenizer import CharTokenizer
 from mhc.tasks import TaskSpec
 
 TASKS = [TaskSpec("topic", "multiclass", ["billing", "hardware", "other"]), TaskSpec("urgent", "binary", ["no", "yes"])]

@@ -42,11 +42,11 @@ def test_nonfinite_loss_skip_leaves_weights_and_method_state_finite(tasks, tmp_p
 def test_cli_stop_keeps_the_saved_checkpoint(tmp_path):
     overrides = [o for o in [*TINY_SCENES, *TINY] if not o.startswith("~")] + ["callbacks.progress_bar=null", "test=false",
                                                                               f"hydra.run.dir={tmp_path}"]
-    good = subprocess.run([sys.executable, "-m", "mhc.train", *overrides], capture_output=True, text=True, timeout=300)
+    good = subprocess.run([sys.executable, "-m", "mhc.cli.train", *overrides], capture_output=True, text=True, timeout=300)
     assert good.returncode == 0, good.stderr[-2000:]
     last = tmp_path / "checkpoints" / "last.ckpt"
     saved = last.read_bytes()
-    bad = subprocess.run([sys.executable, "-m", "mhc.train", *overrides, "optimizer=sgd", "optimizer.lr=1e12",
+    bad = subprocess.run([sys.executable, "-m", "mhc.cli.train", *overrides, "optimizer=sgd", "optimizer.lr=1e12",
                           "trainer.max_epochs=2"], capture_output=True, text=True, timeout=300)
     assert bad.returncode == 1
     errors = [line for line in bad.stderr.splitlines() if line.startswith("error:")]

@@ -1,7 +1,6 @@
 """MGDA, CAGrad, IMTL-G, Nash-MTL, FairGrad, MoCo, MoDo and SDMGrad against their papers'
 definitions, on small hand-made and random cases."""
 
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -9,13 +8,14 @@ import torch
 import yaml
 from scipy.optimize import minimize
 
+from mhc.config import config_dir
 from mhc.weighting import combine, create
 from mhc.weighting.base import all_tasks
 from mhc.weighting.min_norm import gram_matrix, min_norm_weights, project_simplex
 
 METHODS = ["mgda", "cagrad", "imtl", "nash_mtl", "fairgrad", "moco", "modo", "sdmgrad"]
 STATEFUL = ["nash_mtl", "moco", "modo", "sdmgrad"]
-CONF = Path(__file__).resolve().parents[2] / "conf" / "weighting"
+CONF = config_dir() / "weighting"
 
 
 def simplex_grid(step: int = 1000) -> np.ndarray:

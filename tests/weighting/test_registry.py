@@ -1,19 +1,18 @@
-"""Every method is selectable by name, configured by its conf/weighting file, and honours the
+"""Every method is selectable by name, configured by its mhc/conf/weighting file, and honours the
 interface: shapes, finiteness, absent tasks, and the pure combine()."""
 
 import re
-from pathlib import Path
 
 import pytest
 import torch
 from omegaconf import OmegaConf
 
-from mhc.cli.common import CONFIG_PATH
+from mhc.config import config_dir
 from mhc.errors import ConfigError
 from mhc.weighting import available, combine, create
 from mhc.weighting.base import _REGISTRY
 
-CONFIGS = {p.stem: OmegaConf.to_container(OmegaConf.load(p)) for p in sorted((Path(CONFIG_PATH) / "weighting").glob("*.yaml"))}
+CONFIGS = {p.stem: OmegaConf.to_container(OmegaConf.load(p)) for p in sorted((config_dir() / "weighting").glob("*.yaml"))}
 METHODS = [m for m in available() if not m.startswith("test_")]
 
 

@@ -7,6 +7,7 @@ from typing import Sequence
 
 from torch import Tensor, nn
 
+from mhc.model.backbones.base import FEATURE_MAP, Backbone
 from mhc.model.backbones.registry import register_backbone
 
 
@@ -18,8 +19,12 @@ def conv_bn_relu(in_ch: int, out_ch: int, stride: int = 1) -> nn.Sequential:
     )
 
 
-class CompactCNN(nn.Module):
+class CompactCNN(Backbone):
     """Stages of two 3x3 convolutions; each stage after the first starts with stride 2."""
+
+    capabilities = frozenset({FEATURE_MAP})
+    convolutional = True
+    masked_modeling = ("simmim",)
 
     def __init__(self, widths: Sequence[int] = (32, 64, 128, 128), in_chans: int = 3, stem_stride: int = 1) -> None:
         super().__init__()

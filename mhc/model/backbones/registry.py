@@ -1,9 +1,9 @@
 """Backbones by name: ``create_backbone("resnet18", small_input=True)``.
 
-A backbone is an ``nn.Module`` mapping images [B, 3, H, W] (normalised) to pooled features
-[B, num_features], with a ``num_features`` attribute. Heads rely only on the pooled
-features, so a backbone may expose more (token features [B, L, D], attention maps) through
-methods of its own.
+Every registered backbone keeps the contract of :class:`mhc.model.backbones.base.Backbone`
+(pooled features ``[B, num_features]``, a declared modality and capabilities), checked when
+it is built. :func:`describe_backbone` reads what a configured backbone declares without
+allocating it.
 """
 
 from __future__ import annotations
@@ -16,8 +16,9 @@ import torch
 from torch import nn
 
 from mhc.errors import CheckpointError, ConfigError
+from mhc.model.backbones.base import Backbone, check_backbone
 
-BackboneFactory = Callable[..., nn.Module]
+BackboneFactory = Callable[..., Backbone]
 _REGISTRY: dict[str, BackboneFactory] = {}
 
 
@@ -62,6 +63,7 @@ def create_backbone(name: str, weights: str | None = None, pretrained: str | Non
         backbone = _REGISTRY[name](**kwargs)
     except TypeError as err:
         raise ConfigError(f"backbone '{name}': {err}") from None
+    check_backbone(backbone, name)
     if weights:
         load_backbone_weights(backbone, weights)
     if pretrained:
@@ -69,18 +71,21 @@ def create_backbone(name: str, weights: str | None = None, pretrained: str | Non
     return backbone
 
 
-def is_convolutional(backbone: nn.Module) -> bool:
-    """Whether a backbone is convolutional past its input layer (a CNN, not a ViT's patch embedding)."""
-    return sum(isinstance(m, nn.Conv2d) for m in backbone.modules()) > 1
+def describe_backbone(options: Mapping[str, Any]) -> Backbone:
+    """The backbone a config describes, built on the meta device (no memory, no initialisation,
+    no random draws, no weights read), to read what it declares: ``modality``,
+    ``capabilities``, ``convolutional``, ``masked_modeling``."""
+    options = {key: value for key, value in options.items() if key not in LOAD_TIME_OPTIONS}
+    with torch.device("meta"):
+        return create_backbone(**options)
 
 
 @functools.lru_cache(maxsize=None)
 def is_convolutional_backbone(name: str) -> bool:
-    """:func:`is_convolutional` of the backbone ``name`` with its defaults, built on the meta
-    device (no memory, no initialisation); an unknown name is not convolutional."""
+    """Whether the backbone ``name`` (with its defaults) declares itself convolutional; an
+    unknown name is not."""
     try:
-        with torch.device("meta"):
-            return is_convolutional(create_backbone(name))
+        return describe_backbone({"name": name}).convolutional
     except ConfigError:
         return False
 

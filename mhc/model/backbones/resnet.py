@@ -8,11 +8,16 @@ import torch
 from torch import Tensor, nn
 from torchvision.models import resnet
 
+from mhc.model.backbones.base import FEATURE_MAP, Backbone
 from mhc.model.backbones.registry import register_variants
 
 
-class ResNetBackbone(nn.Module):
+class ResNetBackbone(Backbone):
     """A torchvision ResNet without its classifier: pooled features [B, 512 or 2048]."""
+
+    capabilities = frozenset({FEATURE_MAP})
+    convolutional = True
+    masked_modeling = ("simmim",)
 
     def __init__(self, arch: str, small_input: bool = False, in_chans: int = 3) -> None:
         super().__init__()

@@ -10,6 +10,7 @@ import torch
 from torch import Tensor, nn
 
 from mhc.model.backbones.attention import Encoder, attention_mask, masked_mean
+from mhc.model.backbones.base import ATTENTION, HEAD_PRUNING, TOKENS, Backbone
 from mhc.model.backbones.registry import register_variants
 
 
@@ -27,7 +28,7 @@ def sinusoids(length: int, dim: int) -> Tensor:
     return table[None] * 2**0.5
 
 
-class SequenceTransformer(nn.Module):
+class SequenceTransformer(Backbone):
     """Token ids [B, L] (``pad_id`` marks padding) -> pooled features [B, D].
 
     Args:
@@ -38,7 +39,9 @@ class SequenceTransformer(nn.Module):
             with ``causal``, where it would see nothing) or ``last`` (the last real token).
     """
 
-    takes_tokens = True  # MultiHeadNet feeds token ids as they are (no image normalisation)
+    modality = TOKENS
+    capabilities = frozenset({ATTENTION, HEAD_PRUNING})
+    masked_modeling = ("masked_tokens",)
 
     def __init__(
         self,
@@ -70,6 +73,18 @@ class SequenceTransformer(nn.Module):
         nn.init.normal_(self.embed.weight, std=0.02)
         if pruned_heads:
             self.encoder.prune_heads(pruned_heads)
+
+    @property
+    def vocab_size(self) -> int:
+        return self.embed.num_embeddings
+
+    @property
+    def prefix_tokens(self) -> int:
+        """Tokens before the input's own: the CLS token of ``pool='cls'``."""
+        return int(self.cls_token is not None)
+
+    def prune_heads(self, heads: list[list[int]]) -> None:
+        self.encoder.prune_heads(heads)
 
     def forward_tokens(self, ids: Tensor, need_weights: bool = False) -> tuple[Tensor, Tensor, list[Tensor]]:
         """Token features [B, L', D], the padding mask [B, L'] and per-layer weights [B, H, L', L']."""

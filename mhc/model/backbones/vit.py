@@ -6,11 +6,16 @@ import torch
 from torch import Tensor, nn
 
 from mhc.model.backbones.attention import Encoder
+from mhc.model.backbones.base import ATTENTION, HEAD_PRUNING, Backbone
 from mhc.model.backbones.registry import register_variants
 
 
-class VisionTransformer(nn.Module):
+class VisionTransformer(Backbone):
     """Images [B, 3, H, W] -> pooled features [B, D] (the CLS token, or the mean of patch tokens)."""
+
+    capabilities = frozenset({ATTENTION, HEAD_PRUNING})
+    masked_modeling = ("mae",)
+    prefix_tokens = 1  # the CLS token comes before the patches
 
     def __init__(
         self,
@@ -41,6 +46,9 @@ class VisionTransformer(nn.Module):
         if pruned_heads:
             self.encoder.prune_heads(pruned_heads)
 
+    def prune_heads(self, heads: list[list[int]]) -> None:
+        self.encoder.prune_heads(heads)
+
     def forward_tokens(
         self, images: Tensor, need_weights: bool = False, keep: Tensor | None = None
     ) -> tuple[Tensor, None, list[Tensor]]:
@@ -60,11 +68,6 @@ class VisionTransformer(nn.Module):
     @property
     def patch_size(self) -> int:
         return self.patch_embed.kernel_size[0]
-
-    def token_names(self, length: int) -> list[str]:
-        """Axis labels of attention maps: ``CLS`` then patches by grid position ``row,col``."""
-        side = round((length - 1) ** 0.5)
-        return ["CLS", *[f"{i // side},{i % side}" for i in range(length - 1)]]
 
     def forward(self, images: Tensor) -> Tensor:
         tokens, _, _ = self.forward_tokens(images)

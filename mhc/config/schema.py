@@ -1,6 +1,6 @@
 """The structured schema of the Hydra configs, so mistakes fail before anything runs.
 
-Hydra merges ``conf/train.yaml`` onto :class:`TrainConfig`: an unknown key, a wrong type
+Hydra merges ``mhc/conf/train.yaml`` onto :class:`TrainConfig`: an unknown key, a wrong type
 (``seed=abc``) or an unknown per-task option is one error line naming the key. Groups that
 build objects through ``_target_`` (data, optimizer, trainer, ...) stay open dictionaries;
 their constructors check their own arguments.
@@ -8,35 +8,20 @@ their constructors check their own arguments.
 
 from __future__ import annotations
 
-import re
-from dataclasses import dataclass, field, fields
-from pathlib import Path
+from dataclasses import dataclass, field, fields, make_dataclass
 from typing import Any, Dict, List, Optional
 
 from hydra.core.config_store import ConfigStore
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 from mhc.errors import ConfigError
+from mhc.tasks import TASK_OPTIONS
 
-
-@dataclass
-class TaskOptions:
-    """Per-task overrides of :class:`mhc.tasks.TaskSpec`; ``None`` keeps what the data provides."""
-
-    kind: Optional[str] = None
-    classes: Optional[List[str]] = None
-    masked: Optional[bool] = None
-    parent: Optional[str] = None
-    allowed_by_parent: Optional[Dict[str, List[str]]] = None
-    loss: Optional[str] = None
-    weight: Optional[float] = None
-    lr_scale: Optional[float] = None
-    hidden: Optional[List[int]] = None
-    dropout: Optional[float] = None
-    label_smoothing: Optional[float] = None
-    class_weights: Optional[List[float]] = None
-    pos_weight: Optional[List[float]] = None
-    focal_gamma: Optional[float] = None
+# Per-task overrides of mhc.tasks.TaskSpec (``tasks.<name>.<option>``), made from the options
+# TaskSpec declares; ``None`` keeps what the data provides.
+TaskOptions = make_dataclass(
+    "TaskOptions", [(name, Optional[option.config_type], field(default=None)) for name, option in TASK_OPTIONS.items()]
+)
 
 
 @dataclass
@@ -126,30 +111,9 @@ class TrainConfig:
     format: Any = "safetensors"  # safetensors | onnx | torch_export, or a list of them
 
 
-def native_bf16_cpu(cpuinfo: str | Path = "/proc/cpuinfo") -> bool:
-    """Whether this CPU computes in bfloat16 natively (AVX512-BF16 or AMX), where bf16 autocast
-    about halves a convolutional training step; elsewhere it is emulated and slower."""
-    try:
-        flags = Path(cpuinfo).read_text(encoding="utf-8", errors="replace")
-    except OSError:
-        return False
-    return re.search(r"\b(avx512_bf16|amx_bf16)\b", flags) is not None
-
-
-def cpu_precision(backbone: str) -> str:
-    """``${mhc.cpu_precision:${backbone.name}}``, the CPU trainer's default precision: bf16-mixed
-    for a convolutional backbone where the hardware has bfloat16, else 32-true. Transformers stay
-    in float32: in bf16 the sequence transformer learned less in the same epochs (see
-    docs/benchmarks.md), so there bf16 is a choice (``trainer.precision=bf16-mixed``)."""
-    from mhc.model.backbones.registry import is_convolutional_backbone
-
-    return "bf16-mixed" if native_bf16_cpu() and is_convolutional_backbone(backbone) else "32-true"
-
-
 def register_configs() -> None:
+    """Store the schema under the name the configs' defaults lists use (``train_schema``)."""
     ConfigStore.instance().store(name="train_schema", node=TrainConfig)
-    if not OmegaConf.has_resolver("mhc.cpu_precision"):
-        OmegaConf.register_new_resolver("mhc.cpu_precision", cpu_precision)
 
 
 def check_top_level(cfg: DictConfig) -> None:

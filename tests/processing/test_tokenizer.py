@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from mhc.errors import CheckpointError, ConfigError, DataError
-from mhc.model.tokenizer import (
+from mhc.processing.tokenizer import (
     ByteTokenizer,
     CharTokenizer,
     WordTokenizer,

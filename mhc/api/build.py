@@ -1,0 +1,298 @@
+"""Objects from a config: data, tasks, the module, callbacks, loggers and the trainer.
+
+Every ``mhc-*`` command and :mod:`mhc.api` build what they run here, so a config means the same
+thing wherever it is used. A constructor's failure is one :class:`~mhc.errors.ConfigError`
+naming the config group.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import types
+import typing
+from pathlib import Path
+from typing import Any, Mapping
+from urllib.parse import urlparse
+
+import hydra
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
+from omegaconf import DictConfig, OmegaConf
+
+from mhc.config import config_dir
+from mhc.errors import ConfigError, MhcError
+from mhc.io import read_checkpoint
+from mhc.model.backbones import list_backbones
+from mhc.model.net import backbone_takes_tokens
+from mhc.processing.tokenizer import tokenizer_from_dict
+from mhc.tasks import TaskSpec, resolve_tasks, tasks_to_dicts
+from mhc.training import MultiHeadModule
+
+log = logging.getLogger(__name__)
+
+
+def instantiate(node: Any, what: str, **kwargs: Any) -> Any:
+    """``hydra.utils.instantiate`` with a one-line error naming the config group."""
+    try:
+        check_scalar_options(node, what)
+        return hydra.utils.instantiate(node, **kwargs)
+    except Exception as err:  # noqa: BLE001 - instantiate wraps every constructor error
+        if isinstance(err, MhcError):
+            raise
+        cause = err.__cause__ or err
+        if isinstance(cause, MhcError):
+            raise cause from None
+        raise ConfigError(f"{what}: {' '.join(str(cause).split())}") from None
+
+
+SCALAR_TYPES = {int: "an integer", float: "a number", bool: "true or false", str: "a string"}
+
+
+def check_scalar_options(node: Any, what: str) -> None:
+    """A number, boolean or string option must have a type that the target's annotation allows,
+    so that ``trainer.max_epochs=x`` is one :class:`ConfigError` instead of a traceback deep in
+    training. Lists, mappings and options annotated with anything but plain classes (generics,
+    literals, callables) are left to the target."""
+    if not isinstance(node, DictConfig) or not node.get("_target_"):
+        return
+    try:
+        target = hydra.utils.get_object(str(node._target_))
+        hints = typing.get_type_hints(target.__init__ if isinstance(target, type) else target)
+    except Exception:  # noqa: BLE001 - instantiate reports an unknown target; unreadable hints are skipped
+        return
+    for option, hint in hints.items():
+        if option not in node or option == "return":
+            continue
+        union = typing.get_origin(hint) in (typing.Union, types.UnionType)
+        allowed = typing.get_args(hint) if union else (hint,)
+        value = node[option]
+        if not isinstance(value, tuple(SCALAR_TYPES)) or not all(isinstance(t, type) for t in allowed):
+            continue
+        accepted = (*allowed, int) if float in allowed else allowed
+        if isinstance(value, accepted) and (bool in allowed or not isinstance(value, bool)):
+            continue
+        described = [t for t in allowed if t is not type(None) and not (t is int and float in allowed)]
+        expected = " or ".join(SCALAR_TYPES.get(t, f"a {t.__name__}") for t in described)
+        raise ConfigError(f"{what}.{option} must be {expected}, got {value!r}")
+
+
+def chosen_option(cfg: DictConfig, group: str) -> str:
+    """The option picked for a config group (``manifest`` for ``data=manifest``), for messages:
+    Hydra's record on the command line, else the group's file whose ``_target_`` matches."""
+    if HydraConfig.initialized():
+        return str(HydraConfig.get().runtime.choices.get(group))
+    target = cfg[group].get("_target_")
+    for path in sorted((config_dir() / group).glob("*.yaml")):
+        if OmegaConf.load(path).get("_target_") == target:
+            return path.stem
+    return str(target)
+
+
+def build_datamodule(cfg: DictConfig) -> Any:
+    return instantiate(cfg.data, "data")
+
+
+def checkpoint_with_data(cfg: DictConfig) -> tuple[Any, Any, Any]:
+    """The module of ``cfg.ckpt``, the configured data serving the checkpoint's tasks, and a
+    Trainer for evaluation or prediction (no logger, no checkpoints)."""
+    module = MultiHeadModule.from_checkpoint(cfg.ckpt)
+    datamodule = build_datamodule(cfg)
+    datamodule.set_tasks(list(module.tasks.values()))
+    datamodule.use_preprocess(module.net.config()["preprocess"])  # e.g. the saved tokenizer, never refitted
+    # One process: a distributed sampler would pad the split with repeated samples.
+    trainer = instantiate(cfg.trainer, "trainer", logger=False, enable_checkpointing=False, callbacks=[],
+                          devices=1, num_nodes=1, strategy="auto")
+    return module, datamodule, trainer
+
+
+MASKED_MODELING = "masked_modeling"  # the kind of an auxiliary task: the objective of ``objective``
+
+
+def auxiliary_tasks(cfg: DictConfig) -> dict[str, dict[str, Any]]:
+    """Tasks of kind ``masked_modeling`` with a weight above 0 (``tasks.masked.weight=0.5``):
+    ``{name: {"objective", "weight", "options"}}``, the masked-modeling objective
+    (``cfg.objective``) trained alongside the heads."""
+    found = {}
+    for name, options in (OmegaConf.to_container(cfg.tasks, resolve=True) if cfg.get("tasks") else {}).items():
+        if (options or {}).get("kind") != MASKED_MODELING:
+            continue
+        extra = sorted(k for k, v in options.items() if v is not None and k not in ("kind", "weight"))
+        if extra:
+            raise ConfigError(f"tasks.{name}: a {MASKED_MODELING} task takes only 'weight' (its objective is set under "
+                              f"objective.*), not {extra}")
+        weight = float(options.get("weight") if options.get("weight") is not None else 1.0)
+        if weight > 0:
+            found[name] = {"objective": str(cfg.objective.name), "weight": weight,
+                           "options": OmegaConf.to_container(cfg.objective, resolve=True)}
+    return found
+
+
+def config_tasks(cfg: DictConfig, provided: list[TaskSpec]) -> list[TaskSpec]:
+    """The data's tasks with the ``head`` and ``loss`` defaults, then ``tasks.<name>`` options, applied."""
+    head = OmegaConf.to_container(cfg.head, resolve=True)
+    loss = OmegaConf.to_container(cfg.loss, resolve=True)
+    overrides = OmegaConf.to_container(cfg.tasks, resolve=True) if cfg.get("tasks") else {}
+    overrides = {k: v for k, v in overrides.items() if (v or {}).get("kind") != MASKED_MODELING}
+    with_defaults = [
+        fill_defaults(t, {**head, "loss": loss[t.kind], "label_smoothing": loss["label_smoothing"],
+                          "focal_gamma": loss["focal_gamma"]})
+        for t in provided
+    ]
+    return resolve_tasks(with_defaults, overrides)
+
+
+def fill_defaults(task: TaskSpec, defaults: dict[str, Any]) -> TaskSpec:
+    """``task`` with ``defaults`` for the options it leaves at their built-in values, so that
+    what the data declares for a task (e.g. a manifest's ``data.tasks``) wins over defaults."""
+    pristine = TaskSpec(task.name, task.kind, task.classes)
+    fill = {k: v for k, v in defaults.items() if getattr(task, k) == getattr(pristine, k)}
+    return TaskSpec.from_dict({**task.to_dict(), **fill})
+
+
+def build_callbacks(cfg: DictConfig, has_logger: bool = True) -> list[Any]:
+    """The configured callbacks; those that only feed a logger are left out of a run without one."""
+    callbacks = [instantiate(node, f"callbacks.{name}") for name, node in (cfg.get("callbacks") or {}).items() if node]
+    if not has_logger:
+        from pytorch_lightning.callbacks import LearningRateMonitor
+
+        callbacks = [c for c in callbacks if not isinstance(c, LearningRateMonitor)]
+    return callbacks
+
+
+def build_loggers(cfg: DictConfig) -> list[Any]:
+    loggers = []
+    for name, node in (cfg.get("logger") or {}).items():
+        if not node:
+            continue
+        if str(node.get("_target_", "")).endswith("WandbLogger") and not node.get("offline", False):
+            problem = wandb_online_problem()
+            if problem:
+                log.warning(f"{problem}; logging offline (sync later with `wandb sync`)")
+                node = OmegaConf.merge(node, {"offline": True})
+        loggers.append(instantiate(node, f"logger.{name}"))
+    return loggers
+
+
+def wandb_online_problem(timeout: float = 3.0) -> str | None:
+    """Why wandb could not log online (no API key, or its server out of reach), else ``None``."""
+    if os.environ.get("WANDB_MODE") in ("offline", "disabled"):
+        return None
+    url = urlparse(os.environ.get("WANDB_BASE_URL") or "https://api.wandb.ai")
+    if not os.environ.get("WANDB_API_KEY"):
+        import netrc
+
+        try:
+            if netrc.netrc().authenticators(url.hostname or "api.wandb.ai") is None:
+                return "wandb has no API key"
+        except (FileNotFoundError, netrc.NetrcParseError):
+            return "wandb has no API key"
+    port = url.port or (443 if url.scheme == "https" else 80)
+    try:
+        socket.create_connection((url.hostname, port), timeout=timeout).close()
+    except OSError:
+        return f"wandb server {url.scheme}://{url.hostname}:{port} is out of reach"
+    return None
+
+
+def resolve_resume(resume: str | None, output_root: Path) -> str | None:
+    """A checkpoint path from ``resume``: a file, a run directory, or ``auto`` (newest run)."""
+    if not resume:
+        return None
+    if resume == "auto":
+        if HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN:
+            raise ConfigError("resume=auto is ambiguous in a multirun (jobs share one sweep folder); give each job its checkpoint path")
+        candidates = sorted(output_root.glob("*/checkpoints/last.ckpt"), key=lambda p: p.stat().st_mtime)
+        if not candidates:
+            log.warning(f"resume=auto found no last.ckpt under {output_root}; starting afresh")
+            return None
+        return str(candidates[-1])
+    path = Path(resume)
+    if path.is_dir():
+        path = path / "checkpoints" / "last.ckpt"
+    if not path.is_file():
+        raise ConfigError(f"resume: no checkpoint at '{path}'")
+    return str(path)
+
+
+def build_module(cfg: DictConfig, datamodule: Any) -> MultiHeadModule:
+    tasks = config_tasks(cfg, datamodule.task_specs())
+    datamodule.set_tasks(tasks)
+    preprocess = datamodule.preprocess()
+    backbone = backbone_for_data(cfg, preprocess)
+    net_config = {"backbone": backbone, "tasks": tasks_to_dicts(tasks), "preprocess": preprocess}
+    optimizer = instantiate(cfg.optimizer, "optimizer") if cfg.get("optimizer") else None
+    scheduler = instantiate(cfg.scheduler, "scheduler") if cfg.get("scheduler") else None
+    weighting = OmegaConf.to_container(cfg.weighting, resolve=True) if cfg.get("weighting") else None
+    trainer = cfg.get("trainer") or {}
+    baseline = cfg.delta_m.baseline
+    if baseline is not None:
+        baseline = baseline_metrics(OmegaConf.to_container(baseline) if isinstance(baseline, DictConfig) else str(baseline),
+                                    cfg.delta_m.metric)
+    return MultiHeadModule(net_config, optimizer=optimizer, scheduler=scheduler, auxiliary=auxiliary_tasks(cfg),
+                           weighting=weighting, accumulate_grad_batches=trainer.get("accumulate_grad_batches") or 1,
+                           gradient_clip_val=trainer.get("gradient_clip_val"), backbone_lr_scale=cfg.backbone_lr_scale,
+                           baseline=baseline, baseline_metric=cfg.delta_m.metric,
+                           run_config=OmegaConf.to_container(cfg, resolve=True), nonfinite_loss=cfg.nonfinite_loss,
+                           speed=OmegaConf.to_container(cfg.perf) if cfg.get("perf") else None)
+
+
+def backbone_for_data(cfg: DictConfig, preprocess: Mapping[str, Any]) -> dict[str, Any]:
+    """The backbone options fitted to the data: a token backbone takes ``vocab_size`` from the
+    data's tokenizer and ``max_length`` from the data's sequence length. A backbone that reads
+    the other kind of input (token ids for images, or images for tokens) is a :class:`ConfigError`."""
+    backbone = OmegaConf.to_container(cfg.backbone, resolve=True)
+    tokenizer = preprocess.get("tokenizer")
+    reads_tokens = backbone_takes_tokens(backbone)
+    if reads_tokens != (tokenizer is not None):
+        reads, gives = ("token ids", "images") if reads_tokens else ("images", "token ids")
+        token_data = " or token data (data=sequences, or data=manifest with a 'text' column)" if reads_tokens else ""
+        raise ConfigError(
+            f"backbone={backbone.get('name')} reads {reads} but data={chosen_option(cfg, 'data')} gives {gives}; "
+            f"choose a backbone that reads {gives} ({', '.join(backbones_reading(tokens=not reads_tokens))}){token_data}"
+        )
+    if tokenizer is not None:
+        backbone["vocab_size"] = len(tokenizer_from_dict(tokenizer))
+        backbone["max_length"] = int(preprocess["image_size"][-1])
+    return backbone
+
+
+def backbones_reading(tokens: bool) -> list[str]:
+    """The registered backbones that read token ids (``tokens``) or images, for messages."""
+    names = []
+    for name in list_backbones():
+        try:
+            if backbone_takes_tokens({"name": name}) == tokens:
+                names.append(name)
+        except MhcError:  # a backbone that cannot be built without options is left out of the hint
+            continue
+    return names
+
+
+def build_trainer(cfg: DictConfig, module: Any, datamodule: Any, loggers: list[Any], callbacks: list[Any]) -> Any:
+    """The configured Lightning ``Trainer`` for fitting ``module``: atomic checkpoint writes; a
+    module that steps its optimizer itself (gradient methods) accumulates and clips on its own;
+    data that shards itself (multi-source batches) gets no ``DistributedSampler``."""
+    from mhc.training.checkpoint_io import AtomicCheckpointIO
+
+    options: dict[str, Any] = {}
+    if not getattr(module, "automatic_optimization", True):
+        options.update(accumulate_grad_batches=1, gradient_clip_val=None)
+    if getattr(datamodule, "shards_itself", False):
+        options["use_distributed_sampler"] = False
+    return instantiate(cfg.trainer, "trainer", callbacks=callbacks, logger=loggers or False,
+                       plugins=[AtomicCheckpointIO()], **options)
+
+
+def baseline_metrics(source: str | Mapping[str, Any], metric: str = "acc") -> dict[str, float]:
+    """``{task: value}`` of a baseline: a mapping (``{task: value}`` or ``{task: {metric: value}}``),
+    or the path of a baseline run's checkpoint (its saved validation metrics)."""
+    if isinstance(source, Mapping):
+        values = {t: (v[metric] if isinstance(v, Mapping) else v) for t, v in source.items()}
+    else:
+        saved = read_checkpoint(source)["mhc"].get("metrics") or {}
+        values = {t: v[metric] for t, v in saved.items() if metric in v}
+        if not values:
+            raise ConfigError(f"delta_m.baseline: checkpoint '{source}' holds no validation '{metric}' per task")
+    return {str(t): float(v) for t, v in values.items()}

@@ -1,0 +1,68 @@
+"""Metrics and predictions of a checkpoint on configured data, as ``mhc-eval`` and ``mhc-predict`` run them."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import torch
+
+from mhc.api.build import checkpoint_with_data
+from mhc.api.config import ConfigLike, as_config
+from mhc.errors import ConfigError
+from mhc.model.net import decode_predictions
+
+SPLITS = ("val", "test")
+
+
+def evaluate(config: ConfigLike = None, *, ckpt: str | Path | None = None, output_dir: str | Path | None = None,
+             config_dir: str | Path | None = None) -> dict[str, dict[str, float]]:
+    """Per-head metrics ``{task: {metric: value}}`` of checkpoint ``ckpt`` on ``split`` (default
+    ``test``) of the configured data; also written to ``<output_dir>/metrics.json``."""
+    cfg = as_config(config, "eval", output_dir, config_dir, ckpt=ckpt)
+    if cfg.split not in SPLITS:
+        raise ConfigError(f"split: expected one of {list(SPLITS)}, got '{cfg.split}'")
+    module, datamodule, trainer = checkpoint_with_data(cfg)
+    run = trainer.test if cfg.split == "test" else trainer.validate
+    run(module, datamodule=datamodule, verbose=False)
+    results = module.last_results.get(cfg.split, {})
+    if trainer.is_global_zero:
+        out = Path(cfg.paths.output_dir) / "metrics.json"
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps({"checkpoint": str(cfg.ckpt), "split": cfg.split, "metrics": results}, indent=2))
+    return results
+
+
+def predictions_table(input_column: str, inputs: list[str], predictions: dict[str, Any]) -> pd.DataFrame:
+    """One row per input: the input cell under ``input_column``, the classes, the probabilities."""
+    columns: dict[str, list] = {input_column: inputs}
+    for name, pred in predictions.items():
+        columns[name] = ["|".join(v) if isinstance(v, list) else v for v in pred.labels]
+        for j, cls in enumerate(pred.classes):
+            columns[f"{name}__p_{cls}"] = pred.probs[:, j].tolist()
+    return pd.DataFrame(columns)
+
+
+def predict(config: ConfigLike = None, *, ckpt: str | Path | None = None, inputs: str | Path | None = None,
+            output: str | Path | None = None, output_dir: str | Path | None = None,
+            config_dir: str | Path | None = None) -> Path:
+    """Write per-task predicted classes and probabilities for the manifest ``inputs``
+    (``data.predict``), one row per input in order, as CSV to ``output`` (default
+    ``<output_dir>/predictions.csv``, replaced atomically); returns its path."""
+    cfg = as_config(config, "predict", output_dir, config_dir, ckpt=ckpt, output=output)
+    if inputs is not None:
+        cfg.data.predict = str(inputs)
+    module, datamodule, trainer = checkpoint_with_data(cfg)
+    batches = trainer.predict(module, datamodule=datamodule)
+    probs = {name: torch.cat([b[name] for b in batches]).cpu() for name in module.tasks}
+    dataset = datamodule.splits["predict"]
+    table = predictions_table(dataset.input_column, dataset.inputs, decode_predictions(module.tasks.values(), probs))
+    out = Path(cfg.output)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.tmp")
+    table.to_csv(tmp, index=False, float_format="%.6g")
+    os.replace(tmp, out)
+    return out

@@ -1,0 +1,134 @@
+"""Training and masked-modeling pretraining, as ``mhc-train`` and ``mhc-pretrain`` run them."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytorch_lightning as pl
+from omegaconf import DictConfig, OmegaConf
+from pytorch_lightning.callbacks import ModelCheckpoint
+
+from mhc.api.build import (
+    backbone_for_data,
+    build_callbacks,
+    build_datamodule,
+    build_loggers,
+    build_module,
+    build_trainer,
+    instantiate,
+    resolve_resume,
+)
+from mhc.api.config import ConfigLike, as_config
+from mhc.io import read_checkpoint, save_backbone
+from mhc.training.pretraining import PretrainModule
+
+log = logging.getLogger(__name__)
+Results = dict[str, dict[str, float]]  # {task: {metric: value}}
+
+
+@dataclass
+class TrainResult:
+    """What a training run produced.
+
+    ``metrics`` holds per-head results by split (``{"val": {task: {metric: value}}, "test": ...}``)
+    of the best checkpoint (of the last epoch where no checkpoint was kept).
+    """
+
+    output_dir: Path
+    metrics: dict[str, Results]
+    best_checkpoint: Path | None
+    last_checkpoint: Path | None
+    log_dirs: dict[str, str] = field(default_factory=dict)  # {logger class name: its folder}
+
+    def mean(self, metric: str = "acc", split: str = "val") -> float | None:
+        """The mean over heads of ``metric`` on ``split`` (``None`` when no head reports it)."""
+        values = [v[metric] for v in self.metrics.get(split, {}).values() if metric in v]
+        return sum(values) / len(values) if values else None
+
+
+def train(config: ConfigLike = None, *, output_dir: str | Path | None = None,
+          config_dir: str | Path | None = None) -> TrainResult:
+    """Fit a multi-head model, then validate (and, with ``test=true``, test) its best checkpoint.
+
+    ``config`` is a composed config or ``mhc-train`` overrides (``["backbone=resnet18"]``);
+    ``output_dir`` the run folder (default: a new one under ``outputs/train/``).
+    """
+    cfg = as_config(config, "train", output_dir, config_dir)
+    pl.seed_everything(cfg.seed, workers=True, verbose=False)
+    datamodule = build_datamodule(cfg)
+    module = build_module(cfg, datamodule)
+    run_dir = Path(cfg.paths.output_dir)
+    ckpt_path = resolve_resume(cfg.resume, run_dir.parent)
+    if ckpt_path:
+        read_checkpoint(ckpt_path)  # one clear error for a missing, damaged or unsafe file
+        log.info(f"resuming from {ckpt_path}")
+    loggers = build_loggers(cfg)
+    callbacks = build_callbacks(cfg, has_logger=bool(loggers))
+    if ckpt_path:  # keep best/last with the run being continued, so "best" spans the whole run
+        for callback in callbacks:
+            if isinstance(callback, ModelCheckpoint):
+                callback.dirpath = str(Path(ckpt_path).parent)
+    trainer = build_trainer(cfg, module, datamodule, loggers, callbacks)
+    trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
+
+    best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
+    if best:  # the epoch-end metrics belong to the last epoch; report the best checkpoint's
+        trainer.validate(module, datamodule=datamodule, ckpt_path=best, verbose=False, weights_only=True)
+    metrics = {"val": module.last_results.get("val", {})}
+    if cfg.test and best:
+        trainer.test(module, datamodule=datamodule, ckpt_path=best, verbose=False, weights_only=True)
+        metrics["test"] = module.last_results.get("test", {})
+    log_dirs = {type(logger).__name__: str(logger.log_dir or logger.save_dir) for logger in trainer.loggers}
+    finish_wandb(trainer.loggers)
+    return TrainResult(output_dir=run_dir, metrics=metrics, best_checkpoint=Path(best) if best else None,
+                       last_checkpoint=Path(best).with_name("last.ckpt") if best else None, log_dirs=log_dirs)
+
+
+def finish_wandb(loggers: list[Any]) -> None:
+    """End the wandb run, so the next job of a multirun (or the next call) starts its own."""
+    from pytorch_lightning.loggers import WandbLogger
+
+    if any(isinstance(logger, WandbLogger) for logger in loggers):
+        import wandb
+
+        wandb.finish()
+
+
+@dataclass
+class PretrainResult:
+    """The pretrained backbone's folder (for ``backbone.pretrained=``) and the validation metrics."""
+
+    output: Path
+    objective: str
+    metrics: dict[str, float]
+
+
+def build_pretrain_module(cfg: DictConfig, datamodule: Any) -> PretrainModule:
+    datamodule.set_tasks([])  # labels are ignored
+    preprocess = datamodule.preprocess()
+    net_config = {"backbone": backbone_for_data(cfg, preprocess), "tasks": [], "preprocess": preprocess}
+    options = OmegaConf.to_container(cfg.objective, resolve=True)
+    optimizer = instantiate(cfg.optimizer, "optimizer") if cfg.get("optimizer") else None
+    scheduler = instantiate(cfg.scheduler, "scheduler") if cfg.get("scheduler") else None
+    return PretrainModule(net_config, cfg.objective.name, options, optimizer=optimizer, scheduler=scheduler)
+
+
+def pretrain(config: ConfigLike = None, *, output_dir: str | Path | None = None,
+             config_dir: str | Path | None = None) -> PretrainResult:
+    """Masked-modeling pretraining of the configured backbone on the data's inputs (labels
+    ignored); the backbone is saved to ``output`` (``backbone.safetensors`` and ``backbone.json``)."""
+    cfg = as_config(config, "pretrain", output_dir, config_dir)
+    pl.seed_everything(cfg.seed, workers=True, verbose=False)
+    datamodule = build_datamodule(cfg)
+    module = build_pretrain_module(cfg, datamodule)
+    ckpt_path = resolve_resume(cfg.resume, Path(cfg.paths.output_dir).parent)
+    loggers = build_loggers(cfg)
+    trainer = build_trainer(cfg, module, datamodule, loggers, build_callbacks(cfg, has_logger=bool(loggers)))
+    log.info(f"pretraining {module.net.backbone_config['name']} with '{module.objective_name}'")
+    trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
+    metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/")}
+    output = save_backbone(module.net, cfg.output, {"objective": module.objective_name, "metrics": metrics})
+    return PretrainResult(output=Path(output), objective=module.objective_name, metrics=metrics)

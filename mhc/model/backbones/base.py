@@ -1,0 +1,87 @@
+"""The backbone contract: what every registered backbone declares, and what it then provides.
+
+A backbone maps network input to pooled features ``[B, num_features]``. Its class declares:
+
+* ``modality``: ``"image"`` (float images ``[B, C, H, W]``, already normalised) or ``"tokens"``
+  (token ids ``[B, L]``; ``pad_id`` marks padding). A token backbone also has ``vocab_size``,
+  ``max_length`` and ``pad_id``.
+* ``capabilities``, each with the methods it promises:
+
+  - ``feature_map``: ``forward_map(x) -> [B, D, h, w]`` and ``reduction`` (input pixels per cell);
+  - ``attention``: ``forward_tokens(x, need_weights) -> (tokens [B, L, D], padding [B, L] or
+    None, per-layer weights [B, heads, L, L])``, ``encoder`` (an
+    :class:`~mhc.model.backbones.attention.Encoder`, whose heads have gates) and
+    ``prefix_tokens`` (tokens before the input's own, such as CLS); an image backbone also
+    gives ``patch_size`` (its tokens after the prefix are a square grid of patches);
+  - ``head_pruning``: ``prune_heads(heads)`` removes attention heads (``heads[l]``: indices in
+    layer ``l``), and the ``pruned_heads`` option rebuilds a pruned backbone.
+
+* ``convolutional``: whether convolutions do most of its work (``channels_last`` and the CPU's
+  bf16 default follow it).
+* ``masked_modeling``: the masked-modeling objectives that can pretrain it, the default first.
+
+Nothing is probed with ``hasattr``: code asks :meth:`Backbone.supports`, and
+:func:`check_backbone` verifies, when a backbone is built, that it provides what it declares.
+``tests/model/test_backbone_contract.py`` runs every registered backbone through the contract.
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+from torch import Tensor, nn
+
+IMAGE, TOKENS = "image", "tokens"
+MODALITIES = (IMAGE, TOKENS)
+FEATURE_MAP, ATTENTION, HEAD_PRUNING = "feature_map", "attention", "head_pruning"
+CAPABILITIES: dict[str, tuple[str, ...]] = {  # capability -> the attributes it promises
+    FEATURE_MAP: ("forward_map", "reduction"),
+    ATTENTION: ("forward_tokens", "encoder", "prefix_tokens"),
+    HEAD_PRUNING: ("prune_heads",),
+}
+TOKEN_ATTRIBUTES = ("vocab_size", "max_length", "pad_id")
+
+
+class Backbone(nn.Module):
+    """Base class of every backbone; see the module docstring for the contract."""
+
+    modality: ClassVar[str] = IMAGE
+    capabilities: ClassVar[frozenset[str]] = frozenset()
+    convolutional: ClassVar[bool] = False
+    masked_modeling: ClassVar[tuple[str, ...]] = ()
+    num_features: int
+
+    def __init_subclass__(cls, **kwargs: object) -> None:
+        super().__init_subclass__(**kwargs)
+        if cls.modality not in MODALITIES:
+            raise TypeError(f"{cls.__name__}.modality must be one of {MODALITIES}, got {cls.modality!r}")
+        unknown = sorted(set(cls.capabilities) - set(CAPABILITIES))
+        if unknown:
+            raise TypeError(f"{cls.__name__} declares unknown capabilities {unknown}; known: {sorted(CAPABILITIES)}")
+        if HEAD_PRUNING in cls.capabilities and ATTENTION not in cls.capabilities:
+            raise TypeError(f"{cls.__name__} declares head_pruning without attention")
+
+    def supports(self, capability: str) -> bool:
+        """Whether this backbone declares ``capability`` (``feature_map``, ``attention``, ``head_pruning``)."""
+        if capability not in CAPABILITIES:
+            raise ValueError(f"unknown capability '{capability}'; known: {sorted(CAPABILITIES)}")
+        return capability in self.capabilities
+
+    def forward(self, x: Tensor) -> Tensor:  # network input -> pooled features [B, num_features]
+        raise NotImplementedError
+
+
+def check_backbone(backbone: nn.Module, name: str) -> Backbone:
+    """``backbone`` if it keeps the contract; else a ``TypeError`` naming what it lacks."""
+    if not isinstance(backbone, Backbone):
+        raise TypeError(f"backbone '{name}' is a {type(backbone).__name__}, not a mhc.model.backbones.Backbone")
+    promised = [attr for capability in backbone.capabilities for attr in CAPABILITIES[capability]]
+    if backbone.modality == TOKENS:
+        promised += TOKEN_ATTRIBUTES
+    elif ATTENTION in backbone.capabilities:
+        promised.append("patch_size")
+    missing = [attr for attr in ("num_features", *promised) if not hasattr(backbone, attr)]
+    if missing:
+        raise TypeError(f"backbone '{name}' ({type(backbone).__name__}) declares {sorted(backbone.capabilities)} "
+                        f"but lacks {missing}")
+    return backbone

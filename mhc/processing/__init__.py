@@ -1,0 +1,1 @@
+"""Turning raw inputs into network input: image files and arrays into batches, texts into token ids."""

@@ -1,0 +1,108 @@
+"""The package works as a plain wheel installed outside the checkout: configs travel with it,
+and every command runs from an unrelated folder."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+REPO = Path(__file__).resolve().parents[1]
+COMMANDS = ["mhc-train", "mhc-eval", "mhc-predict", "mhc-analyze", "mhc-prune", "mhc-pretrain", "mhc-export",
+            "mhc-serve", "mhc-sweep"]
+TINY = ["data.num_train=64", "data.num_val=32", "data.num_test=32", "data.batch_size=32", "backbone.widths=[8,16]",
+        "~callbacks.progress_bar", "logger=none"]
+USER_EXPERIMENT = """\
+# @package _global_
+defaults:
+  - override /scheduler: none
+seed: 3
+trainer:
+  max_epochs: 1
+"""
+
+
+def build_wheel(tmp_path: Path) -> Path:
+    """A wheel of a copy of the sources (the checkout is left untouched)."""
+    source = tmp_path / "source"
+    shutil.copytree(REPO / "mhc", source / "mhc", ignore=shutil.ignore_patterns("__pycache__"))
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(REPO / name, source / name)
+    try:  # build with the setuptools at hand when it is recent enough, else in pip's isolated environment
+        import setuptools
+
+        isolation = ["--no-build-isolation"] if int(setuptools.__version__.split(".")[0]) >= 68 else []
+    except ImportError:
+        isolation = []
+    dist = tmp_path / "dist"
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", *isolation, "-w", str(dist), str(source)],
+                   check=True, capture_output=True, text=True)
+    (wheel,) = dist.glob("mhc-*.whl")
+    return wheel
+
+
+@pytest.fixture(scope="module")
+def installed(tmp_path_factory) -> Path:
+    """The wheel installed into a fresh target folder, away from the checkout."""
+    tmp_path = tmp_path_factory.mktemp("wheel")
+    target = tmp_path / "site"
+    subprocess.run([sys.executable, "-m", "pip", "install", "--no-deps", "-q", "--target", str(target),
+                    str(build_wheel(tmp_path))], check=True, capture_output=True, text=True)
+    return target
+
+
+def run(target: Path, cwd: Path, *command: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": str(target)}
+    env.pop("PYTHONSAFEPATH", None)
+    script = target / "bin" / command[0]
+    proc = subprocess.run([sys.executable, str(script), *command[1:]], cwd=cwd, env=env, capture_output=True,
+                          text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return proc
+
+
+def test_wheel_holds_every_config(installed):
+    packaged = sorted(p.relative_to(installed / "mhc" / "conf") for p in (installed / "mhc" / "conf").rglob("*.yaml"))
+    in_tree = sorted(p.relative_to(REPO / "mhc" / "conf") for p in (REPO / "mhc" / "conf").rglob("*.yaml"))
+    assert packaged == in_tree and len(packaged) > 50
+    assert {p.name for p in (installed / "bin").iterdir()} >= set(COMMANDS)
+
+
+def test_commands_run_from_another_folder(installed, tmp_path):
+    elsewhere = tmp_path / "elsewhere"
+    (elsewhere / "my_configs" / "experiment").mkdir(parents=True)
+    (elsewhere / "my_configs" / "experiment" / "mine.yaml").write_text(USER_EXPERIMENT)
+    where = run(installed, elsewhere, "mhc-train", "--help")  # composes the packaged configs
+    assert "data: scenes" in where.stdout or "ScenesDataModule" in where.stdout
+
+    # the user's own experiment file, found through --config-dir, overrides packaged groups
+    run(installed, elsewhere, "mhc-train", "--config-dir", "my_configs", "experiment=mine", *TINY, "hydra.run.dir=run")
+    checkpoint = elsewhere / "run" / "checkpoints" / "last.ckpt"
+    config = (elsewhere / "run" / ".hydra" / "config.yaml").read_text()
+    assert checkpoint.is_file() and "seed: 3" in config and "scheduler: {}" in config
+
+    probe = subprocess.run([sys.executable, "-c", "import mhc, sys; print(mhc.__file__)"], cwd=elsewhere,
+                           env={**os.environ, "PYTHONPATH": str(installed)}, capture_output=True, text=True, check=True)
+    assert Path(probe.stdout.strip()).is_relative_to(installed)  # the wheel's copy, not the checkout
+
+    run(installed, elsewhere, "mhc-eval", f"ckpt={checkpoint}", "data.num_train=64", "data.num_val=32",
+        "data.num_test=32", "hydra.run.dir=eval")
+    assert (elsewhere / "eval" / "metrics.json").is_file()
+
+    Image.fromarray(np.zeros((64, 64, 3), dtype=np.uint8)).save(elsewhere / "black.png")
+    (elsewhere / "images.csv").write_text("image\nblack.png\n")
+    run(installed, elsewhere, "mhc-predict", f"ckpt={checkpoint}", "data.predict=images.csv", "output=predictions.csv",
+        "hydra.run.dir=predict")
+    assert (elsewhere / "predictions.csv").read_text().splitlines()[1].startswith("black.png,")
+
+    run(installed, elsewhere, "mhc-export", f"ckpt={checkpoint}", "output=exported", "hydra.run.dir=export")
+    assert (elsewhere / "exported" / "model.safetensors").is_file()
+
+    for command in ("mhc-analyze", "mhc-prune", "mhc-pretrain", "mhc-serve", "mhc-sweep"):
+        run(installed, elsewhere, command, "--help")
