@@ -62,7 +62,7 @@ def step_function(module: MultiHeadModule, batch: dict):
 
     def step() -> None:
         optimizer.zero_grad(set_to_none=True)
-        module.balanced_step(batch).objective.backward()
+        module.step(module, module.net, batch).objective.backward()
         optimizer.step()
 
     return step

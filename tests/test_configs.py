@@ -1,10 +1,14 @@
-"""Every option of every config group composes with the train schema."""
+"""Every option of every config group composes with the train schema; each command has a schema of its own."""
+
+from dataclasses import fields
 
 import pytest
 from omegaconf import OmegaConf
 
 from mhc.api import compose_config
 from mhc.config import group_options
+from mhc.config.schema import SCHEMAS
+from mhc.errors import ConfigError
 
 GROUPS = ["data", "backbone", "head", "loss", "weighting", "objective", "optimizer", "scheduler", "trainer", "logger", "callbacks",
           "experiment"]
@@ -25,14 +29,37 @@ def test_every_option_composes(group, option):
 
 @pytest.mark.parametrize("name", ["train", "eval", "predict", "analyze", "prune", "pretrain"])
 def test_entry_configs_compose(name):
-    cfg = compose_config(name, ["ckpt=x.ckpt"] if name != "train" else [], output_dir="/tmp/x")
+    cfg = compose_config(name, [] if name in ("train", "pretrain") else ["ckpt=x.ckpt"], output_dir="/tmp/x")
     assert cfg.task_name == name
+    OmegaConf.to_container(cfg, resolve=True)  # every interpolation resolves
+
+
+COMMAND_OPTIONS = {  # an option of one command, refused by the others
+    "train": "weighting=pcgrad", "pretrain": "output=x", "eval": "split=val", "analyze": "pattern_threshold=0.3",
+    "prune": "fraction=0.5", "export": "format=onnx",
+}
+
+
+@pytest.mark.parametrize("command", ["train", "pretrain", "eval", "predict", "analyze", "prune", "export"])
+def test_each_command_refuses_the_options_of_others(command):
+    from hydra.errors import ConfigCompositionException
+
+    base = [] if command in ("train", "pretrain") else ["ckpt=x.ckpt"]
+    schema = SCHEMAS[command]
+    for option in COMMAND_OPTIONS.values():
+        key = option.split("=")[0]
+        if key in {f.name for f in fields(schema)}:
+            continue  # an option this command has too
+        with pytest.raises(ConfigCompositionException, match=f"Could not (override|find) '{key}"):
+            compose_config(command, [*base, option], output_dir="/tmp/x")
+    with pytest.raises(ConfigError, match=rf"unknown config key\(s\) \['fraktion'\] for mhc-{command}"):
+        compose_config(command, [*base, "+fraktion=0.5"], output_dir="/tmp/x")
 
 
 def test_experiment_selects_data_tasks_and_overrides():
     cfg = compose_config("train", ["experiment=cifar100_resnet18", "data.root=x"], output_dir="/tmp/x")
     assert cfg.data._target_ == "mhc.data.Cifar100DataModule"
-    assert set(cfg.tasks) == {"coarse", "fine", "masked"} and cfg.tasks.fine.label_smoothing == 0.1
+    assert set(cfg.tasks) == {"coarse", "fine"} and cfg.tasks.fine.label_smoothing == 0.1
     assert cfg.backbone.name == "resnet18" and cfg.optimizer._target_ == "torch.optim.SGD"
 
 
@@ -45,7 +72,7 @@ def test_sequence_backbones_default_to_the_built_in_sequences(overrides, data):
     cfg = compose_config("train", overrides, output_dir="/tmp/x")
     assert cfg.data._target_ == data
     if data.endswith("SequencesDataModule"):
-        assert set(cfg.tasks) == {"first", "before", "majority", "ordered", "masked"}
+        assert set(cfg.tasks) == {"first", "before", "majority", "ordered"}
 
 
 def test_cpu_precision_follows_the_hardware(tmp_path):

@@ -29,6 +29,8 @@ from mhc.model.net import backbone_takes_tokens
 from mhc.processing.tokenizer import tokenizer_from_dict
 from mhc.tasks import TaskSpec, resolve_tasks, tasks_to_dicts
 from mhc.training import MultiHeadModule
+from mhc.training.checkpoint_io import AtomicCheckpointIO
+from mhc.training.guards import NonFiniteLoss
 
 log = logging.getLogger(__name__)
 
@@ -107,22 +109,18 @@ def checkpoint_with_data(cfg: DictConfig) -> tuple[Any, Any, Any]:
     return module, datamodule, trainer
 
 
-MASKED_MODELING = "masked_modeling"  # the kind of an auxiliary task: the objective of ``objective``
+AUXILIARY = ("masked_modeling",)  # objectives trained beside the heads: the one of ``cfg.objective``
 
 
 def auxiliary_tasks(cfg: DictConfig) -> dict[str, dict[str, Any]]:
-    """Tasks of kind ``masked_modeling`` with a weight above 0 (``tasks.masked.weight=0.5``):
-    ``{name: {"objective", "weight", "options"}}``, the masked-modeling objective
-    (``cfg.objective``) trained alongside the heads."""
+    """The auxiliary objectives with a weight above 0 (``auxiliary=masked_modeling``):
+    ``{name: {"objective", "weight", "options"}}``, the masked-modeling objective of ``objective``
+    trained alongside the heads."""
     found = {}
-    for name, options in (OmegaConf.to_container(cfg.tasks, resolve=True) if cfg.get("tasks") else {}).items():
-        if (options or {}).get("kind") != MASKED_MODELING:
-            continue
-        extra = sorted(k for k, v in options.items() if v is not None and k not in ("kind", "weight"))
-        if extra:
-            raise ConfigError(f"tasks.{name}: a {MASKED_MODELING} task takes only 'weight' (its objective is set under "
-                              f"objective.*), not {extra}")
-        weight = float(options.get("weight") if options.get("weight") is not None else 1.0)
+    for name, options in (OmegaConf.to_container(cfg.auxiliary, resolve=True) if cfg.get("auxiliary") else {}).items():
+        if name not in AUXILIARY:
+            raise ConfigError(f"auxiliary.{name}: unknown auxiliary objective; expected one of {list(AUXILIARY)}")
+        weight = float(options["weight"])
         if weight > 0:
             found[name] = {"objective": str(cfg.objective.name), "weight": weight,
                            "options": OmegaConf.to_container(cfg.objective, resolve=True)}
@@ -134,7 +132,6 @@ def config_tasks(cfg: DictConfig, provided: list[TaskSpec]) -> list[TaskSpec]:
     head = OmegaConf.to_container(cfg.head, resolve=True)
     loss = OmegaConf.to_container(cfg.loss, resolve=True)
     overrides = OmegaConf.to_container(cfg.tasks, resolve=True) if cfg.get("tasks") else {}
-    overrides = {k: v for k, v in overrides.items() if (v or {}).get("kind") != MASKED_MODELING}
     with_defaults = [
         fill_defaults(t, {**head, "loss": loss[t.kind], "label_smoothing": loss["label_smoothing"],
                           "focal_gamma": loss["focal_gamma"]})
@@ -234,7 +231,7 @@ def build_module(cfg: DictConfig, datamodule: Any) -> MultiHeadModule:
                            weighting=weighting, accumulate_grad_batches=trainer.get("accumulate_grad_batches") or 1,
                            gradient_clip_val=trainer.get("gradient_clip_val"), backbone_lr_scale=cfg.backbone_lr_scale,
                            baseline=baseline, baseline_metric=cfg.delta_m.metric,
-                           run_config=OmegaConf.to_container(cfg, resolve=True), nonfinite_loss=cfg.nonfinite_loss,
+                           run_config=OmegaConf.to_container(cfg, resolve=True),
                            speed=OmegaConf.to_container(cfg.perf) if cfg.get("perf") else None)
 
 
@@ -271,13 +268,14 @@ def backbones_reading(tokens: bool) -> list[str]:
 
 
 def build_trainer(cfg: DictConfig, module: Any, datamodule: Any, loggers: list[Any], callbacks: list[Any]) -> Any:
-    """The configured Lightning ``Trainer`` for fitting ``module``: atomic checkpoint writes; a
-    module that steps its optimizer itself (gradient methods) accumulates and clips on its own;
-    data that shards itself (multi-source batches) gets no ``DistributedSampler``."""
-    from mhc.training.checkpoint_io import AtomicCheckpointIO
-
+    """The configured Lightning ``Trainer`` for fitting ``module``: atomic checkpoint writes; the
+    ``nonfinite_loss`` policy; a module that steps its optimizer itself (gradient methods)
+    accumulates and clips on its own; data that shards itself (multi-source batches) gets no
+    ``DistributedSampler``."""
+    if cfg.get("nonfinite_loss"):
+        callbacks = [*callbacks, NonFiniteLoss(cfg.nonfinite_loss)]
     options: dict[str, Any] = {}
-    if not getattr(module, "automatic_optimization", True):
+    if not module.automatic_optimization:
         options.update(accumulate_grad_batches=1, gradient_clip_val=None)
     if getattr(datamodule, "shards_itself", False):
         options["use_distributed_sampler"] = False

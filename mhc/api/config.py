@@ -57,7 +57,7 @@ def compose_config(
         overrides.append(f"hydra.searchpath=[file://{os.fspath(Path(config_dir).absolute())}]")
     with initialize_config_module(CONFIG_MODULE, version_base="1.3"):
         cfg = compose(name, overrides=overrides)
-    check_top_level(cfg)
+    check_top_level(cfg, name)
     return cfg
 
 

@@ -52,7 +52,7 @@ def hydra_app(config_name: str) -> Callable[[Callable[[DictConfig], Any]], Calla
         def guarded(cfg: DictConfig) -> Any:
             show_library_messages()
             try:
-                check_top_level(cfg)
+                check_top_level(cfg, config_name)
                 return fn(cfg)
             except MhcError as err:
                 print_error(err)

@@ -71,54 +71,143 @@ class SpeedOptions:
 
 
 @dataclass
-class TrainConfig:
-    task_name: str = "train"
+class AuxiliaryOptions:
+    """An auxiliary objective trained beside the heads (``auxiliary=masked_modeling``)."""
+
+    weight: float = 0.5
+
+
+@dataclass
+class RunConfig:
+    """What every command has: its name (the run folder's parent), the seed and the paths."""
+
+    task_name: str = "run"
     seed: int = 0
+    paths: Dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class FitConfig(RunConfig):
+    """A command that fits a backbone: the data, the backbone and how it is optimised."""
+
     data: Any = None
-    tasks: Dict[str, TaskOptions] = field(default_factory=dict)
-    head: HeadDefaults = field(default_factory=HeadDefaults)
-    loss: LossDefaults = field(default_factory=LossDefaults)
-    weighting: Dict[str, Any] = field(default_factory=dict)
-    backbone_lr_scale: float = 1.0
-    delta_m: DeltaMOptions = field(default_factory=DeltaMOptions)
-    nonfinite_loss: str = "stop"
-    perf: SpeedOptions = field(default_factory=SpeedOptions)
     backbone: Dict[str, Any] = field(default_factory=dict)
+    objective: Dict[str, Any] = field(default_factory=dict)
     optimizer: Any = None
     scheduler: Any = None
     trainer: Any = None
     logger: Dict[str, Any] = field(default_factory=dict)
     callbacks: Dict[str, Any] = field(default_factory=dict)
-    paths: Dict[str, Any] = field(default_factory=dict)
     resume: Optional[str] = None
+
+
+@dataclass
+class TrainConfig(FitConfig):
+    """``mhc-train``."""
+
+    task_name: str = "train"
+    tasks: Dict[str, TaskOptions] = field(default_factory=dict)
+    head: HeadDefaults = field(default_factory=HeadDefaults)
+    loss: LossDefaults = field(default_factory=LossDefaults)
+    weighting: Dict[str, Any] = field(default_factory=dict)
+    auxiliary: Dict[str, AuxiliaryOptions] = field(default_factory=dict)
+    backbone_lr_scale: float = 1.0
+    delta_m: DeltaMOptions = field(default_factory=DeltaMOptions)
+    nonfinite_loss: str = "stop"
+    perf: SpeedOptions = field(default_factory=SpeedOptions)
     test: bool = True
-    # mhc-eval / mhc-predict / mhc-analyze / mhc-prune
-    ckpt: Optional[str] = None
-    split: str = "test"
+
+
+@dataclass
+class PretrainConfig(FitConfig):
+    """``mhc-pretrain``: the backbone is saved to ``output``."""
+
+    task_name: str = "pretrain"
     output: Optional[str] = None
+
+
+@dataclass
+class CheckpointConfig(RunConfig):
+    """A command that reads a checkpoint and runs it on configured data."""
+
+    ckpt: Optional[str] = None
+    data: Any = None
+    trainer: Any = None
+
+
+@dataclass
+class EvalConfig(CheckpointConfig):
+    """``mhc-eval``."""
+
+    task_name: str = "eval"
+    split: str = "test"
+
+
+@dataclass
+class PredictConfig(CheckpointConfig):
+    """``mhc-predict``."""
+
+    task_name: str = "predict"
+    output: Optional[str] = None
+
+
+@dataclass
+class AnalyzeConfig(CheckpointConfig):
+    """``mhc-analyze``."""
+
+    task_name: str = "analyze"
+    split: str = "val"
     importance_split: Optional[str] = None
     max_batches: Optional[int] = None
     samples: Any = 4  # a count, or a list of sample indices
     pattern_threshold: float = 0.5
     prune: PruningCurveOptions = field(default_factory=PruningCurveOptions)
+    logger: Dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class PruneConfig(CheckpointConfig):
+    """``mhc-prune``."""
+
+    task_name: str = "prune"
     fraction: float = 0.3
     strategy: str = "importance"
     rank_by: Optional[str] = None
     recompute_every: int = 1
+    importance_split: Optional[str] = None
+    max_batches: Optional[int] = None
+    split: str = "val"
     repeats: int = 20
-    objective: Dict[str, Any] = field(default_factory=dict)
-    # mhc-export
+    output: Optional[str] = None
+
+
+@dataclass
+class ExportConfig(RunConfig):
+    """``mhc-export``."""
+
+    task_name: str = "export"
+    ckpt: Optional[str] = None
     format: Any = "safetensors"  # safetensors | onnx | torch_export, or a list of them
+    output: Optional[str] = None
+
+
+# The schema of each command's primary config (mhc/conf/<command>.yaml), stored as <command>_schema.
+SCHEMAS: dict[str, type] = {"train": TrainConfig, "pretrain": PretrainConfig, "eval": EvalConfig,
+                            "predict": PredictConfig, "analyze": AnalyzeConfig, "prune": PruneConfig,
+                            "export": ExportConfig}
 
 
 def register_configs() -> None:
-    """Store the schema under the name the configs' defaults lists use (``train_schema``)."""
-    ConfigStore.instance().store(name="train_schema", node=TrainConfig)
+    """Store each command's schema under the name its config's defaults list uses."""
+    store = ConfigStore.instance()
+    for command, schema in SCHEMAS.items():
+        store.store(name=f"{command}_schema", node=schema)
 
 
-def check_top_level(cfg: DictConfig) -> None:
-    """Reject top-level keys the schema does not know (Hydra accepts ``+key=value`` regardless)."""
-    known = {f.name for f in fields(TrainConfig)}
+def check_top_level(cfg: DictConfig, command: str = "train") -> None:
+    """Reject top-level keys that ``command``'s schema does not know (Hydra accepts
+    ``+key=value`` regardless): an option of another command is one error naming it."""
+    known = {f.name for f in fields(SCHEMAS[command])}
     unknown = sorted(set(cfg.keys()) - known - {"hydra"})
     if unknown:
-        raise ConfigError(f"unknown config key(s) {unknown}; expected some of {sorted(known)}")
+        raise ConfigError(f"unknown config key(s) {unknown} for mhc-{command}; expected some of {sorted(known)}")

@@ -14,9 +14,17 @@ TINY = [
 ]
 
 
+TINY_BY_COMMAND = {  # the tiny settings each command has options for
+    "train": [*TINY_SCENES, *TINY],
+    "pretrain": [*TINY_SCENES, *TINY],
+    "eval": TINY_SCENES,
+    "analyze": TINY_SCENES,
+    "prune": TINY_SCENES,
+}
+
+
 def compose_config(config_name: str, output_dir, *overrides: str):
-    scenes = [] if config_name == "predict" else TINY_SCENES
-    return api.compose_config(config_name, [*scenes, *TINY, *overrides], output_dir=output_dir)
+    return api.compose_config(config_name, [*TINY_BY_COMMAND.get(config_name, []), *overrides], output_dir=output_dir)
 
 
 @pytest.fixture

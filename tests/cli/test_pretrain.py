@@ -69,27 +69,45 @@ def test_masked_token_pretraining_of_the_sequence_transformer(tmp_path):
 def test_masked_modeling_as_an_auxiliary_task_of_supervised_training(tmp_path):
     from mhc.api import train
 
-    cfg = config("train", tmp_path, *TINY_VIT, "tasks.masked.weight=0.5",
+    cfg = config("train", tmp_path, *TINY_VIT, "auxiliary=masked_modeling", "auxiliary.masked_modeling.weight=0.3",
                  "objective.mae.decoder_dim=16", "objective.mae.decoder_depth=1", "data.missing_fraction=0.5", "test=false")
     module = build_module(cfg, build_datamodule(cfg))
-    assert "masked" not in module.tasks and module.auxiliary_weights == {"masked": 0.5}
-    assert module.auxiliary["masked"].backbone is module.net.backbone  # one shared backbone
+    assert "masked_modeling" not in module.tasks and module.auxiliary_weights == {"masked_modeling": 0.3}
+    assert module.auxiliary["masked_modeling"].backbone is module.net.backbone  # one shared backbone
     train(cfg)
     metrics = (tmp_path / "csv" / "version_0" / "metrics.csv").read_text().splitlines()[0]
-    assert "train/masked/loss" in metrics and "val/masked/loss" in metrics
+    assert "train/masked_modeling/loss" in metrics and "val/masked_modeling/loss" in metrics
 
 
-def test_auxiliary_task_options_are_checked(tmp_path):
+@pytest.mark.parametrize("override, message", [
+    ("auxiliary.masked_modeling.loss=focal", "Key 'loss' not in 'AuxiliaryOptions'"),
+    ("+auxiliary.jigsaw.weight=1", "Error merging override +auxiliary.jigsaw.weight=1"),
+])
+def test_auxiliary_options_are_checked(tmp_path, override, message):
+    from hydra.errors import ConfigCompositionException
+
     from mhc.errors import ConfigError
 
-    cfg = config("train", tmp_path, *TINY_VIT, "tasks.masked.weight=1", "tasks.masked.loss=focal")
-    with pytest.raises(ConfigError, match="a masked_modeling task takes only 'weight'"):
+    with pytest.raises((ConfigError, ConfigCompositionException)) as caught:
+        cfg = config("train", tmp_path, *TINY_VIT, "auxiliary=masked_modeling", override)
         build_module(cfg, build_datamodule(cfg))
+    assert message in str(caught.value) + str(caught.value.__cause__)
 
 
-def test_the_masked_task_is_off_by_default(tmp_path):
+def test_an_unknown_auxiliary_objective_from_a_config_file_is_one_error():
+    from omegaconf import OmegaConf
+
+    from mhc.api.build import auxiliary_tasks
+    from mhc.errors import ConfigError
+
+    cfg = OmegaConf.create({"auxiliary": {"jigsaw": {"weight": 1.0}}, "objective": {"name": "auto"}})
+    with pytest.raises(ConfigError, match=r"auxiliary.jigsaw: unknown auxiliary objective; expected one of \['masked_modeling'\]"):
+        auxiliary_tasks(cfg)
+
+
+def test_no_auxiliary_objective_by_default(tmp_path):
     cfg = config("train", tmp_path, *TINY_VIT)
-    assert cfg.tasks.masked.weight == 0.0 and not build_module(cfg, build_datamodule(cfg)).auxiliary
+    assert not cfg.auxiliary and not build_module(cfg, build_datamodule(cfg)).auxiliary
 
 
 def test_simmim_pretraining_of_the_compact_cnn(tmp_path):

@@ -19,3 +19,24 @@ def test_zero_lr_scale_leaves_its_group_untouched(tasks):
     for name, value in module.named_parameters():
         frozen = name.startswith(("net.backbone.", "net.heads.flag."))
         assert torch.equal(value, before[name]) == frozen, name
+
+
+def test_train_and_val_loss_are_the_same_quantity(tasks):
+    """``train/loss`` and ``val/loss`` are both sum(task.weight * loss), whatever the weighting
+    method trains with: on the same batch and weights they are equal."""
+    from tests.training.test_balancing import make_batch
+
+    tasks = [TaskSpec.from_dict({**t.to_dict(), "weight": 2.0 if t.name == "coarse" else 0.5}) for t in tasks]
+    config = {"backbone": {"name": "cnn", "widths": [8, 16]}, "tasks": [t.to_dict() for t in tasks], "preprocess": {}}
+    module = MultiHeadModule(config, weighting={"name": "uncertainty"}).eval()  # eval: no batch-norm updates between steps
+    logged = {}
+    module.log = lambda name, value, **kwargs: logged.__setitem__(name, float(value))
+    module.log_dict = lambda values, **kwargs: None
+    batch = make_batch(tasks)
+    objective = module.training_step(batch, 0)
+    module.validation_step(batch, 0)
+    assert logged["train/loss"] == logged["val/loss"]
+    losses = module.step.losses(module.net, module.net(batch["image"]), batch)
+    expected = sum(t.weight * float(losses[t.name]) for t in tasks)
+    assert abs(logged["val/loss"] - expected) < 1e-5
+    assert abs(float(objective) - expected) > 1e-3  # uncertainty weighting trains on another combination

@@ -10,30 +10,33 @@ from torch.utils.data import DataLoader
 
 from mhc.errors import NonFiniteLossError
 from mhc.training import MultiHeadModule
+from mhc.training.guards import NonFiniteLoss
 from tests.cli.conftest import TINY, TINY_SCENES
 from tests.training.test_balancing import make_batch
 
 
-def fit(tasks, tmp_path, weighting="static", **kwargs):
+def fit(tasks, tmp_path, weighting="static", callbacks=()):
     config = {"backbone": {"name": "cnn", "widths": [8, 16]}, "tasks": [t.to_dict() for t in tasks], "preprocess": {}}
-    module = MultiHeadModule(config, weighting={"name": weighting}, **kwargs)
+    module = MultiHeadModule(config, weighting={"name": weighting})
     batches = [make_batch(tasks, n=4) for _ in range(4)]
     batches[2]["image"][0, 0, 0, 0] = float("nan")  # one poisoned sample in the third batch
     trainer = pl.Trainer(max_epochs=1, logger=False, enable_checkpointing=False, enable_progress_bar=False,
-                         enable_model_summary=False, default_root_dir=tmp_path, limit_val_batches=0)
+                         enable_model_summary=False, default_root_dir=tmp_path, limit_val_batches=0,
+                         callbacks=list(callbacks))
     trainer.fit(module, train_dataloaders=DataLoader(batches, batch_size=None))
     return module, trainer
 
 
 @pytest.mark.parametrize("weighting", ["static", "pcgrad"])
-def test_nonfinite_loss_stops_naming_task_and_step(tasks, tmp_path, weighting):
+@pytest.mark.parametrize("callbacks", [(), (NonFiniteLoss("stop"),)], ids=["module", "callback"])
+def test_nonfinite_loss_stops_naming_task_and_step(tasks, tmp_path, weighting, callbacks):
     with pytest.raises(NonFiniteLossError, match=r"training stopped: the loss of task 'coarse' is nan at step 2 \(epoch 0\)"):
-        fit(tasks, tmp_path, weighting)
+        fit(tasks, tmp_path, weighting, callbacks)
 
 
 @pytest.mark.parametrize("weighting", ["static", "pcgrad", "gradnorm"])
 def test_nonfinite_loss_skip_leaves_weights_and_method_state_finite(tasks, tmp_path, weighting):
-    module, trainer = fit(tasks, tmp_path, weighting, nonfinite_loss="skip")
+    module, trainer = fit(tasks, tmp_path, weighting, [NonFiniteLoss("skip")])
     assert module.skipped_steps == 1
     assert trainer.global_step == (4 if module.automatic_optimization else 3)  # Lightning counts the empty step
     assert all(torch.isfinite(v).all() for v in module.state_dict().values() if v.is_floating_point())
