@@ -82,7 +82,7 @@ def compare(backbone: dict[str, Any], batch_size: int, num_batches: int, repeats
     data = ScenesDataModule(num_train=batch_size * num_batches, num_val=10, num_test=10, batch_size=batch_size, seed=0)
     data.set_tasks(data.task_specs())
     batches = list(data.loader("train", shuffle=True))
-    config = {"backbone": backbone, "tasks": [t.to_dict() for t in data.tasks], "preprocess": data.preprocess()}
+    config = {"backbone": backbone, "tasks": [t.to_dict() for t in data.tasks], "processor": data.processor().to_dict()}
     torch.manual_seed(0)
     module = MultiHeadModule(config, optimizer=adamw)
     net = MultiHeadNet.from_config(config)

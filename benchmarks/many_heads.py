@@ -21,6 +21,7 @@ from timing import alternate
 from mhc.losses import task_loss
 from mhc.metrics import HeadMetrics
 from mhc.model import MultiHeadNet
+from mhc.predictor import OutputDecoder
 from mhc.tasks import TaskSpec
 
 BACKBONE = {"name": "cnn", "widths": [32, 64, 128, 128], "stem_stride": 2}
@@ -32,6 +33,7 @@ def make_step(num_heads: int, batch_size: int, with_metrics: bool = False, fused
     net.fuse_heads = fused
     optimizer = torch.optim.AdamW(net.parameters(), lr=1e-3)
     metrics = HeadMetrics({t.name: t for t in tasks}, auroc=False)  # as the training stage measures them
+    decoder = OutputDecoder(tasks)
     images = torch.rand(batch_size, 3, 64, 64)
     targets = {t.name: (torch.rand(batch_size) < 0.5).float() for t in tasks}
     masks = {t.name: torch.rand(batch_size) < 0.9 for t in tasks}
@@ -45,7 +47,7 @@ def make_step(num_heads: int, batch_size: int, with_metrics: bool = False, fused
         sum(losses.values()).backward()
         optimizer.step()
         if with_metrics:
-            metrics.update(net.probabilities({k: v.detach() for k, v in logits.items()}), targets, masks, losses)
+            metrics.update(decoder.probabilities({k: v.detach() for k, v in logits.items()}), targets, masks, losses)
 
     return step
 

@@ -29,7 +29,7 @@ def fit(tasks: list[TaskSpec], epochs: int, num_train: int) -> tuple[dict[str, f
     data = ScenesDataModule(num_train=num_train, num_val=1000, num_test=10, batch_size=128, seed=0)
     data.set_tasks(tasks)
     pl.seed_everything(0, verbose=False)
-    config = {"backbone": BACKBONE, "tasks": [t.to_dict() for t in tasks], "preprocess": data.preprocess()}
+    config = {"backbone": BACKBONE, "tasks": [t.to_dict() for t in tasks], "processor": data.processor().to_dict()}
     module = MultiHeadModule(config, optimizer=lambda params: torch.optim.AdamW(params, lr=3e-3, weight_decay=0.05),
                              confusion=False)
     trainer = pl.Trainer(max_epochs=epochs, logger=False, enable_checkpointing=False, enable_progress_bar=False,

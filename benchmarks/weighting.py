@@ -38,7 +38,7 @@ def method_options(name: str) -> dict:
 
 def build(data: ScenesDataModule, weighting: dict, seed: int = 0) -> MultiHeadModule:
     pl.seed_everything(seed, verbose=False)
-    config = {"backbone": BACKBONE, "tasks": [t.to_dict() for t in data.tasks], "preprocess": data.preprocess()}
+    config = {"backbone": BACKBONE, "tasks": [t.to_dict() for t in data.tasks], "processor": data.processor().to_dict()}
     return MultiHeadModule(config, optimizer=lambda params: torch.optim.AdamW(params, lr=3e-3, weight_decay=0.05),
                            weighting=weighting, confusion=False, conflict_every=0)
 

@@ -10,7 +10,9 @@
 
 from mhc.errors import CheckpointError, ConfigError, DataError, MhcError
 from mhc.io import load, save_export
-from mhc.model.net import MultiHeadNet, Preprocess, TaskPrediction
+from mhc.model.net import MultiHeadNet
+from mhc.predictor import OutputDecoder, Predictor, TaskPrediction
+from mhc.processing.processors import ImageProcessor, TextProcessor
 from mhc.tasks import TaskSpec
 
 __all__ = [
@@ -19,7 +21,10 @@ __all__ = [
     "DataError",
     "MhcError",
     "MultiHeadNet",
-    "Preprocess",
+    "ImageProcessor",
+    "OutputDecoder",
+    "Predictor",
+    "TextProcessor",
     "TaskPrediction",
     "TaskSpec",
     "analyze",

@@ -39,7 +39,10 @@ from mhc.io import (
     read_export_config,
     save_export,
 )
-from mhc.model.net import MultiHeadNet, TaskPrediction, decode_predictions
+from mhc.model.net import MultiHeadNet
+from mhc.predictor import Predictor, TaskPrediction
+from mhc.processing.processors import processor_of
+from mhc.tasks import tasks_from_dicts
 
 FORMATS: dict[str, str] = {"safetensors": EXPORT_WEIGHTS, "onnx": "model.onnx", "torch_export": "model.pt2"}
 MODEL_CARD = "README.md"
@@ -85,7 +88,7 @@ def input_spec(net: MultiHeadNet) -> dict[str, Any]:
     if net.takes_tokens:
         return {"name": INPUT_NAME, "dtype": "int64", "shape": ["batch", "length"], "max_length": max_tokens(net),
                 "pad_id": int(net.backbone.pad_id)}
-    height, width = net.preprocess.image_size
+    height, width = net.processor.size
     return {"name": INPUT_NAME, "dtype": "float32", "shape": ["batch", 3, height, width], "range": [0.0, 1.0]}
 
 
@@ -94,7 +97,7 @@ def example_input(net: MultiHeadNet, batch: int = 2) -> Tensor:
     last row. Drawn from a private generator, so exporting leaves the global RNG alone."""
     generator = torch.Generator().manual_seed(0)
     if not net.takes_tokens:
-        return torch.rand(batch, 3, *net.preprocess.image_size, generator=generator)
+        return torch.rand(batch, 3, *net.processor.size, generator=generator)
     vocab = net.backbone.vocab_size
     length = max_tokens(net)
     ids = torch.randint(min(3, vocab - 1), vocab, (batch, length), generator=generator)
@@ -289,12 +292,12 @@ def input_text(net: MultiHeadNet) -> str:
                 f"{input_spec(net)['pad_id']} (padding never changes the outputs).")
         if tokenizer is not None:
             text += (f" Texts are encoded with the saved `{tokenizer.kind}` tokenizer ({tokenizer.vocab_size} ids) and cut "
-                     f"to {net.preprocess.image_size[-1]} tokens; `predict` takes strings.")
+                     f"to {net.processor.max_length} tokens; `predict` takes strings.")
         return text
-    height, width = net.preprocess.image_size
+    height, width = net.processor.size
     return (f"RGB images, float32 `[batch, 3, {height}, {width}]` with values in [0, 1]; `predict` resizes paths, PIL "
-            f"images and arrays to {height}x{width}. The network normalises inside (mean {net.preprocess.mean}, "
-            f"std {net.preprocess.std}).")
+            f"images and arrays to {height}x{width}. The network normalises inside (mean {net.processor.mean}, "
+            f"std {net.processor.std}).")
 
 
 def data_text(run_config: Mapping[str, Any] | None) -> str:
@@ -334,8 +337,9 @@ def config_text(run_config: Mapping[str, Any] | None) -> str:
 class OnnxModel:
     """``model.onnx`` of an export folder under onnxruntime, with ``predict`` as on :class:`MultiHeadNet`.
 
-    Preprocessing (image resizing, the tokenizer) and decoding (parent masks, thresholds) come
-    from a network rebuilt from ``config.json``; its weights are never used.
+    The processor (image resizing, the tokenizer) and the decoding (parent masks, thresholds)
+    are the model's own, from ``config.json``: the same :class:`~mhc.predictor.Predictor` as
+    ``mhc.load(folder).predict``, with ONNX Runtime computing the logits. No network is built.
     """
 
     def __init__(self, folder: str | Path, providers: Sequence[str] = ("CPUExecutionProvider",)) -> None:
@@ -349,13 +353,19 @@ class OnnxModel:
             import onnxruntime
         except ImportError:
             raise ConfigError("ONNX inference needs onnxruntime: pip install 'mhc[export]'") from None
-        with torch.random.fork_rng():  # building the network draws initial weights
-            self.decoder = net_from_description(description["net"], folder / EXPORT_CONFIG).eval()
+        source = folder / EXPORT_CONFIG
+        try:
+            net = description["net"]
+            tasks = tasks_from_dicts(net["tasks"])
+        except (KeyError, TypeError, AttributeError, MhcError) as err:
+            raise CheckpointError(f"'{source}' has an invalid model description ({err})") from None
+        processor = processor_of(net, source)
         try:
             self.session = onnxruntime.InferenceSession(str(path), providers=list(providers))
         except Exception as err:  # noqa: BLE001 - onnxruntime raises its own untyped errors
             raise CheckpointError(f"export folder '{folder}': {path.name} is corrupt ({str(err).splitlines()[0][:200]})") from None
         self.output_names = list(graph["outputs"])
+        self.predictor = Predictor(tasks, processor, self.logits)
 
     def logits(self, batch: Tensor) -> dict[str, Tensor]:
         """Raw logits per task for a graph input batch (see :func:`input_spec`)."""
@@ -364,12 +374,7 @@ class OnnxModel:
 
     def predict(self, inputs: Any, batch_size: int = 64, threshold: float = 0.5) -> dict[str, TaskPrediction]:
         """Class names and probabilities per task, for the inputs :meth:`MultiHeadNet.predict` takes."""
-        decoder = self.decoder
-        items = decoder.predict_items(inputs)
-        chunks = [decoder.probabilities(self.logits(decoder.input_batch(items[i : i + batch_size])))
-                  for i in range(0, len(items), batch_size)]
-        probs = {name: torch.cat([c[name] for c in chunks]) for name in decoder.tasks}
-        return decode_predictions(decoder.tasks.values(), probs, threshold)
+        return self.predictor.predict(inputs, batch_size, threshold)
 
 
 def predict_onnx(folder: str | Path, inputs: Any) -> dict[str, Tensor]:

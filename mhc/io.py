@@ -185,7 +185,7 @@ def save_checkpoint(net: MultiHeadNet, path: str | Path, metrics: dict[str, Any]
 def save_backbone(net: MultiHeadNet, folder: str | Path, extra: dict[str, Any] | None = None) -> Path:
     """Write a pretrained backbone for ``backbone.pretrained=FOLDER``: ``backbone.safetensors``
     (the backbone's own keys, as a classifier's backbone holds them) and ``backbone.json``
-    (its description and preprocessing, which ``mhc-train`` checks against its config)."""
+    (its description and processor, which ``mhc-train`` checks against its config)."""
     from safetensors.torch import save_file
 
     from mhc.model.backbones.registry import PRETRAINED_CONFIG, PRETRAINED_WEIGHTS
@@ -198,5 +198,5 @@ def save_backbone(net: MultiHeadNet, folder: str | Path, extra: dict[str, Any] |
         save_file(state, str(tmp))
     with atomic_path(folder / PRETRAINED_CONFIG) as tmp:
         tmp.write_text(json.dumps({"format": CHECKPOINT_FORMAT, "backbone": description["backbone"],
-                                   "preprocess": description["preprocess"], **(extra or {})}, indent=2))
+                                   "processor": description["processor"], **(extra or {})}, indent=2))
     return folder

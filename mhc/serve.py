@@ -44,8 +44,8 @@ from starlette.exceptions import HTTPException
 from torch import Tensor
 
 from mhc.errors import DataError, MhcError
-from mhc.model.net import MultiHeadNet, TaskPrediction, decode_predictions
-from mhc.processing.images import to_batch
+from mhc.model.net import MultiHeadNet
+from mhc.predictor import OutputDecoder, TaskPrediction
 
 MAX_IMAGE_PIXELS = 4096 * 4096  # larger images are refused before they are decoded
 IMAGE_FORMS = "a base64-encoded PNG/JPEG file or a nested list [H][W][3] or [3][H][W] of floats in [0, 1]"
@@ -79,7 +79,7 @@ def decode_inputs(net: MultiHeadNet, items: Sequence[Any], what: str = "input") 
 
 def image_row(net: MultiHeadNet, item: Any) -> Tensor:
     """One image (file bytes, a base64 string or a nested list) -> float [3, H, W] in [0, 1],
-    resized to the model's ``image_size``."""
+    resized by the model's processor."""
     if isinstance(item, bytes):
         image: np.ndarray | Tensor = image_from_bytes(item)
     elif isinstance(item, str):
@@ -88,7 +88,7 @@ def image_row(net: MultiHeadNet, item: Any) -> Tensor:
         image = image_from_list(item)
     else:
         raise DataError(f"expected {IMAGE_FORMS}, got {json_type(item)}")
-    return to_batch([image], net.preprocess.image_size)[0]
+    return net.processor.load(image)
 
 
 def base64_bytes(text: str) -> bytes:
@@ -154,21 +154,15 @@ def token_row(net: MultiHeadNet, item: Any) -> Tensor:
             raise DataError(f"token ids must be integers; item {wrong} is {json_type(ids[wrong])}")
     else:
         raise DataError(f"this model reads {token_forms(net)}, got {json_type(item)}")
-    max_length, pad_id = net.preprocess.image_size[-1], token_pad_id(net)
-    ids = ids[:max_length]
-    if all(i == pad_id for i in ids):
+    processor = net.processor
+    ids = ids[: processor.max_length]
+    if all(i == processor.pad_id for i in ids):
         raise DataError("no tokens (the input is empty or all padding); give at least one token")
     vocab_size = token_vocab_size(net)
     outside = next(((pos, i) for pos, i in enumerate(ids) if not 0 <= i < vocab_size), None)
     if outside is not None:
         raise DataError(f"token id {outside[1]} at position {outside[0]} is outside the vocabulary [0, {vocab_size})")
-    row = torch.full((max_length,), pad_id, dtype=torch.long)
-    row[: len(ids)] = torch.tensor(ids, dtype=torch.long)
-    return row
-
-
-def token_pad_id(net: MultiHeadNet) -> int:
-    return net.tokenizer.pad_id if net.tokenizer is not None else int(net.backbone.pad_id)
+    return processor.pad(ids)
 
 
 def token_vocab_size(net: MultiHeadNet) -> int:
@@ -189,9 +183,9 @@ def json_type(value: Any) -> str:
 def input_description(net: MultiHeadNet) -> dict[str, Any]:
     """What the model reads, for ``/health`` and ``/metadata``."""
     if net.takes_tokens:
-        return {"kind": "tokens", "max_length": net.preprocess.image_size[-1], "vocab_size": token_vocab_size(net),
+        return {"kind": "tokens", "max_length": net.processor.max_length, "vocab_size": token_vocab_size(net),
                 "tokenizer": None if net.tokenizer is None else net.tokenizer.kind, "accepts": token_forms(net)}
-    return {"kind": "image", "size": list(net.preprocess.image_size), "channels": 3, "accepts": IMAGE_FORMS,
+    return {"kind": "image", "size": list(net.processor.size), "channels": 3, "accepts": IMAGE_FORMS,
             "other_sizes": "resized"}
 
 
@@ -305,13 +299,13 @@ class DynamicBatcher:
         return batch
 
 
-def probabilities_forward(net: MultiHeadNet) -> Forward:
-    """Network rows -> per-task probabilities on the CPU (:meth:`MultiHeadNet.probabilities`)."""
-    device = net.mean.device
+def probabilities_forward(net: MultiHeadNet, decoder: OutputDecoder) -> Forward:
+    """Network rows -> per-task probabilities on the CPU, by the model's decoder."""
+    device = next(net.parameters()).device
 
     @torch.inference_mode()
     def forward(rows: Tensor) -> dict[str, Tensor]:
-        return {name: p.cpu() for name, p in net.probabilities(net(rows.to(device))).items()}
+        return {name: p.cpu() for name, p in decoder.probabilities(net(rows.to(device))).items()}
 
     return forward
 
@@ -320,7 +314,7 @@ def probabilities_forward(net: MultiHeadNet) -> Forward:
 
 
 def prediction_entries(predictions: dict[str, TaskPrediction]) -> list[dict[str, Any]]:
-    """``decode_predictions`` output -> one ``{task: {"label", "probabilities"}}`` per input."""
+    """Decoded predictions -> one ``{task: {"label", "probabilities"}}`` per input."""
     count = len(next(iter(predictions.values())).labels)
     return [
         {name: {"label": pred.labels[i], "probabilities": dict(zip(pred.classes, pred.probs[i].tolist()))}
@@ -386,7 +380,8 @@ def create_app(model: MultiHeadNet, max_batch_size: int = 32, batch_timeout_ms: 
     The batching worker runs during the app's lifespan: use ``with TestClient(app)`` in tests.
     """
     model.eval()
-    batcher = DynamicBatcher(probabilities_forward(model), max_batch_size, batch_timeout_ms)
+    decoder = OutputDecoder(model.tasks.values())  # the decoding of every runtime
+    batcher = DynamicBatcher(probabilities_forward(model, decoder), max_batch_size, batch_timeout_ms)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -412,7 +407,7 @@ def create_app(model: MultiHeadNet, max_batch_size: int = 32, batch_timeout_ms: 
         rows = await run_in_threadpool(decode_inputs, model, items, what)
         outputs = await batcher.submit(rows)
         probs = {name: torch.stack([out[name] for out in outputs]) for name in task_names}
-        return {"predictions": prediction_entries(decode_predictions(model.tasks.values(), probs, threshold))}
+        return {"predictions": prediction_entries(decoder.decode(probs, threshold))}
 
     @app.get("/health")
     async def health() -> JSONResponse:

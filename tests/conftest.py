@@ -11,7 +11,6 @@ from mhc.data.sequences import VOCAB, sequence_tasks
 from mhc.io import save_checkpoint
 from mhc.losses import batch_losses
 from mhc.model import MultiHeadNet
-from mhc.model.net import Preprocess
 from mhc.tasks import TaskSpec
 
 
@@ -35,7 +34,7 @@ def tasks() -> list[TaskSpec]:
 def tiny_net(tasks) -> MultiHeadNet:
     torch.manual_seed(0)
     return MultiHeadNet({"name": "cnn", "widths": [8, 16], "stem_stride": 2}, tasks,
-                        preprocess=None).eval()
+                        processor=None).eval()
 
 
 TRAINED_TASKS = ("first", "majority")  # the two tasks a tiny model learns in seconds
@@ -53,7 +52,7 @@ def sequences():
 def trained_sequence_net(sequences):
     """seq_tiny (2 layers x 4 heads) after 300 AdamW steps: both heads >= 95% on validation."""
     torch.manual_seed(0)
-    net = MultiHeadNet(BACKBONE, sequences.tasks, Preprocess(**sequences.preprocess()))
+    net = MultiHeadNet(BACKBONE, sequences.tasks, sequences.processor())
     optimizer = torch.optim.AdamW(net.parameters(), lr=3e-3)
     steps = 0
     while steps < 300:

@@ -18,7 +18,7 @@ from mhc.export import (
 )
 from mhc.io import save_checkpoint
 from mhc.model import MultiHeadNet
-from mhc.model.net import Preprocess
+from mhc.processing.processors import ImageProcessor, TextProcessor
 from mhc.processing.tokenizer import CharTokenizer
 from mhc.tasks import TaskSpec
 
@@ -33,16 +33,16 @@ METRICS = {"coarse": {"acc": 0.875, "f1": 0.8125, "loss": 0.25}, "flag": {"acc":
 def build(backbone, tasks):
     torch.manual_seed(0)
     if backbone["name"].startswith("seq"):
-        preprocess = Preprocess(image_size=[1, 32], tokenizer=CharTokenizer(CHARS).to_dict())
+        processor = TextProcessor(CharTokenizer(CHARS), 32)
     else:
-        preprocess = Preprocess(image_size=[backbone.get("image_size", 32)] * 2)
-    return MultiHeadNet(backbone, tasks, preprocess).eval()
+        processor = ImageProcessor(size=[backbone.get("image_size", 32)] * 2)
+    return MultiHeadNet(backbone, tasks, processor).eval()
 
 
 def graph_inputs(net, batch, length=32):
     """Images, or token ids with the first row padded after half its length."""
     if not net.takes_tokens:
-        return torch.rand(batch, 3, *net.preprocess.image_size)
+        return torch.rand(batch, 3, *net.processor.size)
     ids = torch.randint(3, 21, (batch, length))
     ids[0, length // 2 :] = 0
     return ids
@@ -119,7 +119,7 @@ def test_config_json_records_files_and_graph_names(exported):
     assert config["input"] == {"name": "input", "dtype": "int64", "shape": ["batch", "length"], "max_length": 32, "pad_id": 0}
     assert config["onnx"]["input"] == "input" and list(config["onnx"]["outputs"]) == list(net.tasks)
     assert config["onnx"]["outputs"]["fine"] == ["batch", 3]
-    assert config["net"]["preprocess"]["tokenizer"]["kind"] == "char"
+    assert config["net"]["processor"]["tokenizer"]["kind"] == "char"
 
 
 def test_model_card_names_tasks_metrics_and_usage(exported):

@@ -20,7 +20,6 @@ from mhc.data import SequencesDataModule
 from mhc.data.sequences import VOCAB, sequence_tasks
 from mhc.io import save_checkpoint
 from mhc.model import MultiHeadNet
-from mhc.model.net import Preprocess
 from mhc.serve import DynamicBatcher, create_app
 
 
@@ -42,7 +41,7 @@ def sequence_model(tmp_path):
     torch.manual_seed(0)
     backbone = {"name": "seq_tiny", "vocab_size": len(VOCAB), "max_length": 32, "dim": 32, "depth": 1, "num_heads": 2}
     data = SequencesDataModule()
-    net = MultiHeadNet(backbone, sequence_tasks(), Preprocess(**data.preprocess()))
+    net = MultiHeadNet(backbone, sequence_tasks(), data.processor())
     return mhc.load(save_checkpoint(net, tmp_path / "sequences.ckpt"))
 
 

@@ -11,7 +11,6 @@ from torch import Tensor
 from mhc.analysis.attention import attention_rollout
 from mhc.model.backbones.base import IMAGE
 from mhc.model.net import MultiHeadNet
-from mhc.processing.tokenizer import tokenizer_from_dict
 
 
 def token_labels(net: MultiHeadNet, inputs: Tensor, length: int) -> list[str]:
@@ -22,8 +21,7 @@ def token_labels(net: MultiHeadNet, inputs: Tensor, length: int) -> list[str]:
     if net.modality == IMAGE:
         side = round((length - len(prefix)) ** 0.5)
         return [*prefix, *[f"{i // side},{i % side}" for i in range(length - len(prefix))]]
-    saved = net.preprocess.tokenizer
-    tokenizer = tokenizer_from_dict(saved) if saved else None
+    tokenizer = net.tokenizer
     names = [(tokenizer.decode([i]) if tokenizer else "") or str(i) for i in inputs.tolist()]
     return [*prefix, *names][:length]
 

@@ -24,6 +24,7 @@ from mhc.analysis.importance import combined_importance, head_importance, move, 
 from mhc.data.labels import batch_inputs
 from mhc.metrics import HeadMetrics
 from mhc.model.net import MultiHeadNet
+from mhc.predictor import OutputDecoder
 
 STRATEGIES = ("importance", "random")
 
@@ -99,12 +100,13 @@ def evaluate_heads(net: MultiHeadNet, batches: Iterable[Mapping[str, Any]]) -> d
     """Per-head metrics (accuracy, F1, AUROC) of ``net`` on labelled batches."""
     device = next(net.parameters()).device
     metrics = HeadMetrics(net.tasks).to(device)
+    decoder = OutputDecoder(net.tasks.values())
     was_training = net.training
     net.eval()
     try:
         for batch in batches:
             batch = move(batch, device)
-            probs = net.probabilities(net(batch_inputs(batch)), batch.get("allowed"))
+            probs = decoder.probabilities(net(batch_inputs(batch)), batch.get("allowed"))
             metrics.update(probs, batch["targets"], batch["label_mask"])
     finally:
         net.train(was_training)

@@ -26,7 +26,7 @@ from mhc.errors import ConfigError, MhcError
 from mhc.io import read_checkpoint
 from mhc.model.backbones import list_backbones
 from mhc.model.net import backbone_takes_tokens
-from mhc.processing.tokenizer import tokenizer_from_dict
+from mhc.processing.processors import Processor, TextProcessor
 from mhc.tasks import TaskSpec, resolve_tasks, tasks_to_dicts
 from mhc.training import MultiHeadModule
 from mhc.training.checkpoint_io import AtomicCheckpointIO
@@ -102,7 +102,7 @@ def checkpoint_with_data(cfg: DictConfig) -> tuple[Any, Any, Any]:
     module = MultiHeadModule.from_checkpoint(cfg.ckpt)
     datamodule = build_datamodule(cfg)
     datamodule.set_tasks(list(module.tasks.values()))
-    datamodule.use_preprocess(module.net.config()["preprocess"])  # e.g. the saved tokenizer, never refitted
+    datamodule.use_processor(module.net.processor)  # e.g. the saved tokenizer, never refitted
     # One process: a distributed sampler would pad the split with repeated samples.
     trainer = instantiate(cfg.trainer, "trainer", logger=False, enable_checkpointing=False, callbacks=[],
                           devices=1, num_nodes=1, strategy="auto")
@@ -216,9 +216,9 @@ def resolve_resume(resume: str | None, output_root: Path) -> str | None:
 def build_module(cfg: DictConfig, datamodule: Any) -> MultiHeadModule:
     tasks = config_tasks(cfg, datamodule.task_specs())
     datamodule.set_tasks(tasks)
-    preprocess = datamodule.preprocess()
-    backbone = backbone_for_data(cfg, preprocess)
-    net_config = {"backbone": backbone, "tasks": tasks_to_dicts(tasks), "preprocess": preprocess}
+    processor = datamodule.processor()
+    backbone = backbone_for_data(cfg, processor)
+    net_config = {"backbone": backbone, "tasks": tasks_to_dicts(tasks), "processor": processor.to_dict()}
     optimizer = instantiate(cfg.optimizer, "optimizer") if cfg.get("optimizer") else None
     scheduler = instantiate(cfg.scheduler, "scheduler") if cfg.get("scheduler") else None
     weighting = OmegaConf.to_container(cfg.weighting, resolve=True) if cfg.get("weighting") else None
@@ -235,23 +235,23 @@ def build_module(cfg: DictConfig, datamodule: Any) -> MultiHeadModule:
                            speed=OmegaConf.to_container(cfg.perf) if cfg.get("perf") else None)
 
 
-def backbone_for_data(cfg: DictConfig, preprocess: Mapping[str, Any]) -> dict[str, Any]:
+def backbone_for_data(cfg: DictConfig, processor: Processor) -> dict[str, Any]:
     """The backbone options fitted to the data: a token backbone takes ``vocab_size`` from the
     data's tokenizer and ``max_length`` from the data's sequence length. A backbone that reads
     the other kind of input (token ids for images, or images for tokens) is a :class:`ConfigError`."""
     backbone = OmegaConf.to_container(cfg.backbone, resolve=True)
-    tokenizer = preprocess.get("tokenizer")
     reads_tokens = backbone_takes_tokens(backbone)
-    if reads_tokens != (tokenizer is not None):
+    if reads_tokens != isinstance(processor, TextProcessor):
         reads, gives = ("token ids", "images") if reads_tokens else ("images", "token ids")
         token_data = " or token data (data=sequences, or data=manifest with a 'text' column)" if reads_tokens else ""
         raise ConfigError(
             f"backbone={backbone.get('name')} reads {reads} but data={chosen_option(cfg, 'data')} gives {gives}; "
             f"choose a backbone that reads {gives} ({', '.join(backbones_reading(tokens=not reads_tokens))}){token_data}"
         )
-    if tokenizer is not None:
-        backbone["vocab_size"] = len(tokenizer_from_dict(tokenizer))
-        backbone["max_length"] = int(preprocess["image_size"][-1])
+    if isinstance(processor, TextProcessor):
+        if processor.tokenizer is not None:
+            backbone["vocab_size"] = processor.tokenizer.vocab_size
+        backbone["max_length"] = processor.max_length
     return backbone
 
 

@@ -13,7 +13,6 @@ import torch
 from mhc.api.build import checkpoint_with_data
 from mhc.api.config import ConfigLike, as_config
 from mhc.errors import ConfigError
-from mhc.model.net import decode_predictions
 
 SPLITS = ("val", "test")
 
@@ -59,7 +58,7 @@ def predict(config: ConfigLike = None, *, ckpt: str | Path | None = None, inputs
     batches = trainer.predict(module, datamodule=datamodule)
     probs = {name: torch.cat([b[name] for b in batches]).cpu() for name in module.tasks}
     dataset = datamodule.splits["predict"]
-    table = predictions_table(dataset.input_column, dataset.inputs, decode_predictions(module.tasks.values(), probs))
+    table = predictions_table(dataset.input_column, dataset.inputs, module.decoder.decode(probs))
     out = Path(cfg.output)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f".{out.name}.tmp")

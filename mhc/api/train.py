@@ -108,8 +108,8 @@ class PretrainResult:
 
 def build_pretrain_module(cfg: DictConfig, datamodule: Any) -> PretrainModule:
     datamodule.set_tasks([])  # labels are ignored
-    preprocess = datamodule.preprocess()
-    net_config = {"backbone": backbone_for_data(cfg, preprocess), "tasks": [], "preprocess": preprocess}
+    processor = datamodule.processor()
+    net_config = {"backbone": backbone_for_data(cfg, processor), "tasks": [], "processor": processor.to_dict()}
     options = OmegaConf.to_container(cfg.objective, resolve=True)
     optimizer = instantiate(cfg.optimizer, "optimizer") if cfg.get("optimizer") else None
     scheduler = instantiate(cfg.scheduler, "scheduler") if cfg.get("scheduler") else None

@@ -7,7 +7,7 @@ heads and the config's per-task options can be checked against the data up front
 from __future__ import annotations
 
 import math
-from typing import Any, Iterator, Mapping, Sequence
+from typing import Any, Iterator, Sequence
 
 import pytorch_lightning as pl
 import torch
@@ -18,6 +18,7 @@ from torch.utils.data.distributed import DistributedSampler
 from mhc.data import generated
 from mhc.data.labels import ArrayDataset
 from mhc.errors import ConfigError
+from mhc.processing.processors import TEXT, ImageProcessor, Processor
 from mhc.tasks import TaskSpec
 
 STAGE_SPLITS: dict[str, tuple[str, ...]] = {
@@ -148,22 +149,25 @@ class TaskDataModule(pl.LightningDataModule):
         chosen = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(0))[:size]
         return Subset(dataset, sorted(chosen.tolist()))
 
-    def preprocess(self) -> dict[str, list]:
-        """Input size and normalisation the network should carry (see ``mhc.model.Preprocess``)."""
-        return {"image_size": [64, 64], "mean": [0.5, 0.5, 0.5], "std": [0.25, 0.25, 0.25]}
+    def processor(self) -> Processor:
+        """How this data's raw inputs become network input; the network saves it, so prediction
+        reads raw inputs the same way."""
+        return ImageProcessor(size=[64, 64], mean=[0.5, 0.5, 0.5], std=[0.25, 0.25, 0.25])
 
-    def use_preprocess(self, preprocess: Mapping[str, Any]) -> None:
-        """Serve the data the way a trained network reads it (``Preprocess`` as plain data), for
-        evaluation and prediction from a checkpoint: here its input size must be the data's."""
-        own = self.preprocess()
-        if preprocess.get("tokenizer") is not None and own.get("tokenizer") is None:
+    def use_processor(self, processor: Processor) -> None:
+        """Serve the data the way a trained network reads it, for evaluation and prediction from
+        a checkpoint: here its input size must be the data's."""
+        own = self.processor()
+        if processor.kind != own.kind:
+            inputs = {"image": "images", "text": "text"}
             raise ConfigError(
-                "the checkpoint's model reads text but this data gives images; "
-                "give it token data (data=manifest with a 'text' column, or data=sequences)"
+                f"the checkpoint's model reads {inputs[processor.kind]} but this data gives {inputs[own.kind]}; "
+                + ("give it token data (data=manifest with a 'text' column, or data=sequences)" if processor.kind == TEXT
+                   else "give it image data")
             )
-        trained, served = list(preprocess["image_size"]), list(own["image_size"])
-        if trained != served:
-            raise ConfigError(f"data.image_size is {served} but the checkpoint was trained at {trained}; set data.image_size={trained}")
+        if isinstance(processor, ImageProcessor) and processor.size != own.size:
+            raise ConfigError(f"data.image_size is {own.size} but the checkpoint was trained at {processor.size}; "
+                              f"set data.image_size={processor.size}")
 
     def loader(self, split: str, shuffle: bool = False) -> DataLoader:
         """A DataLoader of ``split`` (built on first use); the Lightning hooks below use it too."""

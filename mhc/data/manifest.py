@@ -61,8 +61,8 @@ from torch.utils.data import Dataset
 from mhc.data.datamodule import TaskDataModule, check_count, check_image_size
 from mhc.data.labels import MISSING, encode_sample, validate_labels
 from mhc.errors import ConfigError, DataError
-from mhc.processing.images import to_batch
-from mhc.processing.tokenizer import FITTED_KINDS, Tokenizer, fit_tokenizer, tokenizer_from_dict
+from mhc.processing.processors import ImageProcessor, Processor, TextProcessor
+from mhc.processing.tokenizer import FITTED_KINDS, Tokenizer, fit_tokenizer
 from mhc.tasks import TaskSpec, check_task_graph, valid_task_name
 
 IMAGE_COLUMN = "image"
@@ -388,7 +388,7 @@ def image_files(manifest: Manifest) -> list[Path]:
     return files
 
 
-def encode_texts(manifest: Manifest, tokenizer: Tokenizer, max_length: int) -> Tensor:
+def encode_texts(manifest: Manifest, processor: TextProcessor) -> Tensor:
     """Token ids long [N, max_length] of the ``text`` column; an empty cell is a :class:`DataError`
     naming its row (an all-padding sequence has nothing to attend to)."""
     rows = []
@@ -397,7 +397,7 @@ def encode_texts(manifest: Manifest, tokenizer: Tokenizer, max_length: int) -> T
         if not text:
             raise DataError(f"{where}: empty text; every row needs some text")
         try:
-            rows.append(tokenizer.encode(text, max_length))
+            rows.append(processor.batch([text]))
         except DataError as err:  # a word outside a fixed vocabulary
             raise DataError(f"{where}: {err}") from None
     return torch.cat(rows)
@@ -417,26 +417,23 @@ class ManifestDataset(Dataset):
     Args:
         manifest: the split's cells (:func:`read_manifest`).
         tasks: the tasks to encode, usually inferred from the training manifest.
-        image_size: ``[height, width]`` every image is resized to.
+        processor: reads and resizes images, or encodes texts (a text processor with a
+            tokenizer for a text manifest).
         labelled: ``False`` for prediction: task columns are optional, labels may be missing
             on any task, and columns that are not tasks are ignored.
-        tokenizer: encodes a text manifest (required for one).
-        max_length: tokens per text; longer texts are cut, shorter ones padded with 0.
     """
 
     def __init__(
         self,
         manifest: Manifest,
         tasks: Sequence[TaskSpec],
-        image_size: Sequence[int] = (64, 64),
+        processor: Processor,
         labelled: bool = True,
-        tokenizer: Tokenizer | None = None,
-        max_length: int = 128,
     ) -> None:
         check_columns(manifest, tasks, labelled)
         self.source = manifest.source
         self.tasks = list(tasks)
-        self.image_size = [int(s) for s in image_size]
+        self.processor = processor
         self.labels = {t.name: encode_labels(manifest, t) for t in self.tasks}
         self.allowed = {
             t.name: encode_allowed(manifest, t) for t in self.tasks if t.name + ALLOWED_SUFFIX in manifest.columns
@@ -447,9 +444,9 @@ class ManifestDataset(Dataset):
         self.input_column = manifest.input_column
         self.inputs: list[str] = list(manifest.columns[self.input_column])
         if self.input_column == TEXT_COLUMN:
-            if tokenizer is None:
-                raise ValueError(f"{self.source}: a text manifest needs a tokenizer")
-            self.tokens = encode_texts(manifest, tokenizer, max_length)  # [N, max_length]
+            if not isinstance(processor, TextProcessor) or processor.tokenizer is None:
+                raise ValueError(f"{self.source}: a text manifest needs a text processor with a tokenizer")
+            self.tokens = encode_texts(manifest, processor)  # [N, max_length]
         else:
             self.files = image_files(manifest)
 
@@ -457,9 +454,9 @@ class ManifestDataset(Dataset):
         return len(self.inputs)
 
     def load_image(self, index: int) -> Tensor:
-        """Float [3, H, W] in [0, 1] at ``image_size``; an unreadable file names its row."""
+        """Float [3, H, W] in [0, 1] at the processor's size; an unreadable file names its row."""
         try:
-            return to_batch(self.files[index], self.image_size)[0]
+            return self.processor.load(self.files[index])
         except DataError as err:
             raise DataError(f"{location(self.source, index, IMAGE_COLUMN)}: {err}") from None
 
@@ -485,7 +482,7 @@ class ManifestDataModule(TaskDataModule):
     """Train/val/test/predict splits from manifest files; tasks come from the training manifest.
 
     Every split has the training manifest's input column (``image`` or ``text``), or, when
-    serving a checkpoint (:meth:`use_preprocess`), the one its model reads.
+    serving a checkpoint (:meth:`use_processor`), the one its model reads.
 
     Args:
         train, val, test, predict: manifest paths (CSV, or Parquet with pyarrow). Only the
@@ -587,29 +584,26 @@ class ManifestDataModule(TaskDataModule):
                 f"{manifest.source}: has an '{manifest.input_column}' column, but {reads} '{expected}'; "
                 f"every split needs a '{expected}' column"
             )
-        tokenizer = self.text_tokenizer() if expected == TEXT_COLUMN else None
         tasks = self.active_tasks()
         # Without tasks (pretraining: labels ignored) label columns are ignored, as when predicting.
-        return ManifestDataset(
-            manifest, tasks, self.image_size, labelled=split != "predict" and bool(tasks),
-            tokenizer=tokenizer, max_length=self.max_length,
-        )
+        return ManifestDataset(manifest, tasks, self.processor(), labelled=split != "predict" and bool(tasks))
 
-    def preprocess(self) -> dict[str, Any]:
-        """Image size and normalisation, or for text manifests ``[1, max_length]`` and the tokenizer."""
+    def processor(self) -> Processor:
+        """Images at ``image_size`` with ``mean``/``std``, or for text manifests the tokenizer
+        (fitted on the training split, or a checkpoint's) and ``max_length``."""
         if self.input_column() == TEXT_COLUMN:
-            tokenizer = self.text_tokenizer().to_dict()
-            return {"image_size": [1, self.max_length], "mean": [0.0], "std": [1.0], "tokenizer": tokenizer}
-        return {"image_size": list(self.image_size), "mean": list(self.mean), "std": list(self.std)}
+            return TextProcessor(self.text_tokenizer(), self.max_length)
+        return ImageProcessor(size=list(self.image_size), mean=list(self.mean), std=list(self.std))
 
-    def use_preprocess(self, preprocess: Mapping[str, Any]) -> None:
+    def use_processor(self, processor: Processor) -> None:
         """Serve a checkpoint's model: a text model's tokenizer and length are used as saved
         (never refitted on this data); an image model's size must equal ``data.image_size``."""
-        tokenizer = preprocess.get("tokenizer")
-        self.served_input = IMAGE_COLUMN if tokenizer is None else TEXT_COLUMN
+        self.served_input = TEXT_COLUMN if isinstance(processor, TextProcessor) else IMAGE_COLUMN
         self.splits = {}
-        if tokenizer is None:
-            super().use_preprocess(preprocess)
+        if not isinstance(processor, TextProcessor):
+            super().use_processor(processor)
             return
-        self.tokenizer = tokenizer_from_dict(tokenizer)
-        self.max_length = int(preprocess["image_size"][-1])
+        if processor.tokenizer is None:
+            raise ConfigError("the checkpoint's model reads token ids and has no tokenizer for a text manifest")
+        self.tokenizer = processor.tokenizer
+        self.max_length = processor.max_length

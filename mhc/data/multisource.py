@@ -24,6 +24,7 @@ from torch.utils.data import ConcatDataset, DataLoader, Dataset, Sampler
 
 from mhc.data.datamodule import TaskDataModule
 from mhc.errors import ConfigError
+from mhc.processing.processors import Processor
 from mhc.tasks import TaskSpec
 
 SAMPLING = ("round_robin", "proportional", "temperature")
@@ -177,12 +178,12 @@ class MultiSourceDataModule(TaskDataModule):
             own = {t.name for t in self.source_tasks(name)}
             source.set_tasks([t for t in tasks if t.name in own])
 
-    def preprocess(self) -> dict[str, Any]:
-        first, *rest = [(name, source.preprocess()) for name, source in self.sources.items()]
-        for name, preprocess in rest:
-            if preprocess != first[1]:
-                raise ConfigError(f"data.sources.{name} serves inputs {preprocess} but data.sources.{first[0]} serves "
-                                  f"{first[1]}; every source must give inputs of one size and normalisation")
+    def processor(self) -> Processor:
+        first, *rest = [(name, source.processor()) for name, source in self.sources.items()]
+        for name, processor in rest:
+            if processor.to_dict() != first[1].to_dict():
+                raise ConfigError(f"data.sources.{name} serves inputs {processor.to_dict()} but data.sources.{first[0]} "
+                                  f"serves {first[1].to_dict()}; every source must give inputs of one size and normalisation")
         return first[1]
 
     def prepare_data(self) -> None:

@@ -26,6 +26,7 @@ from torch.utils.data import Dataset
 
 from mhc.data.datamodule import TaskDataModule
 from mhc.data.labels import encode_sample, validate_labels
+from mhc.processing.processors import TextProcessor
 from mhc.processing.tokenizer import WordTokenizer
 from mhc.tasks import TaskSpec
 
@@ -117,9 +118,8 @@ class SequencesDataModule(TaskDataModule):
     def task_specs(self) -> list[TaskSpec]:
         return sequence_tasks()
 
-    def preprocess(self) -> dict[str, Any]:
-        tokenizer = WordTokenizer(VOCAB).to_dict()
-        return {"image_size": [1, MAX_LENGTH], "mean": [0.0], "std": [1.0], "tokenizer": tokenizer}
+    def processor(self) -> TextProcessor:
+        return TextProcessor(WordTokenizer(VOCAB), MAX_LENGTH)
 
     def build_split(self, split: str) -> Dataset:
         source = "test" if split == "predict" else split

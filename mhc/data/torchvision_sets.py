@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 import numpy as np
-from PIL import Image
+import torch
 from torch.utils.data import Dataset
 from torchvision.datasets import CIFAR100, CelebA
 
@@ -26,6 +26,7 @@ from mhc.data.datamodule import TaskDataModule, check_image_size
 from mhc.data.labels import ArrayDataset, validate_labels
 from mhc.errors import ConfigError, DataError
 from mhc.masks import hierarchy_matrix
+from mhc.processing.processors import ImageProcessor
 from mhc.tasks import TaskSpec
 
 try:  # numpy >= 2 (and 1.26's forward-compatibility shim)
@@ -270,8 +271,8 @@ class Cifar100DataModule(SplitDataModule):
                      allowed_by_parent=fine_by_coarse(self.file("train"), classes)),
         ]  # fmt: skip
 
-    def preprocess(self) -> dict[str, list]:
-        return {"image_size": [32, 32], "mean": list(CIFAR100_MEAN), "std": list(CIFAR100_STD)}
+    def processor(self) -> ImageProcessor:
+        return ImageProcessor(size=[32, 32], mean=list(CIFAR100_MEAN), std=list(CIFAR100_STD))
 
     def prepare_data(self) -> None:
         """Fail early (one DataError) when a file is missing; nothing is downloaded."""
@@ -388,38 +389,31 @@ def split_of(table: AttributeTable, partition: Mapping[str, int], partition_path
 
 
 class JpegImages:
-    """Lazily loaded images uint8 [H, W, 3], resized to ``size`` [H, W]; indexable like an array."""
+    """Lazily loaded images uint8 [H, W, 3], read and resized by ``processor`` (as prediction
+    reads them); indexable like an array."""
 
-    def __init__(self, folder: Path, files: Sequence[str], size: Sequence[int]) -> None:
+    def __init__(self, folder: Path, files: Sequence[str], processor: ImageProcessor) -> None:
         self.folder = folder
         self.files = list(files)
-        self.size = (int(size[0]), int(size[1]))
+        self.processor = processor
 
     def __len__(self) -> int:
         return len(self.files)
 
     def __getitem__(self, index: int) -> np.ndarray:
-        return load_resized(self.folder / self.files[index], self.size)
+        path = self.folder / self.files[index]
+        try:
+            image = self.processor.load(path)  # float [3, H, W] in [0, 1]
+        except DataError as err:
+            raise DataError(f"CelebA {err}") from None
+        return (image.permute(1, 2, 0) * 255).round().to(torch.uint8).numpy()
 
     def materialize(self) -> np.ndarray:
         """All images at once, uint8 [N, H, W, 3]."""
-        out = np.empty((len(self), *self.size, 3), dtype=np.uint8)
+        out = np.empty((len(self), *self.processor.size, 3), dtype=np.uint8)
         for i in range(len(self)):
             out[i] = self[i]
         return out
-
-
-def load_resized(path: Path, size: tuple[int, int]) -> np.ndarray:
-    """One RGB image resized to ``size`` [H, W]; JPEG decoding is drafted at a reduced scale when it can."""
-    height, width = size
-    try:
-        with Image.open(path) as image:
-            image.draft("RGB", (width, height))
-            return np.array(image.convert("RGB").resize((width, height), Image.BILINEAR), dtype=np.uint8)
-    except FileNotFoundError:
-        raise DataError(f"CelebA image not found: '{path}' is missing") from None
-    except OSError as exc:
-        raise DataError(f"CelebA image '{path}' cannot be read ({exc})") from None
 
 
 class CelebADataModule(SplitDataModule):
@@ -456,8 +450,8 @@ class CelebADataModule(SplitDataModule):
     def task_specs(self) -> list[TaskSpec]:
         return [TaskSpec(name, "binary", CELEBA_CLASSES) for name in self.table().attributes]
 
-    def preprocess(self) -> dict[str, list]:
-        return {"image_size": list(self.image_size), "mean": list(CELEBA_MEAN), "std": list(CELEBA_STD)}
+    def processor(self) -> ImageProcessor:
+        return ImageProcessor(size=list(self.image_size), mean=list(CELEBA_MEAN), std=list(CELEBA_STD))
 
     def prepare_data(self) -> None:
         """Fail early (one DataError) when a file or the image folder is missing."""
@@ -468,7 +462,7 @@ class CelebADataModule(SplitDataModule):
         table = self.table()
         rows = np.flatnonzero(self.split_codes() == CELEBA_SPLITS[split])
         folder = self.path("img_align_celeba")
-        images = JpegImages(folder, [table.files[i] for i in rows], self.image_size)
+        images = JpegImages(folder, [table.files[i] for i in rows], self.processor())
         labels = {name: table.values[rows, j] for j, name in enumerate(table.attributes)}
         names = [f"line {table.lines[i]} ('{table.files[i]}')" for i in rows]
         dataset = checked_dataset(images, labels, self.active_tasks(), f"'{table.path}'", names)

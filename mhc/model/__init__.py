@@ -2,6 +2,6 @@
 
 from mhc.model.backbones import create_backbone, list_backbones, register_backbone
 from mhc.model.heads import ClassificationHead
-from mhc.model.net import MultiHeadNet, Preprocess
+from mhc.model.net import MultiHeadNet
 
-__all__ = ["ClassificationHead", "MultiHeadNet", "Preprocess", "create_backbone", "list_backbones", "register_backbone"]
+__all__ = ["ClassificationHead", "MultiHeadNet", "create_backbone", "list_backbones", "register_backbone"]

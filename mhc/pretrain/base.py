@@ -18,7 +18,6 @@ from torch import Tensor, nn
 
 from mhc.errors import ConfigError
 from mhc.model.backbones.base import Backbone
-from mhc.processing.tokenizer import tokenizer_from_dict
 
 if TYPE_CHECKING:
     from mhc.model.net import MultiHeadNet
@@ -87,8 +86,7 @@ def build_objective(net: "MultiHeadNet", name: str, options: Mapping[str, Any] |
     if any(isinstance(value, Mapping) for value in options.values()):  # the config node: pick this objective's
         options = dict(options.get(resolved) or {})
     if resolved == "masked_tokens" and options.get("mask_id") is None:
-        saved = net.preprocess.tokenizer
-        options["mask_id"] = tokenizer_from_dict(saved).mask_id if saved else None
+        options["mask_id"] = net.tokenizer.mask_id if net.tokenizer is not None else None
         if options["mask_id"] is None:
             raise ConfigError("masked_tokens needs a <mask> token in the data's tokenizer; this data has none")
     return create_objective(resolved, net.backbone, **options)

@@ -1,6 +1,6 @@
 """Built-in tokenizers: text -> padded token ids, saved with the model as plain data.
 
-A tokenizer is part of a text model's preprocessing (``Preprocess.tokenizer``): it travels in
+A tokenizer is part of a text model's processor (``TextProcessor.tokenizer``): it travels in
 checkpoints and exports as a small JSON-able dict (:meth:`Tokenizer.to_dict`) and is rebuilt
 from it with :func:`tokenizer_from_dict`; nothing is pickled and nothing is downloaded.
 

@@ -25,6 +25,7 @@ from mhc.errors import NonFiniteLossError
 from mhc.io import CHECKPOINT_FORMAT, load
 from mhc.metrics import HeadMetrics, delta_m, flatten_results
 from mhc.model.net import MultiHeadNet
+from mhc.predictor import OutputDecoder
 from mhc.pretrain import build_objective
 from mhc.training.guards import RestoreRNG
 from mhc.training.schedules import optimization
@@ -41,7 +42,7 @@ class MultiHeadModule(pl.LightningModule):
     """Trains a shared backbone with one head per task.
 
     Args:
-        net_config: ``MultiHeadNet.config()``-style plain data (backbone, tasks, preprocess).
+        net_config: ``MultiHeadNet.config()``-style plain data (backbone, tasks, processor).
         optimizer: factory ``optimizer(params) -> Optimizer`` (a Hydra ``_partial_``).
         scheduler: optional factory ``scheduler(optimizer[, total_steps]) -> LRScheduler``,
             stepped every optimizer step.
@@ -93,6 +94,7 @@ class MultiHeadModule(pl.LightningModule):
         apply_speed_options(self.net, **dict(speed or {}))
         self.tasks = self.net.tasks
         self.task_names = list(self.tasks)
+        self.decoder = OutputDecoder(self.tasks.values())  # probabilities for metrics and predict, as every runtime
         options = dict(weighting or {"name": "static"})
         name = options.pop("name")
         gradients_of = options.pop("grads", None) or "representation"
@@ -143,7 +145,7 @@ class MultiHeadModule(pl.LightningModule):
     def _record(self, stage: str, batch: Mapping[str, Any], logits: Mapping[str, Tensor], losses: Mapping[str, Tensor],
                 auxiliary: Tensor | float) -> None:
         """Metrics, and ``<stage>/loss``: the static-weighted loss plus the auxiliary losses."""
-        probs = self.net.probabilities({k: v.detach() for k, v in logits.items()}, batch.get("allowed"))
+        probs = self.decoder.probabilities({k: v.detach() for k, v in logits.items()}, batch.get("allowed"))
         # Per-task losses are averaged over each task's labelled samples by the stage metrics.
         self.stage_metrics(stage).update(probs, batch["targets"], batch["label_mask"], losses)
         total = static_loss(self.tasks, {k: v.detach() for k, v in losses.items()}) + auxiliary
@@ -188,7 +190,7 @@ class MultiHeadModule(pl.LightningModule):
         self._shared_step(batch, "test")
 
     def predict_step(self, batch: Mapping[str, Any], batch_idx: int) -> dict[str, Tensor]:
-        return self.net.probabilities(self.net(batch_inputs(batch)), batch.get("allowed"))
+        return self.decoder.probabilities(self.net(batch_inputs(batch)), batch.get("allowed"))
 
     def labelled_counts(self, stage: str) -> Tensor:
         """Labelled samples per task summed over all processes."""

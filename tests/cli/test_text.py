@@ -17,10 +17,9 @@ PHRASES = {
     "hardware": ["the printer is on fire", "my screen went dark", "keyboard keys stick"],
     "billing": ["refund my order", "invoice sent twice", "card was charged"],
 }
-TINY_TEXT = [
-    "backbone=seq_tiny", "data=manifest", "backbone.dim=16", "backbone.depth=1", "data.max_length=24",
-    "data.batch_size=16", "trainer.max_epochs=1", "~callbacks.progress_bar",
-]
+TEXT_DATA = ["data=manifest", "data.max_length=24", "data.batch_size=16"]
+TINY_TEXT = [*TEXT_DATA, "backbone=seq_tiny", "backbone.dim=16", "backbone.depth=1", "trainer.max_epochs=1",
+             "~callbacks.progress_bar"]
 
 
 def text_rows(n: int, seed: int) -> pd.DataFrame:
@@ -31,7 +30,8 @@ def text_rows(n: int, seed: int) -> pd.DataFrame:
 
 
 def text_cfg(output_dir, *overrides: str, config_name: str = "train"):
-    return compose_config(config_name, [*TINY_TEXT, *overrides], output_dir=output_dir)
+    tiny = TINY_TEXT if config_name == "train" else TEXT_DATA  # the options each command has
+    return compose_config(config_name, [*tiny, *overrides], output_dir=output_dir)
 
 
 @pytest.fixture(scope="module")

@@ -19,6 +19,7 @@ from mhc.config import config_dir
 from mhc.data import ManifestDataModule
 from mhc.data.manifest import ManifestDataset, infer_tasks, read_manifest
 from mhc.errors import ConfigError, DataError
+from mhc.processing.processors import ImageProcessor
 
 CONF = config_dir() / "data" / "manifest.yaml"
 HAS_PYARROW = importlib.util.find_spec("pyarrow") is not None
@@ -111,7 +112,7 @@ def test_parent_and_allowed_by_parent_pass_through(folder: Path) -> None:
 
 def test_dataset_encodes_targets_label_masks_and_allowed(train: Path) -> None:
     manifest = read_manifest(train)
-    dataset = ManifestDataset(manifest, infer_tasks(manifest), image_size=[4, 5])
+    dataset = ManifestDataset(manifest, infer_tasks(manifest), ImageProcessor(size=[4, 5]))
     assert len(dataset) == 4 and dataset.inputs == [f"img/{i}.png" for i in range(4)]
     first, second, third = dataset[0], dataset[1], dataset[2]
 
@@ -129,7 +130,7 @@ def test_dataset_encodes_targets_label_masks_and_allowed(train: Path) -> None:
     assert dataset[3]["allowed"]["shape"].tolist() == [False, False, True]
 
 
-def test_data_module_splits_loaders_and_preprocess(folder: Path, train: Path) -> None:
+def test_data_module_splits_loaders_and_processor(folder: Path, train: Path) -> None:
     val = write(folder, "val.csv", TRAIN)
     dm = data_module(train, val=val, mean=[0.4, 0.4, 0.4])
     dm.set_tasks(dm.task_specs())
@@ -137,7 +138,7 @@ def test_data_module_splits_loaders_and_preprocess(folder: Path, train: Path) ->
     assert batch["image"].shape == (2, 3, 4, 4) and batch["targets"]["tags"].shape == (2, 3)
     assert batch["allowed"]["shape"].shape == (2, 3)
     assert len(dm.val_dataloader().dataset) == 4
-    assert dm.preprocess() == {"image_size": [4, 4], "mean": [0.4] * 3, "std": [0.25] * 3}
+    assert dm.processor().to_dict() == {"kind": "image", "size": [4, 4], "mean": [0.4] * 3, "std": [0.25] * 3}
 
 
 def test_predict_split_keeps_order_without_label_columns(folder: Path, train: Path) -> None:
@@ -155,7 +156,7 @@ def test_absolute_image_paths(folder: Path) -> None:
     other = folder / "elsewhere"
     other.mkdir()
     path = write(other, "train.csv", f"image,flag\n{folder / 'img/0.png'},0\n{folder / 'img/1.png'},1\n")
-    dataset = ManifestDataset(read_manifest(path), infer_tasks(read_manifest(path)), image_size=[4, 4])
+    dataset = ManifestDataset(read_manifest(path), infer_tasks(read_manifest(path)), ImageProcessor(size=[4, 4]))
     assert dataset[1]["targets"]["flag"].item() == 1.0
 
 
@@ -166,7 +167,7 @@ def test_hydra_config_instantiates_with_plain_tasks(train: Path) -> None:
     dm = instantiate(cfg)
     assert isinstance(dm, ManifestDataModule) and dm.batch_size == 64
     json.dumps([t.to_dict() for t in dm.task_specs()])  # plain data, fit for checkpoints
-    assert dm.preprocess()["image_size"] == [64, 64]
+    assert dm.processor().size == [64, 64]
 
 
 @pytest.mark.skipif(not HAS_PYARROW, reason="pyarrow is not installed")
@@ -283,7 +284,7 @@ def test_corrupt_image_in_a_worker_is_a_data_error_without_traceback(folder: Pat
         Image.fromarray(np.random.default_rng(0).integers(0, 255, (32, 32, 3), dtype=np.uint8)).save(bad)
         bad.write_bytes(bad.read_bytes()[:200])
     train = write(folder, "train.csv", "image,flag\nimg/0.png,0\nimg/bad.png,1\n")
-    dataset = ManifestDataset(read_manifest(train), infer_tasks(read_manifest(train)), image_size=[4, 4])
+    dataset = ManifestDataset(read_manifest(train), infer_tasks(read_manifest(train)), ImageProcessor(size=[4, 4]))
     with pytest.raises(DataError) as info:
         list(DataLoader(dataset, batch_size=1, num_workers=1))
     message = str(info.value)

@@ -128,7 +128,7 @@ def load_training_data(train: Path, val: Path | None = None, tasks: dict[str, An
     dm = ManifestDataModule(train, val=val, tasks=tasks, image_size=[4, 4], max_length=8, batch_size=4)
     dm.set_tasks(dm.task_specs())
     dm.setup("fit")
-    dm.preprocess()
+    dm.processor()
     for dataset in dm.splits.values():
         for index in range(len(dataset)):
             dataset[index]

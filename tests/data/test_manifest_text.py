@@ -13,6 +13,7 @@ from mhc.config import config_dir
 from mhc.data import ManifestDataModule
 from mhc.data.manifest import read_manifest
 from mhc.errors import ConfigError, DataError
+from mhc.processing.processors import TextProcessor
 from mhc.processing.tokenizer import ByteTokenizer, CharTokenizer
 from tests.data.test_manifest import write
 
@@ -72,23 +73,22 @@ def test_tokenizer_is_fitted_on_the_training_split_only(train: Path, tmp_path: P
     zebra = val.tokens[0][: len("zebra quiz")].tolist()
     assert zebra[0] == zebra[-1] == dm.tokenizer.unk_id and zebra[1] == vocab.index("e")
     assert sorted(set(vocab[3:])) == sorted(set("".join(read_manifest(train).columns["text"])))
-    preprocess = dm.preprocess()
-    assert preprocess == {"image_size": [1, 16], "mean": [0.0], "std": [1.0], "tokenizer": dm.tokenizer.to_dict()}
+    assert dm.processor().to_dict() == {"kind": "text", "max_length": 16, "pad_id": 0, "tokenizer": dm.tokenizer.to_dict()}
 
 
 def test_checkpoint_tokenizer_is_used_and_never_refitted(train: Path, tmp_path: Path) -> None:
     saved = CharTokenizer(list("abc"))  # a tokenizer that does not fit these texts at all
     dm = data_module(train, test=write(tmp_path, "test.csv", VAL))
-    dm.use_preprocess({"image_size": [1, 5], "mean": [0.0], "std": [1.0], "tokenizer": saved.to_dict()})
+    dm.use_processor(TextProcessor(saved, 5))
     dm.set_tasks(dm.task_specs())
     tokens = dm.test_dataloader().dataset.tokens
     assert tokens.shape == (2, 5) and tokens[0].tolist() == [1, 1, 4, 1, 3]  # z e b r a: only b and a are known
-    assert dm.tokenizer.to_dict() == saved.to_dict() and dm.preprocess()["image_size"] == [1, 5]
+    assert dm.tokenizer.to_dict() == saved.to_dict() and dm.processor().max_length == 5
 
 
 def test_byte_tokenizer_option(train: Path) -> None:
     dm = data_module(train, tokenizer="byte")
-    assert isinstance(dm.text_tokenizer(), ByteTokenizer) and dm.preprocess()["tokenizer"] == {"kind": "byte"}
+    assert isinstance(dm.text_tokenizer(), ByteTokenizer) and dm.processor().to_dict()["tokenizer"] == {"kind": "byte"}
 
 
 def test_hydra_config_reads_a_text_manifest(train: Path) -> None:
@@ -96,7 +96,7 @@ def test_hydra_config_reads_a_text_manifest(train: Path) -> None:
     cfg.train = str(train)
     cfg.max_size = 6
     dm = instantiate(cfg)
-    assert dm.preprocess()["image_size"] == [1, 128]
+    assert dm.processor().max_length == 128
     assert dm.text_tokenizer().vocab[3:] == [" ", "e", "r"]  # the three most frequent characters
 
 
@@ -131,7 +131,7 @@ def test_bad_text_data_is_one_line_naming_file_row_and_column(tmp_path: Path, ca
 def test_image_manifest_for_a_text_checkpoint_is_a_data_error(tmp_path: Path) -> None:
     predict = write(tmp_path, "predict.csv", "image\nimg.png\n")
     dm = data_module(None, predict=predict)
-    dm.use_preprocess({"image_size": [1, 8], "tokenizer": {"kind": "byte"}})
+    dm.use_processor(TextProcessor(ByteTokenizer(), 8))
     with pytest.raises(DataError, match=r"predict.csv: has an 'image' column, but the checkpoint's model reads 'text'"):
         dm.setup("predict")
 

@@ -2,7 +2,6 @@ import numpy as np
 import torch
 
 from mhc.data.sequences import FIRST_SYMBOL, MARKER, X_ID, Y_ID, SequencesDataModule, generate_sequences
-from mhc.processing.tokenizer import tokenizer_from_dict
 
 
 def group(token: int) -> int:
@@ -40,7 +39,7 @@ def test_module_serves_token_batches():
 
 
 def test_saved_word_vocabulary_reads_and_writes_the_generated_ids():
-    tokenizer = tokenizer_from_dict(SequencesDataModule().preprocess()["tokenizer"])
+    tokenizer = SequencesDataModule().processor().tokenizer
     ids, _ = generate_sequences(20, seed=3)
     texts = tokenizer.decode(torch.from_numpy(ids))
     assert texts[0].count("|") == texts[0].count("X") == 1

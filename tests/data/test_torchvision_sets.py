@@ -108,7 +108,7 @@ def test_cifar_splits_targets_and_images(cifar_root: Path) -> None:
     dm.setup("fit")
     dm.setup("predict")
     assert {k: len(v) for k, v in dm.splits.items()} == {"train": 180, "val": 20, "test": N_TEST, "predict": N_TEST}
-    assert dm.preprocess()["image_size"] == [32, 32]
+    assert dm.processor().size == [32, 32]
 
     test = cifar_batch(N_TEST, 1, "testing")
     sample = dm.splits["test"][5]
@@ -229,7 +229,7 @@ def test_celeba_tasks_splits_targets_and_images(celeba_root: Path) -> None:
     dm.setup("test")
     dm.setup("predict")
     assert {k: len(v) for k, v in dm.splits.items()} == {"train": 5, "val": 2, "test": 3, "predict": 3}
-    assert dm.preprocess()["image_size"] == [12, 10]
+    assert dm.processor().size == [12, 10]
 
     values = celeba_values(len(CELEBA_PARTITION))
     sample = dm.splits["val"][1]  # file 000007.jpg, row 6
@@ -264,7 +264,7 @@ def test_celeba_missing_image(celeba_root: Path) -> None:
     path.unlink()
     dm = CelebADataModule(str(celeba_root))
     dm.setup("test")
-    with pytest.raises(DataError, match=f"CelebA image not found: '{path}' is missing"):
+    with pytest.raises(DataError, match=f"CelebA image '{path}' not found"):
         dm.splits["test"][0]
 
 

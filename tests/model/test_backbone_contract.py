@@ -23,8 +23,8 @@ from mhc.model.backbones.base import (
     check_backbone,
 )
 from mhc.model.backbones.registry import describe_backbone
-from mhc.model.net import Preprocess
 from mhc.pretrain import create_objective
+from mhc.processing.processors import ImageProcessor, TextProcessor
 from mhc.tasks import TaskSpec
 
 # Small sizes of each registered backbone, so the whole contract runs in seconds; a backbone
@@ -65,12 +65,9 @@ def example(backbone: Backbone, batch: int = 3) -> torch.Tensor:
 def network(name: str) -> MultiHeadNet:
     backbone = build(name)
     config = options(name)
-    if backbone.modality == TOKENS:
-        preprocess = Preprocess(image_size=[1, backbone.max_length])
-    else:
-        preprocess = Preprocess(image_size=[32, 32])
+    processor = TextProcessor(max_length=backbone.max_length) if backbone.modality == TOKENS else ImageProcessor(size=[32, 32])
     torch.manual_seed(0)
-    return MultiHeadNet(config, TASKS, preprocess).eval()
+    return MultiHeadNet(config, TASKS, processor).eval()
 
 
 def net_input(net: MultiHeadNet) -> torch.Tensor:

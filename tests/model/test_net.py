@@ -3,6 +3,7 @@ import torch
 
 from mhc.errors import ConfigError
 from mhc.model import MultiHeadNet, create_backbone, list_backbones
+from mhc.predictor import OutputDecoder
 
 
 def test_forward_returns_logits_per_task(tiny_net, tasks):
@@ -14,7 +15,7 @@ def test_children_decoded_under_predicted_parent(tiny_net):
     logits = tiny_net(torch.rand(32, 3, 64, 64))
     logits["coarse"] = torch.randn(32, 2) * 5
     logits["fine"] = torch.randn(32, 5) * 5
-    probs = tiny_net.probabilities(logits)
+    probs = OutputDecoder(tiny_net.tasks.values()).probabilities(logits)
     coarse = probs["coarse"].argmax(-1)
     fine = probs["fine"].argmax(-1)
     allowed = tiny_net.hierarchy("fine")[coarse]
@@ -73,5 +74,5 @@ def test_given_set_wins_when_parent_prediction_contradicts_it(tiny_net):
     logits = {name: torch.zeros(1, t.num_outputs) for name, t in tiny_net.tasks.items()}
     logits["coarse"] = torch.tensor([[5.0, -5.0]])  # predicts "a", whose fine classes are a1, a2
     given = torch.tensor([[False, False, True, True, False]])  # the data allows only b1, b2
-    probs = tiny_net.probabilities(logits, {"fine": given})["fine"]
+    probs = OutputDecoder(tiny_net.tasks.values()).probabilities(logits, {"fine": given})["fine"]
     assert (probs[~given] == 0).all() and torch.allclose(probs.sum(), torch.tensor(1.0))

@@ -9,8 +9,10 @@ import torch
 
 import mhc
 from mhc.errors import CheckpointError, DataError
-from mhc.model import MultiHeadNet, Preprocess
+from mhc.model import MultiHeadNet
 from mhc.model.net import backbone_takes_tokens
+from mhc.predictor import OutputDecoder
+from mhc.processing.processors import TextProcessor
 from mhc.processing.tokenizer import CharTokenizer
 from mhc.tasks import TaskSpec
 
@@ -21,16 +23,15 @@ TASKS = [TaskSpec("topic", "multiclass", ["billing", "hardware", "other"]), Task
 def text_net() -> MultiHeadNet:
     torch.manual_seed(0)
     tokenizer = CharTokenizer.fit(["the printer is on fire", "refund my order"])
-    preprocess = Preprocess(image_size=[1, 12], mean=[0.0], std=[1.0], tokenizer=tokenizer.to_dict())
     backbone = {"name": "seq_tiny", "vocab_size": len(tokenizer), "max_length": 12, "dim": 16, "depth": 1}
-    return MultiHeadNet(backbone, TASKS, preprocess).eval()
+    return MultiHeadNet(backbone, TASKS, TextProcessor(tokenizer, 12)).eval()
 
 
 def test_predict_on_strings_encodes_with_the_saved_tokenizer(text_net):
     texts = ["printer on fire", "refund please", "z"]
     out = text_net.predict(texts, batch_size=2)
     ids = text_net.tokenizer.encode(texts, max_length=12)
-    expected = text_net.probabilities(text_net(ids))
+    expected = OutputDecoder(TASKS).probabilities(text_net(ids))
     assert torch.allclose(out["topic"].probs, expected["topic"]) and out["urgent"].probs.shape == (3, 2)
     assert out["topic"].labels == [TASKS[0].classes[i] for i in expected["topic"].argmax(-1).tolist()]
     assert text_net.predict("z")["topic"].labels == out["topic"].labels[2:]  # one string: a batch of one
@@ -38,11 +39,11 @@ def test_predict_on_strings_encodes_with_the_saved_tokenizer(text_net):
 
 
 def test_tokenizer_round_trips_through_checkpoint_and_export(text_net, tmp_path):
-    assert text_net.config()["preprocess"]["tokenizer"] == text_net.tokenizer.to_dict()
+    assert text_net.config()["processor"]["tokenizer"] == text_net.tokenizer.to_dict()
     torch.save({"mhc": {"format": 1, "net": text_net.config()},
                 "state_dict": {f"net.{k}": v for k, v in text_net.state_dict().items()}}, tmp_path / "m.ckpt")
     folder = mhc.save_export(text_net, tmp_path / "export")
-    assert json.loads((folder / "config.json").read_text())["net"]["preprocess"]["tokenizer"]["kind"] == "char"
+    assert json.loads((folder / "config.json").read_text())["net"]["processor"]["tokenizer"]["kind"] == "char"
     texts = ["fire!", "my order"]
     for loaded in (mhc.load(tmp_path / "m.ckpt"), mhc.load(folder)):
         assert loaded.tokenizer.to_dict() == text_net.tokenizer.to_dict()
@@ -65,7 +66,7 @@ def test_wrong_input_kind_is_one_data_error(text_net, tiny_net):
 
 def test_bad_saved_tokenizer_is_a_checkpoint_error(text_net, tmp_path):
     config = text_net.config()
-    config["preprocess"]["tokenizer"] = {"kind": "char", "vocab": ["a", "b"]}
+    config["processor"]["tokenizer"] = {"kind": "char", "vocab": ["a", "b"]}
     torch.save({"mhc": {"format": 1, "net": config}, "state_dict": {}}, tmp_path / "bad.ckpt")
     with pytest.raises(CheckpointError, match="bad.ckpt' has an invalid model description \\(invalid char tokenizer"):
         mhc.load(tmp_path / "bad.ckpt")

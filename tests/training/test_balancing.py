@@ -5,6 +5,7 @@ import pytest
 import torch
 
 from mhc.losses import batch_losses
+from mhc.processing.processors import ImageProcessor
 from mhc.training import MultiHeadModule
 from mhc.training.balancing import gradient_cosines, gradient_step, loss_step
 from mhc.weighting import Weighting
@@ -117,7 +118,7 @@ def test_gradient_method_trains_with_manual_optimization_and_accumulation(tasks,
 
     _REGISTRY.setdefault("test_grad_sum", GradSum)
     config = {"backbone": {"name": "cnn", "widths": [8, 16], "stem_stride": 2}, "tasks": [t.to_dict() for t in tasks],
-              "preprocess": {}}
+              "processor": ImageProcessor().to_dict()}
     module = MultiHeadModule(config, weighting={"name": "test_grad_sum", "grads": "representation"},
                              accumulate_grad_batches=2, gradient_clip_val=1.0)
     assert not module.automatic_optimization
@@ -142,17 +143,16 @@ def test_gradient_step_on_transformer_backbones(backbone):
     from mhc.data import SequencesDataModule
     from mhc.data.sequences import VOCAB
     from mhc.model import MultiHeadNet
-    from mhc.model.net import Preprocess
 
     data = SequencesDataModule(num_train=8, num_val=8, num_test=8, batch_size=8)
     data.set_tasks(data.task_specs())
     batch = next(iter(data.loader("train")))  # variable-length, padded token sequences
     torch.manual_seed(0)
     if backbone["name"] == "seq_tiny":
-        net = MultiHeadNet({**backbone, "vocab_size": len(VOCAB), "max_length": 32}, data.tasks, Preprocess(**data.preprocess()))
+        net = MultiHeadNet({**backbone, "vocab_size": len(VOCAB), "max_length": 32}, data.tasks, data.processor())
         batch["image"] = batch["tokens"]
     else:
-        net = MultiHeadNet(backbone, data.tasks, Preprocess(image_size=[32, 32]))
+        net = MultiHeadNet(backbone, data.tasks, ImageProcessor(size=[32, 32]))
         batch["image"] = torch.rand(8, 3, 32, 32)
     for gradients_of in ("representation", "parameters"):
         _, got = step_grads(net.train(), batch, GradSum(len(data.tasks)), gradients_of)

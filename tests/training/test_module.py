@@ -2,13 +2,14 @@
 
 import torch
 
+from mhc.processing.processors import ImageProcessor
 from mhc.tasks import TaskSpec
 from mhc.training import MultiHeadModule
 
 
 def test_zero_lr_scale_leaves_its_group_untouched(tasks):
     tasks = [TaskSpec.from_dict({**t.to_dict(), "lr_scale": 0.0 if t.name == "flag" else 1.0}) for t in tasks]
-    config = {"backbone": {"name": "cnn", "widths": [8, 16]}, "tasks": [t.to_dict() for t in tasks], "preprocess": {}}
+    config = {"backbone": {"name": "cnn", "widths": [8, 16]}, "tasks": [t.to_dict() for t in tasks], "processor": ImageProcessor().to_dict()}
     module = MultiHeadModule(config, optimizer=lambda params: torch.optim.SGD(params, lr=0.1), backbone_lr_scale=0.0)
     optimizer = module.configure_optimizers()
     assert [g["name"] for g in optimizer.param_groups] == ["backbone", "head/coarse", "head/fine", "head/flag", "head/tags"]
@@ -27,7 +28,7 @@ def test_train_and_val_loss_are_the_same_quantity(tasks):
     from tests.training.test_balancing import make_batch
 
     tasks = [TaskSpec.from_dict({**t.to_dict(), "weight": 2.0 if t.name == "coarse" else 0.5}) for t in tasks]
-    config = {"backbone": {"name": "cnn", "widths": [8, 16]}, "tasks": [t.to_dict() for t in tasks], "preprocess": {}}
+    config = {"backbone": {"name": "cnn", "widths": [8, 16]}, "tasks": [t.to_dict() for t in tasks], "processor": ImageProcessor().to_dict()}
     module = MultiHeadModule(config, weighting={"name": "uncertainty"}).eval()  # eval: no batch-norm updates between steps
     logged = {}
     module.log = lambda name, value, **kwargs: logged.__setitem__(name, float(value))

@@ -9,6 +9,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from mhc.errors import NonFiniteLossError
+from mhc.processing.processors import ImageProcessor
 from mhc.training import MultiHeadModule
 from mhc.training.guards import NonFiniteLoss
 from tests.cli.conftest import TINY, TINY_SCENES
@@ -16,7 +17,7 @@ from tests.training.test_balancing import make_batch
 
 
 def fit(tasks, tmp_path, weighting="static", callbacks=()):
-    config = {"backbone": {"name": "cnn", "widths": [8, 16]}, "tasks": [t.to_dict() for t in tasks], "preprocess": {}}
+    config = {"backbone": {"name": "cnn", "widths": [8, 16]}, "tasks": [t.to_dict() for t in tasks], "processor": ImageProcessor().to_dict()}
     module = MultiHeadModule(config, weighting={"name": weighting})
     batches = [make_batch(tasks, n=4) for _ in range(4)]
     batches[2]["image"][0, 0, 0, 0] = float("nan")  # one poisoned sample in the third batch
