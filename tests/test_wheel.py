@@ -16,15 +16,22 @@ from PIL import Image
 REPO = Path(__file__).resolve().parents[1]
 COMMANDS = ["mhc-train", "mhc-eval", "mhc-predict", "mhc-analyze", "mhc-prune", "mhc-pretrain", "mhc-export",
             "mhc-serve", "mhc-sweep"]
-TINY = ["data.num_train=64", "data.num_val=32", "data.num_test=32", "data.batch_size=32", "backbone.widths=[8,16]",
-        "~callbacks.progress_bar", "logger=none"]
+TINY = ["data.num_train=64", "data.num_val=32", "data.num_test=32", "data.batch_size=32", "~callbacks.progress_bar",
+        "logger=none"]
 USER_EXPERIMENT = """\
 # @package _global_
 defaults:
+  - override /backbone: cnn_tiny
   - override /scheduler: none
 seed: 3
 trainer:
   max_epochs: 1
+"""
+USER_BACKBONE = """\
+defaults:
+  - cnn
+  - _self_
+widths: [8, 12]
 """
 
 
@@ -78,6 +85,8 @@ def test_commands_run_from_another_folder(installed, tmp_path):
     elsewhere = tmp_path / "elsewhere"
     (elsewhere / "my_configs" / "experiment").mkdir(parents=True)
     (elsewhere / "my_configs" / "experiment" / "mine.yaml").write_text(USER_EXPERIMENT)
+    (elsewhere / "my_configs" / "backbone").mkdir()
+    (elsewhere / "my_configs" / "backbone" / "cnn_tiny.yaml").write_text(USER_BACKBONE)  # extends the packaged cnn
     where = run(installed, elsewhere, "mhc-train", "--help")  # composes the packaged configs
     assert "data: scenes" in where.stdout or "ScenesDataModule" in where.stdout
 
@@ -86,6 +95,7 @@ def test_commands_run_from_another_folder(installed, tmp_path):
     checkpoint = elsewhere / "run" / "checkpoints" / "last.ckpt"
     config = (elsewhere / "run" / ".hydra" / "config.yaml").read_text()
     assert checkpoint.is_file() and "seed: 3" in config and "scheduler: {}" in config
+    assert "widths:\n  - 8\n  - 12\n  stem_stride: 2" in config  # the user's backbone, on the packaged one
 
     probe = subprocess.run([sys.executable, "-c", "import mhc, sys; print(mhc.__file__)"], cwd=elsewhere,
                            env={**os.environ, "PYTHONPATH": str(installed)}, capture_output=True, text=True, check=True)

@@ -44,8 +44,9 @@ def compose_config(
     applied, checked against the schema as the commands check it.
 
     ``output_dir`` is the run folder (``paths.output_dir``; default: a new folder under
-    ``outputs/<name>/``). ``config_dir`` is a folder of the user's own configs searched before
-    the packaged ones, as ``--config-dir`` on a command line.
+    ``outputs/<name>/``). ``config_dir`` is a folder of the user's own configs, searched as
+    ``--config-dir`` on a command line: its files add options to the groups (an experiment,
+    a backbone that extends a packaged one under a new name).
     """
     register_resolvers()
     overrides = list(overrides)

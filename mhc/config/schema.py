@@ -1,9 +1,10 @@
 """The structured schema of the Hydra configs, so mistakes fail before anything runs.
 
-Hydra merges ``mhc/conf/train.yaml`` onto :class:`TrainConfig`: an unknown key, a wrong type
-(``seed=abc``) or an unknown per-task option is one error line naming the key. Groups that
-build objects through ``_target_`` (data, optimizer, trainer, ...) stay open dictionaries;
-their constructors check their own arguments.
+Each command's config (``mhc/conf/<command>.yaml``) is merged onto its own schema
+(:data:`SCHEMAS`): an unknown key, an option of another command, a wrong type (``seed=abc``)
+or an unknown per-task option is one error naming the key. Groups that build objects through
+``_target_`` (data, optimizer, trainer, ...) stay open dictionaries; their constructors check
+their own arguments.
 """
 
 from __future__ import annotations
