@@ -114,5 +114,21 @@ def test_commands_run_from_another_folder(installed, tmp_path):
     run(installed, elsewhere, "mhc-export", f"ckpt={checkpoint}", "output=exported", "hydra.run.dir=export")
     assert (elsewhere / "exported" / "model.safetensors").is_file()
 
-    for command in ("mhc-analyze", "mhc-prune", "mhc-pretrain", "mhc-serve", "mhc-sweep"):
+    run(installed, elsewhere, "mhc-pretrain", "backbone=cnn", "backbone.widths=[8,16]", "trainer.max_epochs=1", *TINY,
+        "hydra.run.dir=pretrain")
+    assert (elsewhere / "pretrain" / "backbone" / "backbone.safetensors").is_file()
+
+    sequences = ["data=sequences", "data.num_train=64", "data.num_val=32", "data.num_test=32", "data.batch_size=32"]
+    run(installed, elsewhere, "mhc-train", *sequences, "backbone=seq_tiny", "backbone.dim=16", "backbone.depth=1",
+        "backbone.num_heads=2", "trainer.max_epochs=1", "test=false", "~callbacks.progress_bar", "logger=none",
+        "hydra.run.dir=seq")
+    transformer = elsewhere / "seq" / "checkpoints" / "last.ckpt"
+    run(installed, elsewhere, "mhc-analyze", f"ckpt={transformer}", *sequences, "max_batches=1", "samples=1",
+        "prune.fractions=[]", "logger=none", "hydra.run.dir=analyze")
+    assert (elsewhere / "analyze" / "report.md").is_file()
+    run(installed, elsewhere, "mhc-prune", f"ckpt={transformer}", *sequences, "max_batches=1", "repeats=1",
+        "hydra.run.dir=prune")
+    assert (elsewhere / "prune" / "pruned.ckpt").is_file()
+
+    for command in ("mhc-serve", "mhc-sweep"):  # argparse commands: their own options
         run(installed, elsewhere, command, "--help")

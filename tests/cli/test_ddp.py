@@ -10,7 +10,7 @@ import torch
 
 import mhc
 from mhc.api import compose_config, evaluate
-from tests.cli.conftest import TINY, TINY_SCENES
+from tests.api.conftest import TINY, TINY_SCENES
 
 
 def test_two_process_cpu_ddp_trains_and_its_metrics_equal_one_process(tmp_path):

@@ -9,7 +9,7 @@ import time
 
 import torch
 
-from tests.cli.conftest import TINY
+from tests.api.conftest import TINY
 
 RUN = ["data.num_train=384", "data.num_val=64", "data.num_test=32", "data.batch_size=32", "trainer.max_epochs=3",
        "trainer.deterministic=true", "test=false", "callbacks.progress_bar=null",

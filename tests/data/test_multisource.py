@@ -84,7 +84,7 @@ def test_bad_options_are_clear_errors():
 
 def test_multisource_config_trains_end_to_end(tmp_path):
     from mhc.api import compose_config, train
-    from tests.cli.conftest import TINY
+    from tests.api.conftest import TINY
 
     small = ["data.sources.geometry.data.num_train=64", "data.sources.appearance.data.num_train=32",
              *[f"data.sources.{s}.data.num_{split}=16" for s in ("geometry", "appearance") for split in ("val", "test")],

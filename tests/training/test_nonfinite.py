@@ -12,7 +12,7 @@ from mhc.errors import NonFiniteLossError
 from mhc.processing.processors import ImageProcessor
 from mhc.training import MultiHeadModule
 from mhc.training.guards import NonFiniteLoss
-from tests.cli.conftest import TINY, TINY_SCENES
+from tests.api.conftest import TINY, TINY_SCENES
 from tests.training.test_balancing import make_batch
 
 

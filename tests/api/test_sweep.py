@@ -9,7 +9,7 @@ import pytest
 from mhc.api.sweep import default_space, load_space, objective_value
 from mhc.cli.sweep import main
 from mhc.errors import ConfigError
-from tests.cli.conftest import TINY, TINY_SCENES
+from tests.api.conftest import TINY, TINY_SCENES
 
 
 def test_sweep_runs_trials_over_the_space_and_writes_the_best(tmp_path, capsys):

@@ -4,7 +4,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 from mhc.api import compose_config, train
 from mhc.data.generated import scene_tasks
-from tests.cli.conftest import TINY_SCENES
+from tests.api.conftest import TINY_SCENES
 
 
 def test_tensorboard_csv_and_offline_wandb_without_key(make_cfg, tmp_path, monkeypatch):

@@ -8,7 +8,7 @@ import mhc
 from mhc.api import compose_config, train
 from mhc.data.generated import scene_tasks
 from mhc.errors import ConfigError
-from tests.cli.conftest import TINY_SCENES
+from tests.api.conftest import TINY_SCENES
 
 
 def test_short_run_writes_checkpoints_and_metrics(make_cfg, tmp_path):
