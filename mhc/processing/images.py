@@ -1,13 +1,13 @@
-"""Turning user images (paths, PIL images, arrays, tensors) into a network batch."""
+"""Reading user images (paths, PIL images, arrays, tensors) as float tensors; resizing and
+batching are the image processor's (:mod:`mhc.processing.processors`)."""
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 from mhc.errors import DataError
@@ -67,22 +67,3 @@ def image_tensor(image: Any) -> Tensor:
         raise DataError(f"an image tensor must be [3, H, W], got shape {list(tensor.shape)}")
     tensor = tensor.expand(3, -1, -1)
     return tensor.float() / 255 if tensor.dtype == torch.uint8 else tensor.float()
-
-
-def to_batch(images: Any, size: Sequence[int]) -> Tensor:
-    """Images -> float [B, 3, H, W] in [0, 1], resized to ``size`` [H, W] where needed."""
-    if isinstance(images, Tensor) and images.ndim == 4:
-        batch = images.float() / 255 if images.dtype == torch.uint8 else images.float()
-        items = list(batch)
-    elif isinstance(images, np.ndarray) and images.ndim == 4:
-        items = [image_tensor(im) for im in images]
-    elif isinstance(images, (list, tuple)):
-        items = [image_tensor(im) for im in images]
-    else:
-        items = [image_tensor(images)]
-    size = tuple(int(s) for s in size)
-    resized = [
-        F.interpolate(t[None], size=size, mode="bilinear", antialias=True, align_corners=False)[0] if t.shape[-2:] != size else t
-        for t in items
-    ]
-    return torch.stack(resized)
