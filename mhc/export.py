@@ -37,6 +37,7 @@ from mhc.io import (
     net_state,
     read_checkpoint,
     read_export_config,
+    reading_description,
     save_export,
 )
 from mhc.model.net import MultiHeadNet
@@ -353,13 +354,9 @@ class OnnxModel:
             import onnxruntime
         except ImportError:
             raise ConfigError("ONNX inference needs onnxruntime: pip install 'mhc[export]'") from None
-        source = folder / EXPORT_CONFIG
-        try:
-            net = description["net"]
-            tasks = tasks_from_dicts(net["tasks"])
-        except (KeyError, TypeError, AttributeError, MhcError) as err:
-            raise CheckpointError(f"'{source}' has an invalid model description ({err})") from None
-        processor = processor_of(net, source)
+        with reading_description(folder / EXPORT_CONFIG):  # the same checks and message as mhc.load
+            tasks = tasks_from_dicts(description["net"]["tasks"])
+            processor = processor_of(description["net"])
         try:
             self.session = onnxruntime.InferenceSession(str(path), providers=list(providers))
         except Exception as err:  # noqa: BLE001 - onnxruntime raises its own untyped errors

@@ -92,12 +92,19 @@ def load(path: str | Path, map_location: str | torch.device = "cpu") -> MultiHea
     return net.to(map_location).eval()
 
 
-def net_from_description(description: Any, source: str | Path) -> MultiHeadNet:
-    """Rebuild the network from its plain-data description, through our own registries."""
+@contextmanager
+def reading_description(source: str | Path) -> Iterator[None]:
+    """Any failure to read a stored model description is one :class:`CheckpointError` naming ``source``."""
     try:
-        return MultiHeadNet.from_config(description)
+        yield
     except (KeyError, TypeError, AttributeError, MhcError) as err:
         raise CheckpointError(f"'{source}' has an invalid model description ({err})") from None
+
+
+def net_from_description(description: Any, source: str | Path) -> MultiHeadNet:
+    """Rebuild the network from its plain-data description, through our own registries."""
+    with reading_description(source):
+        return MultiHeadNet.from_config(description)
 
 
 def _load_export(folder: Path) -> MultiHeadNet:

@@ -56,7 +56,9 @@ class OutputDecoder:
             if task.kind == "multiclass":
                 mask = allowed.get(task.name)
                 if task.parent is not None:
-                    hierarchy = self.hierarchies[task.name].to(out.device)
+                    hierarchy = self.hierarchies[task.name]
+                    if hierarchy.device != out.device:  # moved once, not on every batch
+                        hierarchy = self.hierarchies[task.name] = hierarchy.to(out.device)
                     derived = hierarchy[probs[task.parent].argmax(-1)]
                     if mask is None:
                         mask = derived
