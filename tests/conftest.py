@@ -3,6 +3,10 @@ transformer trained on the built-in sequences (for the attention analysis and pr
 
 from __future__ import annotations
 
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # nothing downloads in tests; set before huggingface_hub reads it
+
 import pytest
 import torch
 
@@ -70,3 +74,19 @@ def trained_sequence_net(sequences):
 @pytest.fixture(scope="session")
 def sequence_checkpoint(trained_sequence_net, tmp_path_factory):
     return save_checkpoint(trained_sequence_net, tmp_path_factory.mktemp("sequences") / "model.ckpt")
+
+
+@pytest.fixture(scope="session")
+def bert_folder(tmp_path_factory):
+    """A tiny BERT and its WordPiece tokenizer, saved as a Hugging Face model folder."""
+    from tests.pretrained_models import bert_folder
+
+    return bert_folder(tmp_path_factory.mktemp("bert"))
+
+
+@pytest.fixture(scope="session")
+def gpt2_folder(tmp_path_factory):
+    """A tiny GPT-2 and its BPE tokenizer (no padding token), saved as a Hugging Face model folder."""
+    from tests.pretrained_models import gpt2_folder
+
+    return gpt2_folder(tmp_path_factory.mktemp("gpt2"))

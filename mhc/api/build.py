@@ -7,6 +7,7 @@ naming the config group.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import socket
@@ -25,8 +26,9 @@ from mhc.config import config_dir
 from mhc.errors import ConfigError, MhcError
 from mhc.io import read_checkpoint
 from mhc.model.backbones import list_backbones
+from mhc.model.backbones.registry import accepted_options, backbone_processing
 from mhc.model.net import backbone_takes_tokens
-from mhc.processing.processors import Processor, TextProcessor
+from mhc.processing.processors import ImageProcessor, Processor, TextProcessor
 from mhc.tasks import TaskSpec, resolve_tasks, tasks_to_dicts
 from mhc.training import MultiHeadModule
 from mhc.training.checkpoint_io import AtomicCheckpointIO
@@ -216,7 +218,7 @@ def resolve_resume(resume: str | None, output_root: Path) -> str | None:
 def build_module(cfg: DictConfig, datamodule: Any) -> MultiHeadModule:
     tasks = config_tasks(cfg, datamodule.task_specs())
     datamodule.set_tasks(tasks)
-    processor = datamodule.processor()
+    processor = processor_for_backbone(cfg, datamodule)
     backbone = backbone_for_data(cfg, processor)
     net_config = {"backbone": backbone, "tasks": tasks_to_dicts(tasks), "processor": processor.to_dict()}
     optimizer = instantiate(cfg.optimizer, "optimizer") if cfg.get("optimizer") else None
@@ -235,10 +237,27 @@ def build_module(cfg: DictConfig, datamodule: Any) -> MultiHeadModule:
                            speed=OmegaConf.to_container(cfg.perf) if cfg.get("perf") else None)
 
 
+def processor_for_backbone(cfg: DictConfig, datamodule: Any) -> Processor:
+    """The data's processor, with what the backbone's weights expect (:meth:`Backbone.processing`):
+    a model's own tokenizer replaces one fitted on the data (the data module then serves it), and
+    pretrained weights' normalisation replaces the data's ``mean`` and ``std``."""
+    wanted = backbone_processing(OmegaConf.to_container(cfg.backbone, resolve=True))
+    if "tokenizer" in wanted:
+        datamodule.use_processor(TextProcessor(wanted["tokenizer"], max_length=int(cfg.data.get("max_length") or 128)))
+    processor = datamodule.processor()
+    if isinstance(processor, ImageProcessor) and "mean" in wanted:
+        if (processor.mean, processor.std) != (wanted["mean"], wanted["std"]):
+            log.info(f"images normalised as the backbone's pretrained weights expect: mean {wanted['mean']}, std {wanted['std']}")
+        processor = dataclasses.replace(processor, mean=wanted["mean"], std=wanted["std"])
+    return processor
+
+
 def backbone_for_data(cfg: DictConfig, processor: Processor) -> dict[str, Any]:
-    """The backbone options fitted to the data: a token backbone takes ``vocab_size`` from the
-    data's tokenizer and ``max_length`` from the data's sequence length. A backbone that reads
-    the other kind of input (token ids for images, or images for tokens) is a :class:`ConfigError`."""
+    """The backbone options fitted to the data, where its constructor takes them: a token
+    backbone takes ``vocab_size`` and ``pad_id`` from the data's tokenizer and ``max_length``
+    from the data's sequence length; an image backbone left without an ``image_size`` takes the data's. A
+    backbone that reads the other kind of input (token ids for images, or images for tokens) is
+    a :class:`ConfigError`."""
     backbone = OmegaConf.to_container(cfg.backbone, resolve=True)
     reads_tokens = backbone_takes_tokens(backbone)
     if reads_tokens != isinstance(processor, TextProcessor):
@@ -248,10 +267,16 @@ def backbone_for_data(cfg: DictConfig, processor: Processor) -> dict[str, Any]:
             f"backbone={backbone.get('name')} reads {reads} but data={chosen_option(cfg, 'data')} gives {gives}; "
             f"choose a backbone that reads {gives} ({', '.join(backbones_reading(tokens=not reads_tokens))}){token_data}"
         )
+    accepted = accepted_options(str(backbone.get("name")))
+    fitted: dict[str, Any] = {}
     if isinstance(processor, TextProcessor):
         if processor.tokenizer is not None:
-            backbone["vocab_size"] = processor.tokenizer.vocab_size
-        backbone["max_length"] = processor.max_length
+            fitted["vocab_size"] = processor.tokenizer.vocab_size
+        fitted["max_length"] = processor.max_length
+        fitted["pad_id"] = processor.pad_id
+    elif backbone.get("image_size") is None:
+        fitted["image_size"] = list(processor.size)
+    backbone.update({key: value for key, value in fitted.items() if key in accepted})
     return backbone
 
 

@@ -18,8 +18,8 @@ from torch import Tensor, nn
 from mhc.errors import ConfigError
 from mhc.masks import hierarchy_matrix
 from mhc.model.backbones import create_backbone
-from mhc.model.backbones.base import ATTENTION, HEAD_PRUNING, TOKENS
-from mhc.model.backbones.registry import LOAD_TIME_OPTIONS, describe_backbone
+from mhc.model.backbones.base import ATTENTION, HEAD_PRUNING, LOAD_TIME_OPTIONS, TOKENS
+from mhc.model.backbones.registry import describe_backbone
 from mhc.model.heads import ClassificationHead, fused_head_logits
 from mhc.predictor import Predictor, TaskPrediction
 from mhc.processing.processors import IMAGE, ImageProcessor, Processor, TextProcessor, processor_of
@@ -47,6 +47,7 @@ class MultiHeadNet(nn.Module):
         self.backbone_config = dict(backbone)
         self.tasks = {t.name: t for t in tasks}
         self.backbone = create_backbone(**self.backbone_config)
+        self.backbone_config.update(self.backbone.saved_options())  # e.g. a downloaded model's architecture
         if processor is None:
             processor = TextProcessor(max_length=self.backbone.max_length) if self.takes_tokens else ImageProcessor()
         if (processor.kind == IMAGE) == self.takes_tokens:

@@ -8,6 +8,9 @@ from it with :func:`tokenizer_from_dict`; nothing is pickled and nothing is down
   character never seen in training becomes ``<unk>``.
 * ``byte``: the 256 UTF-8 byte values, fixed; nothing to fit and nothing unknown.
 * ``word``: a fixed list of whitespace-separated words (the generated sequences' vocabulary).
+* ``pretrained``: a model's own subword tokenizer (WordPiece, BPE, Unigram), the fast
+  tokenizer of ``transformers.AutoTokenizer``, saved as its ``tokenizer.json`` text and run by
+  the ``tokenizers`` library; special tokens ([CLS], [SEP], <s>) are added as the model expects.
 
 ``char`` and ``byte`` reserve ``<pad>`` = 0, ``<unk>`` = 1 and ``<mask>`` = 2 (the mask token
 is for masked-token pretraining). Batches are right-padded with ``pad_id`` and truncated to
@@ -206,6 +209,103 @@ class WordTokenizer(Tokenizer):
         return {"kind": self.kind, "vocab": list(self.vocab)}
 
 
+MAX_TOKENIZER_JSON = 64 << 20  # characters; a larger stored tokenizer is refused before it is parsed
+
+
+class PretrainedTokenizer(Tokenizer):
+    """A model's own fast tokenizer (``transformers.AutoTokenizer``), held as ``tokenizers`` JSON.
+
+    Texts are encoded as the model was trained to read them, special tokens included, and cut
+    to ``max_length`` by the tokenizer's own truncation (which keeps the closing special token).
+    ``pad_id`` is the tokenizer's padding token, or its end-of-text token where it has none
+    (decoder models); a sequence's padding is the run of ``pad_id`` at its end.
+
+    Args:
+        tokenizer_json: the fast tokenizer's JSON text (``tokenizer.json``).
+        pad_id, unk_id, mask_id: its special tokens' ids (``None`` where it has none).
+        name: where it came from (a hub name or a folder), for model cards.
+    """
+
+    kind: ClassVar[str] = "pretrained"
+
+    def __init__(self, tokenizer_json: str, pad_id: int, unk_id: int | None = None, mask_id: int | None = None,
+                 name: str | None = None) -> None:
+        from tokenizers import Tokenizer as FastTokenizer
+
+        self.json = tokenizer_json
+        self.fast = FastTokenizer.from_str(tokenizer_json)
+        self.fast.no_padding()
+        self.pad_id, self.unk_id, self.mask_id, self.name = int(pad_id), unk_id, mask_id, name
+
+    @classmethod
+    def from_pretrained(cls, source: str) -> "PretrainedTokenizer":
+        """The fast tokenizer of ``source``: a Hugging Face Hub name (downloaded once, then
+        cached) or a local folder, as ``transformers.AutoTokenizer.from_pretrained`` finds it."""
+        from transformers import AutoTokenizer
+
+        try:
+            loaded = AutoTokenizer.from_pretrained(source)
+        except (OSError, ValueError) as err:
+            raise ConfigError(f"backbone.tokenizer: no tokenizer at '{source}' ({' '.join(str(err).split())[:300]})") from None
+        if not getattr(loaded, "is_fast", False):
+            raise ConfigError(f"backbone.tokenizer: '{source}' has no fast tokenizer (tokenizer.json)")
+        pad_id = loaded.pad_token_id if loaded.pad_token_id is not None else loaded.eos_token_id
+        if pad_id is None:
+            raise ConfigError(f"backbone.tokenizer: '{source}' has neither a padding nor an end-of-text token")
+        return cls(loaded.backend_tokenizer.to_str(), pad_id, loaded.unk_token_id, loaded.mask_token_id, name=str(source))
+
+    @property
+    def vocab_size(self) -> int:
+        return self.fast.get_vocab_size(with_added_tokens=True)
+
+    def ids(self, text: str) -> list[int]:
+        self.fast.no_truncation()
+        return self.fast.encode(text).ids
+
+    def encode(self, texts: str | Sequence[str], max_length: int) -> Tensor:
+        if isinstance(texts, str):
+            texts = [texts]
+        if max_length < 1:
+            raise ValueError(f"max_length must be at least 1, got {max_length}")
+        for row, text in enumerate(texts):
+            if not isinstance(text, str):
+                raise DataError(f"text {row}: expected a string, got {type(text).__name__}")
+        self.fast.enable_truncation(max_length)
+        encoded = self.fast.encode_batch(list(texts))
+        batch = torch.full((len(texts), max_length), self.pad_id, dtype=torch.long)
+        for row, encoding in enumerate(encoded):
+            if not encoding.ids:
+                raise DataError(f"text {row} is empty; every text needs at least one token")
+            batch[row, : len(encoding.ids)] = torch.tensor(encoding.ids, dtype=torch.long)
+        return batch
+
+    def text(self, ids: Sequence[int]) -> str:
+        return self.fast.decode([int(i) for i in ids], skip_special_tokens=True)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"kind": self.kind, "json": self.json, "pad_id": self.pad_id, "unk_id": self.unk_id,
+                "mask_id": self.mask_id, "name": self.name}
+
+    @classmethod
+    def from_dict(cls, description: Mapping[str, Any]) -> "PretrainedTokenizer":
+        """Rebuild from :meth:`to_dict` data, checked before the JSON is parsed."""
+        text = description.get("json")
+        if not isinstance(text, str) or not 0 < len(text) <= MAX_TOKENIZER_JSON:
+            raise CheckpointError(f"invalid pretrained tokenizer: 'json' must be a tokenizer.json text of at most "
+                                  f"{MAX_TOKENIZER_JSON} characters")
+        ids = {key: description.get(key) for key in ("pad_id", "unk_id", "mask_id")}
+        if not isinstance(ids["pad_id"], int) or not all(v is None or (isinstance(v, int) and v >= 0) for v in ids.values()):
+            raise CheckpointError("invalid pretrained tokenizer: 'pad_id' must be a token id, 'unk_id' and 'mask_id' ids or null")
+        name = description.get("name")
+        try:
+            tokenizer = cls(text, **ids, name=name if isinstance(name, str) else None)
+        except Exception as err:  # noqa: BLE001 - the tokenizers library's parse errors
+            raise CheckpointError(f"invalid pretrained tokenizer: {' '.join(str(err).split())[:200]}") from None
+        if any(v is not None and v >= tokenizer.vocab_size for v in ids.values()):
+            raise CheckpointError(f"invalid pretrained tokenizer: a special token id is beyond its {tokenizer.vocab_size} tokens")
+        return tokenizer
+
+
 def fit_tokenizer(kind: str, texts: Iterable[str], min_count: int = 1, max_size: int | None = None) -> Tokenizer:
     """A ``char`` tokenizer fitted on ``texts`` (the training split), or the fixed ``byte`` one."""
     if kind == "char":
@@ -223,8 +323,10 @@ def tokenizer_from_dict(description: Any) -> Tokenizer:
     kind = description.get("kind")
     if kind == "byte":
         return ByteTokenizer()
+    if kind == PretrainedTokenizer.kind:
+        return PretrainedTokenizer.from_dict(description)
     if kind not in ("char", "word"):
-        raise CheckpointError(f"invalid tokenizer: unknown kind {kind!r}; expected 'byte', 'char' or 'word'")
+        raise CheckpointError(f"invalid tokenizer: unknown kind {kind!r}; expected 'byte', 'char', 'word' or 'pretrained'")
     vocab = description.get("vocab")
     if not isinstance(vocab, list) or not all(isinstance(token, str) for token in vocab):
         raise CheckpointError(f"invalid {kind} tokenizer: 'vocab' must be a list of strings")

@@ -38,6 +38,9 @@ SMALL = {
     "vit_small": {"image_size": 32, "dim": 32, "depth": 2, "num_heads": 4},
     "seq_tiny": {"vocab_size": 20, "max_length": 12, "dim": 32, "depth": 2, "num_heads": 2},
     "seq_small": {"vocab_size": 20, "max_length": 12, "dim": 32, "depth": 1, "num_heads": 4, "pool": "cls"},
+    "timm": {"model": "test_resnet", "pretrained": False},
+    "hf": {"config": {"model_type": "bert", "vocab_size": 20, "hidden_size": 16, "num_hidden_layers": 2, "num_attention_heads": 2,
+                      "intermediate_size": 32, "max_position_embeddings": 16}, "max_length": 12},
 }
 TASKS = [TaskSpec("kind", "multiclass", ["a", "b", "c"]), TaskSpec("flag", "binary", ["no", "yes"])]
 NAMES = list_backbones()

@@ -19,6 +19,19 @@ A backbone maps network input to pooled features ``[B, num_features]``. Its clas
 * ``convolutional``: whether convolutions do most of its work (``channels_last`` and the CPU's
   bf16 default follow it).
 * ``masked_modeling``: the masked-modeling objectives that can pretrain it, the default first.
+* ``own_weights``: the load-time options (``weights``, ``pretrained``) its constructor takes
+  itself, for weights published by its library (torchvision's weight enums, timm's or Hugging
+  Face's pretrained models); :func:`~mhc.model.backbones.registry.create_backbone` reads the
+  others (local state dicts, what ``mhc-pretrain`` saved).
+
+And it may give, through methods with defaults:
+
+* :meth:`Backbone.processing` (a classmethod, from options alone): what its weights expect of
+  the input, e.g. the mean and std its pretrained weights were trained with, or its tokenizer;
+* :meth:`Backbone.saved_options`: options resolved while it was built that rebuild it with no
+  network (a Hugging Face model's config), saved with the model;
+* :meth:`Backbone.parameter_depths`: each parameter's depth from the input, for layer-wise
+  learning-rate decay and for freezing the first blocks.
 
 Nothing is probed with ``hasattr``: code asks :meth:`Backbone.supports`, and
 :func:`check_backbone` verifies, when a backbone is built, that it provides what it declares.
@@ -27,7 +40,8 @@ Nothing is probed with ``hasattr``: code asks :meth:`Backbone.supports`, and
 
 from __future__ import annotations
 
-from typing import ClassVar
+import re
+from typing import Any, ClassVar
 
 from torch import Tensor, nn
 
@@ -40,6 +54,8 @@ CAPABILITIES: dict[str, tuple[str, ...]] = {  # capability -> the attributes it 
     HEAD_PRUNING: ("prune_heads",),
 }
 TOKEN_ATTRIBUTES = ("vocab_size", "max_length", "pad_id")
+LOAD_TIME_OPTIONS = ("weights", "pretrained")  # where initial weights come from, not what the backbone is
+BLOCK_INDEX = re.compile(r"(?:^|\.)(\d+)\.")
 
 
 class Backbone(nn.Module):
@@ -49,6 +65,7 @@ class Backbone(nn.Module):
     capabilities: ClassVar[frozenset[str]] = frozenset()
     convolutional: ClassVar[bool] = False
     masked_modeling: ClassVar[tuple[str, ...]] = ()
+    own_weights: ClassVar[tuple[str, ...]] = ()
     num_features: int
 
     def __init_subclass__(cls, **kwargs: object) -> None:
@@ -60,6 +77,37 @@ class Backbone(nn.Module):
             raise TypeError(f"{cls.__name__} declares unknown capabilities {unknown}; known: {sorted(CAPABILITIES)}")
         if HEAD_PRUNING in cls.capabilities and ATTENTION not in cls.capabilities:
             raise TypeError(f"{cls.__name__} declares head_pruning without attention")
+        if not set(cls.own_weights) <= set(LOAD_TIME_OPTIONS):
+            raise TypeError(f"{cls.__name__}.own_weights must name load-time options {LOAD_TIME_OPTIONS}")
+
+    @classmethod
+    def processing(cls, **options: Any) -> dict[str, Any]:
+        """What the weights ``options`` describe expect of the input, read from the options alone
+        (nothing is built or downloaded): an image backbone's ``mean`` and ``std`` (its pretrained
+        weights' normalisation), a token backbone's ``tokenizer``; empty when nothing in particular."""
+        return {}
+
+    def saved_options(self) -> dict[str, Any]:
+        """Options resolved while building that, added to the configured ones, rebuild this
+        backbone without a network (a downloaded model's architecture); plain, JSON-able data."""
+        return {}
+
+    def parameter_depths(self) -> dict[str, int]:
+        """Each parameter's depth from the input: 0 for what comes before the first block (stems,
+        embeddings), ``i + 1`` for block ``i``, the number of blocks + 1 for what follows (final
+        norms). Read from the names: the first numbered module in a name is its block (``blocks.3.``,
+        ``layer.3.``), and parameters of no block are before or after by registration order."""
+        depths: dict[str, int] = {}
+        deepest = -1
+        for name, _ in self.named_parameters():
+            found = BLOCK_INDEX.search(name)
+            if found:
+                deepest = max(deepest, int(found.group(1)))
+                depths[name] = int(found.group(1)) + 1
+            else:
+                depths[name] = -1 if deepest < 0 else -2  # before the first block, or after the last
+        last = deepest + 2
+        return {name: 0 if d == -1 else last if d == -2 else d for name, d in depths.items()}
 
     def supports(self, capability: str) -> bool:
         """Whether this backbone declares ``capability`` (``feature_map``, ``attention``, ``head_pruning``)."""

@@ -16,28 +16,34 @@ import torch
 from torch import nn
 
 from mhc.errors import CheckpointError, ConfigError
-from mhc.model.backbones.base import Backbone, check_backbone
+from mhc.model.backbones.base import LOAD_TIME_OPTIONS, Backbone, check_backbone
 
 BackboneFactory = Callable[..., Backbone]
 _REGISTRY: dict[str, BackboneFactory] = {}
+_CLASSES: dict[str, type] = {}  # name -> the Backbone class it builds, where the factory is one
+_DEFAULTS: dict[str, dict[str, Any]] = {}  # name -> a variant's options
 
 
 def register_backbone(name: str) -> Callable[[BackboneFactory], BackboneFactory]:
-    """Decorator that makes a backbone constructor selectable by ``name``."""
+    """Decorator that makes a backbone constructor (a :class:`Backbone` class or a function
+    returning one) selectable by ``name``."""
 
     def decorator(factory: BackboneFactory) -> BackboneFactory:
         if name in _REGISTRY:
             raise ValueError(f"backbone '{name}' is already registered")
         _REGISTRY[name] = factory
+        if isinstance(factory, type):
+            _CLASSES[name] = factory
         return factory
 
     return decorator
 
 
-def register_variants(variants: Mapping[str, Mapping[str, Any]], builder: Callable[..., nn.Module]) -> None:
+def register_variants(variants: Mapping[str, Mapping[str, Any]], builder: type[Backbone]) -> None:
     """Register one name per variant: ``builder(**{**defaults, **kwargs})``, kwargs from the config."""
     for name, defaults in variants.items():
         register_backbone(name)(functools.partial(_build_variant, builder, dict(defaults)))
+        _CLASSES[name], _DEFAULTS[name] = builder, dict(defaults)
 
 
 def _build_variant(builder: Callable[..., nn.Module], defaults: dict[str, Any], **kwargs: Any) -> nn.Module:
@@ -48,27 +54,67 @@ def list_backbones() -> list[str]:
     return sorted(_REGISTRY)
 
 
-LOAD_TIME_OPTIONS = ("weights", "pretrained")  # where initial weights come from, not what the backbone is
 PRETRAINED_WEIGHTS = "backbone.safetensors"
 PRETRAINED_CONFIG = "backbone.json"
 
 
-def create_backbone(name: str, weights: str | None = None, pretrained: str | None = None, **kwargs: Any) -> nn.Module:
-    """Build a registered backbone, then load local weights (never a download): ``weights`` is a
-    state-dict file; ``pretrained`` is what ``mhc-pretrain`` saved (its folder or its
-    ``backbone.safetensors``), checked against this backbone's description first."""
+def create_backbone(name: str, weights: str | None = None, pretrained: str | bool | None = None, **kwargs: Any) -> nn.Module:
+    """Build a registered backbone with its initial weights.
+
+    ``weights`` and ``pretrained`` go to the backbone's constructor where it declares them as
+    its own (torchvision's ``weights=IMAGENET1K_V2``, timm's and Hugging Face's
+    ``pretrained=true``, which may download, or a local file in their library's format).
+    Otherwise they are local files, loaded strictly after building: ``weights`` a state dict,
+    ``pretrained`` what ``mhc-pretrain`` saved (its folder or its ``backbone.safetensors``),
+    checked against this backbone's description first. What ``mhc-pretrain`` saved is read
+    that way for every backbone."""
     if name not in _REGISTRY:
         raise ConfigError(f"backbone.name: unknown backbone '{name}'; available: {list_backbones()}")
+    own = set(getattr(_CLASSES.get(name), "own_weights", ()))
+    if pretrained is not None and pretrained is not False and is_pretrain_output(pretrained):
+        own.discard("pretrained")
+    given = {"weights": weights, "pretrained": pretrained}
+    passed = {key: value for key, value in given.items() if key in own and value not in (None, False)}
     try:
-        backbone = _REGISTRY[name](**kwargs)
+        backbone = _REGISTRY[name](**kwargs, **passed)
     except TypeError as err:
         raise ConfigError(f"backbone '{name}': {err}") from None
     check_backbone(backbone, name)
-    if weights:
+    if weights and "weights" not in passed:
         load_backbone_weights(backbone, weights)
-    if pretrained:
+    if pretrained and "pretrained" not in passed:
+        if pretrained is True:
+            raise ConfigError(f"backbone.pretrained: backbone '{name}' has no published weights; give what "
+                              "mhc-pretrain saved (its folder) or a state-dict file")
         load_pretrained(backbone, pretrained, {"name": name, **kwargs})
     return backbone
+
+
+def is_pretrain_output(path: str | Path | bool) -> bool:
+    """Whether ``path`` is what ``mhc-pretrain`` saved: its folder, or a file beside its ``backbone.json``."""
+    if not isinstance(path, (str, Path)):
+        return False
+    path = Path(path)
+    return (path / PRETRAINED_CONFIG).is_file() if path.is_dir() else (path.parent / PRETRAINED_CONFIG).is_file()
+
+
+def accepted_options(name: str) -> set[str]:
+    """The options the backbone ``name``'s constructor takes (empty for a plain factory)."""
+    import inspect
+
+    cls = _CLASSES.get(name)
+    return set(inspect.signature(cls.__init__).parameters) - {"self"} if cls is not None else set()
+
+
+def backbone_processing(options: Mapping[str, Any]) -> dict[str, Any]:
+    """What the backbone ``options`` describe expects of its input (:meth:`Backbone.processing`),
+    read without building it: pretrained weights' ``mean`` and ``std``, a model's ``tokenizer``."""
+    options = dict(options)
+    name = options.pop("name", None)
+    cls = _CLASSES.get(str(name))
+    if cls is None:
+        return {}
+    return cls.processing(**{**_DEFAULTS.get(str(name), {}), **options})
 
 
 def describe_backbone(options: Mapping[str, Any]) -> Backbone:

@@ -1,15 +1,36 @@
-"""torchvision ResNets as backbones, with an optional small-image stem (3x3 conv, no max-pool)."""
+"""torchvision ResNets as backbones, with an optional small-image stem (3x3 conv, no max-pool).
+
+``weights`` takes torchvision's published weights by their enum name (``IMAGENET1K_V2``, or
+``DEFAULT``), downloaded or read from torch's cache as torchvision does, or a local state-dict
+file of this backbone. Published weights bring their normalisation, which the processor takes.
+"""
 
 from __future__ import annotations
 
 import math
+from pathlib import Path
+from typing import Any
 
 import torch
 from torch import Tensor, nn
-from torchvision.models import resnet
+from torchvision.models import get_model_weights, resnet
 
+from mhc.errors import ConfigError
 from mhc.model.backbones.base import FEATURE_MAP, Backbone
-from mhc.model.backbones.registry import register_variants
+from mhc.model.backbones.registry import load_backbone_weights, register_variants
+
+
+def published_weights(arch: str, weights: str | None) -> Any:
+    """torchvision's weights enum member named ``weights`` for ``arch``, or ``None`` for a local
+    file (or none); an unknown name that is no file either is a :class:`ConfigError`."""
+    if not weights or Path(str(weights)).is_file():
+        return None
+    enum = get_model_weights(arch)
+    name = str(weights).rsplit(".", 1)[-1]  # ResNet50_Weights.IMAGENET1K_V2 or IMAGENET1K_V2
+    if name == "DEFAULT" or name in enum.__members__:
+        return enum[name]
+    raise ConfigError(f"backbone.weights: '{weights}' is neither a file nor one of {arch}'s torchvision weights "
+                      f"{list(enum.__members__)}")
 
 
 class ResNetBackbone(Backbone):
@@ -18,10 +39,12 @@ class ResNetBackbone(Backbone):
     capabilities = frozenset({FEATURE_MAP})
     convolutional = True
     masked_modeling = ("simmim",)
+    own_weights = ("weights",)
 
-    def __init__(self, arch: str, small_input: bool = False, in_chans: int = 3) -> None:
+    def __init__(self, arch: str, small_input: bool = False, in_chans: int = 3, weights: str | None = None) -> None:
         super().__init__()
-        net = getattr(resnet, arch)(weights=None)  # random init; local weights load separately
+        # Published weights load into torchvision's network; a new stem below starts afresh.
+        net = getattr(resnet, arch)(weights=published_weights(arch, weights))
         if small_input:  # CIFAR-style stem keeps resolution for 32-64 px images
             net.conv1 = nn.Conv2d(in_chans, 64, kernel_size=3, stride=1, padding=1, bias=False)
             net.maxpool = nn.Identity()
@@ -30,6 +53,22 @@ class ResNetBackbone(Backbone):
         self.num_features = net.fc.in_features
         net.fc = nn.Identity()
         self.net = net
+        if weights and published_weights(arch, weights) is None:
+            load_backbone_weights(self, weights)
+
+    @classmethod
+    def processing(cls, arch: str = "resnet18", weights: str | None = None, **options: Any) -> dict[str, Any]:
+        """Published weights' normalisation (torchvision's transforms for them)."""
+        published = published_weights(arch, weights)
+        if published is None:
+            return {}
+        transforms = published.transforms()
+        return {"mean": list(transforms.mean), "std": list(transforms.std)}
+
+    def parameter_depths(self) -> dict[str, int]:
+        """The stem 0, ``layer1`` to ``layer4`` 1 to 4."""
+        return {name: int(name.split(".")[1][5:]) if name.startswith("net.layer") else 0
+                for name, _ in self.named_parameters()}
 
     @property
     def stages(self) -> tuple[nn.Module, ...]:

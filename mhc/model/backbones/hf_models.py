@@ -1,0 +1,186 @@
+"""Hugging Face text encoders as backbones: ``backbone=hf backbone.model=distilbert-base-uncased``.
+
+Any ``transformers.AutoModel`` that reads token ids (BERT, DistilBERT, RoBERTa, DeBERTa, or a
+decoder such as GPT-2 or Llama), from a hub name or a local folder, reads texts through the
+model's own fast tokenizer (:class:`~mhc.processing.tokenizer.PretrainedTokenizer`), which the
+processor saves with the model. Features are the model's last hidden states, pooled:
+
+* ``cls``: the first token's (BERT's [CLS], RoBERTa's <s>);
+* ``mean``: the mean over real tokens (the attention mask);
+* ``last``: the last real token's, for decoder models, whose last token is the only one that has
+  seen the whole text;
+* ``auto``: ``last`` for decoder-only models, else ``cls``.
+
+Padding is the run of the tokenizer's ``pad_id`` at the end of each row; the attention mask
+the model gets masks exactly that run, so padding never changes features.
+
+``pretrained`` takes the model's published weights (``true``: downloaded once, then read from
+Hugging Face's cache; or a local folder). The model's config travels with the checkpoint as
+plain data (``config``), so ``mhc.load`` rebuilds the architecture with no network and never
+runs code from a model repository.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Mapping
+
+import torch
+from torch import Tensor
+
+from mhc.errors import CheckpointError, ConfigError
+from mhc.model.backbones.attention import masked_mean
+from mhc.model.backbones.base import TOKENS, Backbone
+from mhc.model.backbones.registry import register_backbone
+from mhc.processing.tokenizer import PretrainedTokenizer
+
+POOLS = ("auto", "cls", "mean", "last")
+# Keys of a stored config that would make transformers fetch or run code from elsewhere.
+REFUSED_CONFIG_KEYS = ("auto_map", "trust_remote_code")
+
+
+def hf_config(model: str | None, config: Mapping[str, Any] | None) -> Any:
+    """The model's ``transformers`` config: rebuilt from stored plain data (``config``, no
+    network), else read from ``model`` (a local folder, or the hub and its cache)."""
+    from transformers import AutoConfig
+
+    if config is not None:
+        return config_from_dict(config)
+    if not model:
+        raise ConfigError("backbone.model: give a Hugging Face model (a hub name such as distilbert-base-uncased, or a folder)")
+    try:
+        return AutoConfig.from_pretrained(model)
+    except (OSError, ValueError) as err:
+        raise ConfigError(f"backbone.model: no Hugging Face model at '{model}' ({' '.join(str(err).split())[:300]})") from None
+
+
+def config_from_dict(config: Mapping[str, Any]) -> Any:
+    """A ``transformers`` config from stored data, checked first: a known ``model_type`` and
+    no key that points at code outside ``transformers``."""
+    from transformers import CONFIG_MAPPING
+
+    if not isinstance(config, Mapping):
+        raise CheckpointError(f"backbone.config must be a mapping, got {type(config).__name__}")
+    model_type = config.get("model_type")
+    if model_type not in CONFIG_MAPPING:
+        raise CheckpointError(f"backbone.config: unknown model_type {model_type!r} for this transformers version")
+    refused = [key for key in REFUSED_CONFIG_KEYS if config.get(key)]
+    if refused:
+        raise CheckpointError(f"backbone.config: {refused} would run code from outside transformers; refused")
+    options = {key: value for key, value in config.items() if key != "model_type"}
+    return CONFIG_MAPPING[model_type](**options)
+
+
+def is_decoder_only(config: Any) -> bool:
+    """Whether a model reads left to right only (a causal LM with no masked-LM form)."""
+    from transformers.models.auto.modeling_auto import (
+        MODEL_FOR_CAUSAL_LM_MAPPING_NAMES,
+        MODEL_FOR_MASKED_LM_MAPPING_NAMES,
+    )
+
+    return config.model_type in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES and config.model_type not in MODEL_FOR_MASKED_LM_MAPPING_NAMES
+
+
+def trailing_padding(ids: Tensor, pad_id: int) -> Tensor:
+    """Bool ``[B, L]``, True on the run of ``pad_id`` that ends each row (right padding); a pad
+    id inside the text (a decoder's end-of-text used as padding) stays a token."""
+    positions = torch.arange(1, ids.shape[1] + 1, device=ids.device)
+    length = ((ids != pad_id) * positions).amax(dim=1, keepdim=True)  # 1 + the last non-pad position
+    return positions > length
+
+
+def quietly(load: Any, *args: Any, **kwargs: Any) -> Any:
+    """``load(*args, **kwargs)`` without transformers' progress bars (one per process and load)."""
+    from transformers.utils import logging as hf_logging
+
+    shown = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        return load(*args, **kwargs)
+    finally:
+        if shown:
+            hf_logging.enable_progress_bar()
+
+
+@register_backbone("hf")
+class HFTextEncoder(Backbone):
+    """A ``transformers`` encoder (or decoder) over token ids ``[B, L]`` -> pooled features ``[B, hidden]``.
+
+    Args:
+        model: a hub name or a local folder (its ``config.json``, weights and tokenizer).
+        pretrained: ``true`` for the model's weights, a folder of weights, or ``false`` (random init).
+        pool: ``auto``, ``cls``, ``mean`` or ``last`` (see the module docstring).
+        max_length: the longest token sequence; training sets it to the data's ``max_length``.
+        pad_id: the tokenizer's padding id; training sets it from the tokenizer.
+        tokenizer: where the tokenizer comes from, if not ``model``.
+        config: the model's config as plain data (saved with checkpoints; rebuilds with no network).
+        attn_implementation: ``sdpa`` (fused attention) or ``eager``.
+    """
+
+    modality = TOKENS
+    own_weights = ("pretrained",)
+
+    def __init__(
+        self,
+        model: str | None = None,
+        pretrained: bool | str = False,
+        pool: str = "auto",
+        max_length: int | None = None,
+        pad_id: int | None = None,
+        tokenizer: str | None = None,
+        config: Mapping[str, Any] | None = None,
+        attn_implementation: str = "sdpa",
+    ) -> None:
+        super().__init__()
+        from transformers import AutoModel
+
+        if pool not in POOLS:
+            raise ConfigError(f"backbone.pool must be one of {list(POOLS)}, got '{pool}'")
+        settings = hf_config(model, config)
+        settings._attn_implementation = attn_implementation
+        if pretrained:
+            source = str(pretrained) if isinstance(pretrained, str) else model
+            if isinstance(pretrained, str) and not Path(pretrained).is_dir():
+                raise ConfigError(f"backbone.pretrained: no Hugging Face model folder at '{pretrained}'")
+            self.model = quietly(AutoModel.from_pretrained, source, config=settings)
+        else:
+            self.model = AutoModel.from_config(settings)
+        if getattr(self.model, "pooler", None) is not None:
+            self.model.pooler = None  # BERT's [CLS] dense+tanh is left unused; pooling is ours
+        self.pool = ("last" if is_decoder_only(settings) else "cls") if pool == "auto" else pool
+        limit = getattr(settings, "max_position_embeddings", None)
+        self.max_length = int(max_length or limit or 512)
+        if limit is not None and self.max_length > limit:
+            raise ConfigError(f"backbone.max_length (data.max_length) {self.max_length} exceeds the model's "
+                              f"{limit} positions")
+        self.pad_id = int(pad_id if pad_id is not None else (settings.pad_token_id or 0))
+        self.num_features = int(settings.hidden_size)
+
+    @classmethod
+    def processing(cls, model: str | None = None, tokenizer: str | None = None, **options: Any) -> dict[str, Any]:
+        """The model's own tokenizer."""
+        source = tokenizer or model
+        return {"tokenizer": PretrainedTokenizer.from_pretrained(source)} if source else {}
+
+    def saved_options(self) -> dict[str, Any]:
+        """The model's config as plain data, so a checkpoint rebuilds it with no network."""
+        config = self.model.config.to_dict()
+        for key in ("_name_or_path", "transformers_version", "architectures", "_attn_implementation_autoset"):
+            config.pop(key, None)
+        return {"config": config, "pool": self.pool}
+
+    @property
+    def vocab_size(self) -> int:
+        return int(self.model.get_input_embeddings().num_embeddings)
+
+    def forward(self, ids: Tensor) -> Tensor:  # [B, L] -> [B, hidden]
+        if ids.shape[1] > self.max_length:
+            raise ValueError(f"sequence length {ids.shape[1]} exceeds max_length {self.max_length}")
+        padding = trailing_padding(ids, self.pad_id)
+        tokens = self.model(input_ids=ids, attention_mask=(~padding).long()).last_hidden_state
+        if self.pool == "cls":
+            return tokens[:, 0]
+        if self.pool == "last":
+            last = (~padding).sum(dim=1).clamp(min=1) - 1
+            return tokens[torch.arange(tokens.shape[0], device=ids.device), last]
+        return masked_mean(tokens, padding)
