@@ -40,6 +40,7 @@ from mhc.io import (
     reading_description,
     save_export,
 )
+from mhc.model.backbones.adapters import uses_lora
 from mhc.model.net import MultiHeadNet
 from mhc.predictor import Predictor, TaskPrediction
 from mhc.processing.processors import processor_of
@@ -181,7 +182,8 @@ def export_model(
     run_config: Mapping[str, Any] | None = None,
     source: str | Path | None = None,
 ) -> Path:
-    """Write ``net`` to ``folder`` in ``formats`` with ``config.json`` and the model card.
+    """Write ``net`` to ``folder`` in ``formats`` with ``config.json`` and the model card; LoRA
+    adapters are merged into the exported weights.
 
     Every file is replaced atomically; model files of formats not chosen this time are removed,
     so the folder always matches its ``config.json``.
@@ -189,6 +191,8 @@ def export_model(
     formats = parse_formats(formats)
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
+    if uses_lora(net.backbone_config):  # adapters merged into the weights: a plain model, the same outputs
+        net = copy.deepcopy(net).merge_adapters()
     if any(p.device.type != "cpu" for p in net.parameters()):
         net = copy.deepcopy(net).cpu()  # graphs are traced on CPU; the caller's model stays where it is
     was_training = net.training

@@ -221,7 +221,7 @@ def build_module(cfg: DictConfig, datamodule: Any) -> MultiHeadModule:
     processor = processor_for_backbone(cfg, datamodule)
     backbone = backbone_for_data(cfg, processor)
     net_config = {"backbone": backbone, "tasks": tasks_to_dicts(tasks), "processor": processor.to_dict()}
-    optimizer = instantiate(cfg.optimizer, "optimizer") if cfg.get("optimizer") else None
+    optimizer, layer_decay = build_optimizer(cfg)
     scheduler = instantiate(cfg.scheduler, "scheduler") if cfg.get("scheduler") else None
     weighting = OmegaConf.to_container(cfg.weighting, resolve=True) if cfg.get("weighting") else None
     trainer = cfg.get("trainer") or {}
@@ -232,9 +232,22 @@ def build_module(cfg: DictConfig, datamodule: Any) -> MultiHeadModule:
     return MultiHeadModule(net_config, optimizer=optimizer, scheduler=scheduler, auxiliary=auxiliary_tasks(cfg),
                            weighting=weighting, accumulate_grad_batches=trainer.get("accumulate_grad_batches") or 1,
                            gradient_clip_val=trainer.get("gradient_clip_val"), backbone_lr_scale=cfg.backbone_lr_scale,
+                           layer_decay=layer_decay, backbone_freeze=cfg.backbone_freeze,
                            baseline=baseline, baseline_metric=cfg.delta_m.metric,
                            run_config=OmegaConf.to_container(cfg, resolve=True),
                            speed=OmegaConf.to_container(cfg.perf) if cfg.get("perf") else None)
+
+
+def build_optimizer(cfg: DictConfig) -> tuple[Any, float | None]:
+    """The optimizer factory of ``cfg.optimizer`` and its ``layer_decay`` (an mhc option, not the
+    optimizer's: each backbone depth's learning rate is ``layer_decay`` times the next one's)."""
+    if not cfg.get("optimizer"):
+        return None, None
+    node = OmegaConf.to_container(cfg.optimizer, resolve=False)
+    layer_decay = node.pop("layer_decay", None)
+    if layer_decay is not None and not (isinstance(layer_decay, (int, float)) and 0 < layer_decay <= 1):
+        raise ConfigError(f"optimizer.layer_decay must be a number in (0, 1], got {layer_decay!r}")
+    return instantiate(OmegaConf.create(node), "optimizer"), None if layer_decay is None else float(layer_decay)
 
 
 def processor_for_backbone(cfg: DictConfig, datamodule: Any) -> Processor:

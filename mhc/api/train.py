@@ -17,6 +17,7 @@ from mhc.api.build import (
     build_datamodule,
     build_loggers,
     build_module,
+    build_optimizer,
     build_trainer,
     instantiate,
     resolve_resume,
@@ -111,7 +112,7 @@ def build_pretrain_module(cfg: DictConfig, datamodule: Any) -> PretrainModule:
     processor = datamodule.processor()
     net_config = {"backbone": backbone_for_data(cfg, processor), "tasks": [], "processor": processor.to_dict()}
     options = OmegaConf.to_container(cfg.objective, resolve=True)
-    optimizer = instantiate(cfg.optimizer, "optimizer") if cfg.get("optimizer") else None
+    optimizer, _ = build_optimizer(cfg)  # pretraining trains every depth alike
     scheduler = instantiate(cfg.scheduler, "scheduler") if cfg.get("scheduler") else None
     return PretrainModule(net_config, cfg.objective.name, options, optimizer=optimizer, scheduler=scheduler)
 

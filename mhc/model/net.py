@@ -18,6 +18,7 @@ from torch import Tensor, nn
 from mhc.errors import ConfigError
 from mhc.masks import hierarchy_matrix
 from mhc.model.backbones import create_backbone
+from mhc.model.backbones.adapters import merge_lora
 from mhc.model.backbones.base import ATTENTION, HEAD_PRUNING, LOAD_TIME_OPTIONS, TOKENS
 from mhc.model.backbones.registry import describe_backbone
 from mhc.model.heads import ClassificationHead, fused_head_logits
@@ -116,6 +117,13 @@ class MultiHeadNet(nn.Module):
         self.backbone.prune_heads(heads)
         previous = self.backbone_config.get("pruned_heads") or [[] for _ in heads]
         self.backbone_config["pruned_heads"] = [sorted(set(a) | set(b)) for a, b in zip(previous, heads)]
+
+    def merge_adapters(self) -> "MultiHeadNet":
+        """Merge the backbone's LoRA adapters into its weights (in place): the same outputs from a
+        plain backbone, whose description no longer names adapters."""
+        merge_lora(self.backbone)
+        self.backbone_config.pop("lora", None)
+        return self
 
     def hierarchy(self, task: str) -> Tensor:
         """Bool [parent classes, task classes] of the classes a parent class allows."""

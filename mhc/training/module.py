@@ -21,7 +21,7 @@ import torch
 from torch import Tensor
 
 from mhc.data.labels import batch_inputs
-from mhc.errors import NonFiniteLossError
+from mhc.errors import ConfigError, NonFiniteLossError
 from mhc.io import CHECKPOINT_FORMAT, load
 from mhc.metrics import HeadMetrics, delta_m, flatten_results
 from mhc.model.net import MultiHeadNet
@@ -36,6 +36,21 @@ from mhc.weighting import Weighting, create
 STAGES = ("train", "val", "test")
 OptimizerFactory = Callable[..., torch.optim.Optimizer]
 SchedulerFactory = Callable[..., Any]
+
+
+def freeze_backbone(backbone: torch.nn.Module, freeze: int | str) -> list[torch.nn.Module]:
+    """Freeze ``backbone``'s parameters below depth ``freeze`` (``"all"``: every one); the batch
+    norms left with no trainable parameter, which are then kept in eval mode."""
+    if freeze in (0, None, False):
+        return []
+    if freeze != "all" and not (isinstance(freeze, int) and not isinstance(freeze, bool) and freeze > 0):
+        raise ConfigError(f"backbone_freeze must be 0, a positive depth or 'all', got {freeze!r}")
+    depths = backbone.parameter_depths() if freeze != "all" else {}
+    for name, parameter in backbone.named_parameters():
+        if freeze == "all" or depths[name] < freeze:
+            parameter.requires_grad = False
+    return [m for m in backbone.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)
+            and not any(p.requires_grad for p in m.parameters(recurse=False))]
 
 
 class MultiHeadModule(pl.LightningModule):
@@ -60,6 +75,11 @@ class MultiHeadModule(pl.LightningModule):
             writes logs, every ``trainer.log_every_n_steps``).
         backbone_lr_scale: the backbone's learning rate as a multiple of the optimizer's (a
             head's is ``tasks.<name>.lr_scale``).
+        layer_decay: layer-wise learning-rate decay: a backbone parameter of depth ``d``
+            (:meth:`~mhc.model.backbones.base.Backbone.parameter_depths`) learns at
+            ``layer_decay ** (deepest - d)`` times the backbone's rate, so early layers change least.
+        backbone_freeze: backbone parameters kept frozen: ``0`` none, ``N`` those of depth below
+            ``N``, ``"all"`` every one (the heads alone train); frozen batch norms keep their statistics.
         baseline: ``{task: value}`` of ``baseline_metric`` for a baseline (e.g. single-task runs):
             validation then logs ``val/delta_m``, the mean relative gain over it in percent, for
             checkpoint selection and early stopping.
@@ -81,6 +101,8 @@ class MultiHeadModule(pl.LightningModule):
         gradient_clip_val: float | None = None,
         conflict_every: int | None = None,
         backbone_lr_scale: float = 1.0,
+        layer_decay: float | None = None,
+        backbone_freeze: int | str = 0,
         baseline: Mapping[str, float] | None = None,
         baseline_metric: str = "acc",
         run_config: Mapping[str, Any] | None = None,
@@ -105,6 +127,8 @@ class MultiHeadModule(pl.LightningModule):
                                   conflict_every)
         self.automatic_optimization = not self.step.manual
         self.backbone_lr_scale = float(backbone_lr_scale)
+        self.layer_decay = layer_decay
+        self.frozen_norms = freeze_backbone(self.net.backbone, backbone_freeze)
         self.baseline = dict(baseline or {})
         self.baseline_metric = baseline_metric
         self.run_config = dict(run_config or {})
@@ -231,13 +255,34 @@ class MultiHeadModule(pl.LightningModule):
         """The shared backbone (what Lightning's ``BackboneFinetuning`` freezes and thaws)."""
         return self.net.backbone
 
+    def train(self, mode: bool = True) -> "MultiHeadModule":
+        super().train(mode)
+        for norm in self.frozen_norms:  # frozen batch norms keep their running statistics
+            norm.eval()
+        return self
+
+    def backbone_groups(self) -> list[dict[str, Any]]:
+        """The backbone's trainable parameters: one group, or with ``layer_decay`` one per depth."""
+        named = [(name, p) for name, p in self.net.backbone.named_parameters() if p.requires_grad]
+        if self.layer_decay is None:
+            return [{"name": "backbone", "params": [p for _, p in named], "lr_scale": self.backbone_lr_scale}]
+        depths = self.net.backbone.parameter_depths()
+        deepest = max(depths.values(), default=0)
+        by_depth: dict[int, list[torch.nn.Parameter]] = {}
+        for name, parameter in named:
+            by_depth.setdefault(depths[name], []).append(parameter)
+        return [{"name": f"backbone/{depth}", "params": params,
+                 "lr_scale": self.backbone_lr_scale * self.layer_decay ** (deepest - depth)}
+                for depth, params in sorted(by_depth.items())]
+
     def param_groups(self) -> list[dict[str, Any]]:
-        """Optimizer groups: the backbone, each head (its task's ``lr_scale``), and the rest
-        (auxiliary decoders, learned task weights); frozen parameters are left out."""
+        """Optimizer groups: the backbone (one per depth with ``layer_decay``), each head (its
+        task's ``lr_scale``), and the rest (auxiliary decoders, learned task weights); frozen
+        parameters are left out."""
         def trainable(module: torch.nn.Module) -> list[torch.nn.Parameter]:
             return [p for p in module.parameters() if p.requires_grad]
 
-        groups = [{"name": "backbone", "params": trainable(self.net.backbone), "lr_scale": self.backbone_lr_scale}]
+        groups = self.backbone_groups()
         groups += [{"name": f"head/{name}", "params": trainable(head), "lr_scale": self.tasks[name].lr_scale}
                    for name, head in self.net.heads.items()]
         grouped = {id(p) for g in groups for p in g["params"]}

@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from mhc.errors import CheckpointError, ConfigError
+from mhc.model.backbones.adapters import add_lora, lora_options, uses_lora
 from mhc.model.backbones.base import LOAD_TIME_OPTIONS, Backbone, check_backbone
 
 BackboneFactory = Callable[..., Backbone]
@@ -67,7 +68,9 @@ def create_backbone(name: str, weights: str | None = None, pretrained: str | boo
     Otherwise they are local files, loaded strictly after building: ``weights`` a state dict,
     ``pretrained`` what ``mhc-pretrain`` saved (its folder or its ``backbone.safetensors``),
     checked against this backbone's description first. What ``mhc-pretrain`` saved is read
-    that way for every backbone."""
+    that way for every backbone. ``lora`` (``{r, alpha, dropout, targets}``) then adds
+    low-rank adapters and freezes the rest (:mod:`mhc.model.backbones.adapters`)."""
+    lora = kwargs.pop("lora", None)
     if name not in _REGISTRY:
         raise ConfigError(f"backbone.name: unknown backbone '{name}'; available: {list_backbones()}")
     own = set(getattr(_CLASSES.get(name), "own_weights", ()))
@@ -87,6 +90,8 @@ def create_backbone(name: str, weights: str | None = None, pretrained: str | boo
             raise ConfigError(f"backbone.pretrained: backbone '{name}' has no published weights; give what "
                               "mhc-pretrain saved (its folder) or a state-dict file")
         load_pretrained(backbone, pretrained, {"name": name, **kwargs})
+    if uses_lora({"lora": lora}):
+        add_lora(backbone, **lora_options(lora))
     return backbone
 
 
@@ -121,7 +126,7 @@ def describe_backbone(options: Mapping[str, Any]) -> Backbone:
     """The backbone a config describes, built on the meta device (no memory, no initialisation,
     no random draws, no weights read), to read what it declares: ``modality``,
     ``capabilities``, ``convolutional``, ``masked_modeling``."""
-    options = {key: value for key, value in options.items() if key not in LOAD_TIME_OPTIONS}
+    options = {key: value for key, value in options.items() if key not in (*LOAD_TIME_OPTIONS, "lora")}
     with torch.device("meta"):
         return create_backbone(**options)
 
