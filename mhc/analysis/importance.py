@@ -28,7 +28,8 @@ from mhc.model.net import MultiHeadNet
 def transformer_encoder(net: MultiHeadNet) -> nn.Module:
     """The attention encoder of a transformer backbone; a clear error for other backbones."""
     if not net.backbone.supports(ATTENTION):
-        raise ConfigError(f"backbone '{net.backbone_config['name']}' is not a transformer; attention analysis needs a vit_* or seq_* model")
+        raise ConfigError(f"backbone '{net.backbone_config['name']}' is not a transformer; attention analysis needs a model "
+                          "that shows its attention (vit_*, seq_*, a timm ViT, or a Hugging Face encoder)")
     return net.backbone.encoder
 
 

@@ -7,6 +7,7 @@ and sends the same figures and tables to the run's experiment loggers.
 from __future__ import annotations
 
 import json
+import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
@@ -28,8 +29,11 @@ from mhc.analysis.maps import patch_grid, sample_maps
 from mhc.analysis.pruning import CurvePoint, importance_order, mean_random, pruning_curve
 from mhc.data.labels import batch_inputs
 from mhc.errors import ConfigError
+from mhc.model.backbones.base import HEAD_PRUNING
 from mhc.model.net import MultiHeadNet
 from mhc.tracking import log_figure, log_text
+
+log = logging.getLogger(__name__)
 
 DEFAULT_FRACTIONS = (0.0, 0.125, 0.25, 0.375, 0.5, 0.625, 0.75)
 
@@ -120,7 +124,10 @@ def analyze(
     importance = head_importance(net, importance_batches)
     ranking = combined_importance(importance, task)
     curve = []
-    if fractions:
+    if fractions and not net.backbone.supports(HEAD_PRUNING):
+        log.warning(f"backbone '{net.backbone_config.get('name')}' cannot remove attention heads; "
+                    "the pruning curve is left out (vit_* and seq_* models have it)")
+    elif fractions:
         order = importance_order(net, importance_batches, task, recompute_every)
         curve = pruning_curve(net, batches, order, fractions, random_seeds)
     return Analysis(

@@ -4,6 +4,7 @@ folder gone and no network, predicts, and exports to ONNX with the same logits."
 
 from __future__ import annotations
 
+import json
 import shutil
 
 import numpy as np
@@ -15,7 +16,7 @@ from timm.data import resolve_data_config
 from transformers import AutoTokenizer
 
 import mhc
-from mhc.api import compose_config, train
+from mhc.api import analyze, compose_config, train
 from mhc.export import OnnxModel, export_model
 from tests.api.conftest import TINY_SCENES
 from tests.pretrained_models import TEXTS, timm_weights
@@ -46,12 +47,28 @@ def test_timm_backbone_trains_with_masks_and_a_gradient_method_then_exports(tmp_
     assert_onnx_matches(net, tmp_path / "export", torch.rand(3, 3, 64, 64))
 
 
-def test_timm_vit_is_built_at_the_data_image_size(tmp_path):
+def analysed_heads(ckpt, folder, *data: str) -> list[dict]:
+    """``mhc-analyze`` of ``ckpt``: the heads of its ``analysis.json``, after checking the report."""
+    cfg = compose_config("analyze", [f"ckpt={ckpt}", *data, "samples=[0]", "max_batches=1", "importance_split=null"],
+                         output_dir=folder)
+    report = analyze(cfg).report.read_text()
+    assert "figures/attention_sample0.png" in report and "figures/importance.png" in report
+    summary = json.loads((folder / "analysis.json").read_text())
+    assert summary["pruning_curve"] == []  # these models cannot remove heads: the curve is left out
+    return summary["heads"]
+
+
+def test_timm_vit_is_built_at_the_data_image_size_and_analysed(tmp_path):
     cfg = compose_config("train", [*TINY_SCENES, *QUICK, "backbone=timm", "backbone.model=test_vit", "backbone.pretrained=false"],
                          output_dir=tmp_path)  # test_vit is made for 160 px; the scenes are 64 px
-    net = mhc.load(train(cfg).last_checkpoint)
+    result = train(cfg)
+    net = mhc.load(result.last_checkpoint)
     assert net.config()["backbone"]["image_size"] == [64, 64] == net.processor.size
     assert_onnx_matches(net, tmp_path / "export", torch.rand(2, 3, 64, 64))
+    heads = analysed_heads(result.last_checkpoint, tmp_path / "analysis", *TINY_SCENES)
+    blocks = net.backbone.model.blocks
+    assert len(heads) == len(blocks) * blocks[0].attn.num_heads
+    assert all(h["importance/shape"] >= 0 for h in heads)
 
 
 def text_manifest(n: int, seed: int) -> pd.DataFrame:
@@ -98,6 +115,14 @@ def test_hf_checkpoint_loads_with_the_model_folder_gone(hf_run):
         assert after[task].labels == prediction.labels
         torch.testing.assert_close(after[task].probs, prediction.probs)
     assert {"topic", "mood"} <= set(result.metrics["val"])
+
+
+def test_hf_checkpoint_is_analysed(hf_run, tmp_path):
+    result, _, _ = hf_run
+    root = result.output_dir.parent
+    heads = analysed_heads(result.last_checkpoint, tmp_path, "data=manifest", f"data.train={root}/train.csv",
+                           f"data.val={root}/val.csv")
+    assert len(heads) == 2 * 2 and {"importance/topic", "importance/mood", "entropy"} <= set(heads[0])
 
 
 def test_hf_model_exports_to_onnx_and_reads_texts(hf_run, tmp_path):

@@ -39,11 +39,14 @@ SMALL = {
     "seq_tiny": {"vocab_size": 20, "max_length": 12, "dim": 32, "depth": 2, "num_heads": 2},
     "seq_small": {"vocab_size": 20, "max_length": 12, "dim": 32, "depth": 1, "num_heads": 4, "pool": "cls"},
     "timm": {"model": "test_resnet", "pretrained": False},
+    "timm_vit": {"name": "timm", "model": "test_vit", "image_size": [32, 32]},  # a second timm model: attention
     "hf": {"config": {"model_type": "bert", "vocab_size": 20, "hidden_size": 16, "num_hidden_layers": 2, "num_attention_heads": 2,
                       "intermediate_size": 32, "max_position_embeddings": 16}, "max_length": 12},
+    "hf_vision": {"config": {"model_type": "vit", "image_size": 32, "patch_size": 8, "hidden_size": 16, "num_hidden_layers": 2,
+                             "num_attention_heads": 2, "intermediate_size": 32}},
 }
 TASKS = [TaskSpec("kind", "multiclass", ["a", "b", "c"]), TaskSpec("flag", "binary", ["no", "yes"])]
-NAMES = list_backbones()
+NAMES = [*list_backbones(), "timm_vit"]  # every registered backbone, and a timm ViT beside the timm CNN
 
 
 def options(name: str) -> dict:
@@ -211,3 +214,22 @@ def test_a_backbone_that_breaks_its_declaration_is_refused(monkeypatch):
     monkeypatch.setitem(registry._REGISTRY, "test_liar", Liar)
     with pytest.raises(TypeError, match="lacks"):
         create_backbone("test_liar")
+
+
+@pytest.mark.parametrize("name", [n for n in NAMES if ATTENTION in build(n).capabilities])
+def test_a_gate_on_the_output_projection_silences_one_head(name):
+    """The analysis gates heads where they enter each layer's output projection (``attn.out``):
+    a gate of 0 on head 0 of the first layer equals that projection ignoring head 0's inputs."""
+    from mhc.analysis.importance import sample_gates
+
+    backbone, silenced = build(name), build(name)
+    attn = silenced.encoder.blocks[0].attn
+    with torch.no_grad():
+        attn.out.weight[:, : attn.head_dim] = 0
+    inputs = example(backbone)
+    with torch.no_grad(), sample_gates(backbone.encoder, len(inputs), inputs.device) as gates:
+        gates[0][:, 0] = 0
+        gated = backbone(inputs)
+    with torch.no_grad():
+        torch.testing.assert_close(gated, silenced(inputs), rtol=1e-5, atol=1e-5)
+        assert not torch.allclose(gated, backbone(inputs), atol=1e-4)  # the head mattered

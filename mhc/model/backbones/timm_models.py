@@ -9,6 +9,10 @@ state dict, read weights-only) or what ``mhc-pretrain`` saved. A checkpoint hold
 so loading it never downloads. Published weights bring their normalisation
 (``timm.data.resolve_data_config``), which the processor takes; a model of a fixed input size
 (ViTs) is built at the data's image size, its position embeddings resampled by timm.
+
+timm's ViTs (``vit_*``, ``deit_*``, ``eva*``...) also show their attention to ``mhc-analyze``:
+per-layer weights from timm's explicit attention, and head importance through gates on each
+layer's output projection (:mod:`mhc.model.backbones.attention_views`).
 """
 
 from __future__ import annotations
@@ -19,7 +23,8 @@ from typing import Any, Sequence
 from torch import Tensor
 
 from mhc.errors import ConfigError
-from mhc.model.backbones.base import FEATURE_MAP, Backbone
+from mhc.model.backbones.attention_views import EncoderView, encoder_view, is_timm_vit, timm_attention_weights
+from mhc.model.backbones.base import ATTENTION, FEATURE_MAP, Backbone
 from mhc.model.backbones.registry import register_backbone
 
 
@@ -83,6 +88,8 @@ class TimmBackbone(Backbone):
         # What the network is, from timm's description: CNNs give feature maps, ViTs tokens.
         self.convolutional = config.get("pool_size") is not None
         self.capabilities = frozenset({FEATURE_MAP}) if self.convolutional else frozenset()
+        if is_timm_vit(self.model):
+            self.capabilities = frozenset({ATTENTION})
 
     @classmethod
     def processing(cls, model: str = "resnet50", pretrained: bool | str = False, **options: Any) -> dict[str, Any]:
@@ -98,6 +105,30 @@ class TimmBackbone(Backbone):
     def reduction(self) -> int:
         """Input pixels per feature-map cell along each side (timm's ``feature_info``)."""
         return int(self.model.feature_info[-1]["reduction"])
+
+    @property
+    def encoder(self) -> EncoderView | None:
+        """The ViT's attention heads, for analysis (``None`` for other models)."""
+        blocks = self.model.blocks
+        return encoder_view(blocks, blocks[0].attn.num_heads, blocks[0].attn.head_dim) if is_timm_vit(self.model) else None
+
+    @property
+    def prefix_tokens(self) -> int:
+        """Tokens before the patches (CLS, registers)."""
+        return int(getattr(self.model, "num_prefix_tokens", 0))
+
+    @property
+    def patch_size(self) -> int:
+        return int(self.model.patch_embed.patch_size[0])
+
+    def forward_tokens(self, x: Tensor, need_weights: bool = False) -> tuple[Tensor, None, list[Tensor]]:
+        """Token features ``[B, prefix + patches, D]`` (after the final norm) and, if asked, the
+        per-layer attention weights ``[B, H, L, L]``."""
+        if not need_weights:
+            return self.model.forward_features(x), None, []
+        with timm_attention_weights(self.model.blocks) as maps:
+            tokens = self.model.forward_features(x)
+        return tokens, None, maps
 
     def forward_map(self, x: Tensor) -> Tensor:  # [B, C, H, W] -> [B, D, H / reduction, W / reduction]
         return self.model.forward_features(x)
