@@ -87,8 +87,9 @@ def load(path: str | Path, map_location: str | torch.device = "cpu") -> MultiHea
         net = _load_export(path)
     else:
         checkpoint = read_checkpoint(path)
-        net = net_from_description(checkpoint["mhc"].get("net"), path)
-        load_weights(net, net_state(checkpoint), path)
+        state = net_state(checkpoint)
+        net = net_from_description(checkpoint["mhc"].get("net"), path, state)
+        load_weights(net, state, path)
     return net.to(map_location).eval()
 
 
@@ -101,10 +102,30 @@ def reading_description(source: str | Path) -> Iterator[None]:
         raise CheckpointError(f"'{source}' has an invalid model description ({err})") from None
 
 
-def net_from_description(description: Any, source: str | Path) -> MultiHeadNet:
-    """Rebuild the network from its plain-data description, through our own registries."""
+def net_from_description(description: Any, source: str | Path, state: dict[str, torch.Tensor] | None = None) -> MultiHeadNet:
+    """Rebuild the network from its plain-data description, through our own registries. With
+    the stored ``state``, the described network is built on the meta device first (no memory)
+    and must hold exactly its keys and shapes: a description cannot make the loader allocate
+    more than the weights stored with it."""
+    if state is not None:
+        with reading_description(source), torch.device("meta"):
+            shell = MultiHeadNet.from_config(description)
+        check_shapes(shell, state, source)
     with reading_description(source):
         return MultiHeadNet.from_config(description)
+
+
+def check_shapes(net: torch.nn.Module, state: dict[str, torch.Tensor], source: str | Path) -> None:
+    """The keys and shapes of ``state`` are those of ``net``'s state dict, else a :class:`CheckpointError`."""
+    expected = {key: tuple(value.shape) for key, value in net.state_dict().items()}
+    found = {key: tuple(value.shape) for key, value in state.items()}
+    if expected == found:
+        return
+    missing, unexpected = sorted(set(expected) - set(found)), sorted(set(found) - set(expected))
+    shapes = [f"{k} {list(found[k])} vs {list(expected[k])}" for k in expected if k in found and found[k] != expected[k]]
+    problems = [f"missing keys {missing[:3]}" if missing else "", f"unexpected keys {unexpected[:3]}" if unexpected else "",
+                f"shapes {shapes[0]}" if shapes else ""]
+    raise CheckpointError(f"'{source}': the weights do not fit the described model ({'; '.join(p for p in problems if p)})")
 
 
 def _load_export(folder: Path) -> MultiHeadNet:
@@ -121,7 +142,7 @@ def _load_export(folder: Path) -> MultiHeadNet:
         state = load_file(str(weights))
     except (SafetensorError, OSError) as err:
         raise CheckpointError(f"export folder '{folder}': {weights.name} is corrupt or truncated ({_first_line(err)})") from None
-    net = net_from_description(description.get("net"), config)
+    net = net_from_description(description.get("net"), config, state)
     load_weights(net, state, weights)
     return net
 

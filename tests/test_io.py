@@ -5,7 +5,8 @@ import torch
 
 import mhc
 from mhc.errors import CheckpointError
-from mhc.io import read_checkpoint, save_export
+from mhc.io import read_checkpoint, save_checkpoint, save_export
+from mhc.model import MultiHeadNet
 
 
 def write_checkpoint(net, path):
@@ -79,3 +80,22 @@ def test_not_an_mhc_checkpoint(tmp_path):
         mhc.load(path)
     with pytest.raises(CheckpointError, match="not found"):
         mhc.load(tmp_path / "missing.ckpt")
+
+
+def test_a_description_larger_than_its_weights_is_refused_before_allocating(tmp_path):
+    """An edited description claiming a huge model (here a BERT of width 65536 and 200,000 words:
+    about 50 GB) next to small weights fails on the meta device, naming the first mismatch."""
+    from mhc.processing.processors import TextProcessor
+    from mhc.tasks import TaskSpec
+
+    bert = {"model_type": "bert", "vocab_size": 30, "hidden_size": 16, "num_hidden_layers": 1, "num_attention_heads": 2,
+            "intermediate_size": 32}
+    net = MultiHeadNet({"name": "hf", "config": bert, "max_length": 12}, [TaskSpec("a", "multiclass", ["x", "y"])],
+                       TextProcessor(max_length=12))
+    path = save_checkpoint(net, tmp_path / "model.ckpt")
+    checkpoint = torch.load(path, weights_only=True)
+    checkpoint["mhc"]["net"]["backbone"]["config"].update(hidden_size=65536, intermediate_size=262144, vocab_size=200000)
+    torch.save(checkpoint, path)
+    with pytest.raises(CheckpointError, match=r"the weights do not fit the described model \(shapes "
+                                              r"backbone.model.embeddings.word_embeddings.weight \[30, 16\] vs \[200000, 65536\]\)"):
+        mhc.load(path)

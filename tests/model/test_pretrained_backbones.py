@@ -12,6 +12,7 @@ from transformers import AutoModel, AutoTokenizer
 
 from mhc.errors import CheckpointError, ConfigError
 from mhc.model.backbones import create_backbone
+from mhc.model.backbones.base import ATTENTION
 from mhc.model.backbones.hf_models import config_from_dict, trailing_padding
 from mhc.model.backbones.registry import backbone_processing
 from mhc.processing.tokenizer import PretrainedTokenizer, tokenizer_from_dict
@@ -44,7 +45,7 @@ def test_timm_vit_is_built_at_the_data_size_and_resamples_pretrained_positions(t
     assert backbone(torch.randn(2, 3, 32, 32)).shape == (2, backbone.num_features)
     saved = torch.load(path)["blocks.0.attn.qkv.weight"]
     torch.testing.assert_close(backbone.state_dict()["model.blocks.0.attn.qkv.weight"], saved)
-    assert not backbone.convolutional and not backbone.capabilities
+    assert not backbone.convolutional and backbone.capabilities == {ATTENTION}
 
 
 def test_timm_processing_is_the_pretrained_normalisation():
