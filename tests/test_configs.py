@@ -85,13 +85,17 @@ def test_cpu_precision_follows_the_hardware(tmp_path):
     assert not native_bf16_cpu(tmp_path / "absent")  # not Linux: full precision
 
 
-def test_default_cpu_precision_is_bf16_for_convolutional_backbones_only(monkeypatch):
+def test_default_cpu_precision_is_bf16_for_convolutional_backbones_only(monkeypatch, tmp_path):
     import mhc.training.precision as precision
 
     monkeypatch.setattr(precision, "native_bf16_cpu", lambda: True)
     assert precision.cpu_precision("cnn") == "bf16-mixed" == precision.cpu_precision("resnet18")
     assert precision.cpu_precision("vit_tiny") == "32-true" == precision.cpu_precision("seq_small")
     assert precision.cpu_precision("no_such_backbone") == "32-true"  # its error comes where it is built
+    # a timm model is convolutional or not by its model, read from the composed backbone options
+    for model, expected in (("test_resnet", "bf16-mixed"), ("test_vit", "32-true")):
+        cfg = compose_config("train", ["backbone=timm", f"backbone.model={model}"], output_dir=tmp_path)
+        assert cfg.trainer.precision == expected, model
     monkeypatch.setattr(precision, "native_bf16_cpu", lambda: False)
     assert precision.cpu_precision("cnn") == "32-true"
 

@@ -18,7 +18,7 @@ from mhc.export import OnnxModel, export_model
 from mhc.io import save_checkpoint
 from mhc.model import MultiHeadNet
 from mhc.processing.processors import TextProcessor
-from mhc.processing.tokenizer import CharTokenizer
+from mhc.processing.tokenizer import CharTokenizer, PretrainedTokenizer
 from mhc.serve import create_app
 from mhc.tasks import TaskSpec
 
@@ -37,6 +37,14 @@ def text_model() -> MultiHeadNet:
     torch.manual_seed(0)
     tokenizer = CharTokenizer.fit(TEXTS[:2])
     backbone = {"name": "seq_tiny", "vocab_size": len(tokenizer), "max_length": 16, "dim": 16, "depth": 1, "num_heads": 2}
+    return MultiHeadNet(backbone, TEXT_TASKS, TextProcessor(tokenizer, 16)).eval()
+
+
+def pretrained_text_model(folder) -> MultiHeadNet:
+    """A BERT from a Hugging Face folder, reading texts through its own WordPiece tokenizer."""
+    torch.manual_seed(0)
+    tokenizer = PretrainedTokenizer.from_pretrained(str(folder))
+    backbone = {"name": "hf", "model": str(folder), "pretrained": True, "max_length": 16, "pad_id": tokenizer.pad_id}
     return MultiHeadNet(backbone, TEXT_TASKS, TextProcessor(tokenizer, 16)).eval()
 
 
@@ -85,9 +93,12 @@ def from_table(path, expected: dict) -> tuple[dict, dict]:
     return labels, probs
 
 
-@pytest.mark.parametrize("kind", ["image", "text"])
-def test_four_runtimes_agree(kind, tasks, tmp_path):
-    net = image_model(tasks) if kind == "image" else text_model()
+@pytest.mark.parametrize("kind", ["image", "text", "pretrained_text"])
+def test_four_runtimes_agree(kind, tasks, tmp_path, request):
+    if kind == "pretrained_text":
+        net = pretrained_text_model(request.getfixturevalue("bert_folder"))
+    else:
+        net = image_model(tasks) if kind == "image" else text_model()
     folder = export_model(net, tmp_path / "export", ["safetensors", "onnx"])
     ckpt = save_checkpoint(net, tmp_path / "model.ckpt")
     if kind == "image":

@@ -1,6 +1,6 @@
 """The trainer's default precision and accelerator, from the hardware a run finds.
 
-``trainer.precision: ${mhc.precision:${trainer.accelerator},${backbone.name}}`` resolves here:
+``trainer.precision: ${mhc.precision:${trainer.accelerator},${backbone}}`` resolves here:
 
 * on a GPU (``accelerator`` ``gpu``/``cuda``, or ``auto`` with CUDA present): ``bf16-mixed``
   where the GPU computes in bfloat16 (Ampere and newer), else ``32-true``;
@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
+from typing import Any, Mapping
 
 import torch
 
@@ -32,7 +33,7 @@ def native_bf16_cpu(cpuinfo: str | Path = "/proc/cpuinfo") -> bool:
     return re.search(r"\b(avx512_bf16|amx_bf16)\b", flags) is not None
 
 
-def cpu_precision(backbone: str) -> str:
+def cpu_precision(backbone: str | Mapping[str, Any]) -> str:
     """The CPU default: bf16-mixed for a convolutional backbone on a CPU with bfloat16, else 32-true."""
     return "bf16-mixed" if native_bf16_cpu() and is_convolutional_backbone(backbone) else "32-true"
 
@@ -48,6 +49,13 @@ def uses_gpu(accelerator: str) -> bool:
     return accelerator in GPU_ACCELERATORS or (accelerator == "auto" and torch.cuda.is_available())
 
 
-def default_precision(accelerator: str, backbone: str) -> str:
-    """``${mhc.precision:${trainer.accelerator},${backbone.name}}``: see the module docstring."""
-    return gpu_precision() if uses_gpu(accelerator) else cpu_precision(backbone)
+def default_precision(accelerator: str, backbone: str | Mapping[str, Any]) -> str:
+    """``${mhc.precision:${trainer.accelerator},${backbone}}``: see the module docstring; the
+    backbone is its options (or, as configs of mhc 0.1 give it, its name)."""
+    if uses_gpu(accelerator):
+        return gpu_precision()
+    if not isinstance(backbone, str):
+        from omegaconf import DictConfig, OmegaConf
+
+        backbone = OmegaConf.to_container(backbone, resolve=True) if isinstance(backbone, DictConfig) else dict(backbone)
+    return cpu_precision(backbone)

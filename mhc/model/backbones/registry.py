@@ -9,13 +9,14 @@ allocating it.
 from __future__ import annotations
 
 import functools
+import json
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
 import torch
 from torch import nn
 
-from mhc.errors import CheckpointError, ConfigError
+from mhc.errors import CheckpointError, ConfigError, MhcError
 from mhc.model.backbones.adapters import add_lora, lora_options, uses_lora
 from mhc.model.backbones.base import LOAD_TIME_OPTIONS, Backbone, check_backbone
 
@@ -131,13 +132,18 @@ def describe_backbone(options: Mapping[str, Any]) -> Backbone:
         return create_backbone(**options)
 
 
+def is_convolutional_backbone(backbone: str | Mapping[str, Any]) -> bool:
+    """Whether the backbone a name (with its defaults) or options describe declares itself
+    convolutional (a timm model is, or is not, by its ``model``); an unknown or incomplete one is not."""
+    options = {"name": backbone} if isinstance(backbone, str) else dict(backbone)
+    return _is_convolutional(json.dumps(options, sort_keys=True, default=str))
+
+
 @functools.lru_cache(maxsize=None)
-def is_convolutional_backbone(name: str) -> bool:
-    """Whether the backbone ``name`` (with its defaults) declares itself convolutional; an
-    unknown name is not."""
+def _is_convolutional(options: str) -> bool:
     try:
-        return describe_backbone({"name": name}).convolutional
-    except ConfigError:
+        return describe_backbone(json.loads(options)).convolutional
+    except MhcError:
         return False
 
 
