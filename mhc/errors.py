@@ -6,6 +6,11 @@ from __future__ import annotations
 _LINE_BREAKS = {ord(c): repr(c)[1:-1] for c in "\n\r\v\f\x1c\x1d\x1e\x85\u2028\u2029"}
 
 
+def first_line(err: BaseException) -> str:
+    """The first line of an exception from another library (at most 200 characters), to quote it."""
+    return (str(err).splitlines() or [type(err).__name__])[0][:200]
+
+
 class MhcError(Exception):
     """Base class: the message alone tells the user what is wrong and what was expected.
 

@@ -17,7 +17,7 @@ from typing import Any, Iterator
 
 import torch
 
-from mhc.errors import CheckpointError, MhcError
+from mhc.errors import CheckpointError, MhcError, first_line
 from mhc.model.net import MultiHeadNet
 
 CHECKPOINT_FORMAT = 1  # bump when the checkpoint's "mhc" description changes incompatibly
@@ -141,7 +141,7 @@ def _load_export(folder: Path) -> MultiHeadNet:
     try:
         state = load_file(str(weights))
     except (SafetensorError, OSError) as err:
-        raise CheckpointError(f"export folder '{folder}': {weights.name} is corrupt or truncated ({_first_line(err)})") from None
+        raise CheckpointError(f"export folder '{folder}': {weights.name} is corrupt or truncated ({first_line(err)})") from None
     net = net_from_description(description.get("net"), config, state)
     load_weights(net, state, weights)
     return net
@@ -155,14 +155,10 @@ def read_export_config(folder: str | Path) -> dict[str, Any]:
     try:
         description = json.loads(config.read_text(encoding="utf-8"))
     except (ValueError, OSError) as err:  # ValueError: bad JSON or bad UTF-8
-        raise CheckpointError(f"export folder '{folder}': {EXPORT_CONFIG} is corrupt ({_first_line(err)})") from None
+        raise CheckpointError(f"export folder '{folder}': {EXPORT_CONFIG} is corrupt ({first_line(err)})") from None
     if not isinstance(description, dict) or not isinstance(description.get("net"), dict):
         raise CheckpointError(f"export folder '{folder}': {EXPORT_CONFIG} holds no model description (expected an object with 'net')")
     return description
-
-
-def _first_line(err: BaseException) -> str:
-    return (str(err).splitlines() or [type(err).__name__])[0][:200]
 
 
 def save_export(net: MultiHeadNet, folder: str | Path, extra: dict[str, Any] | None = None, weights: bool = True) -> Path:

@@ -79,3 +79,15 @@ def timm_weights(path: Path, model: str = "test_resnet", **kwargs) -> Path:
     else:
         torch.save(state, path)
     return path
+
+
+def vit_folder(folder: Path) -> Path:
+    """A 2-layer Hugging Face ViT (32 px, 8 px patches) with its image processor config."""
+    from transformers import ViTConfig, ViTImageProcessor, ViTModel
+
+    folder.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(0)
+    ViTModel(ViTConfig(image_size=32, patch_size=8, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                       intermediate_size=64), add_pooling_layer=False).save_pretrained(folder)
+    ViTImageProcessor(image_mean=[0.4, 0.45, 0.5], image_std=[0.2, 0.25, 0.3]).save_pretrained(folder)
+    return folder

@@ -20,7 +20,7 @@ from urllib.parse import urlparse
 import hydra
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, MissingMandatoryValue, OmegaConf
 
 from mhc.config import config_dir
 from mhc.errors import ConfigError, MhcError
@@ -250,11 +250,20 @@ def build_optimizer(cfg: DictConfig) -> tuple[Any, float | None]:
     return instantiate(OmegaConf.create(node), "optimizer"), None if layer_decay is None else float(layer_decay)
 
 
+def backbone_options(cfg: DictConfig) -> dict[str, Any]:
+    """The backbone's options as plain data; one left at ``???`` is a :class:`ConfigError` naming it."""
+    try:
+        return OmegaConf.to_container(cfg.backbone, resolve=True, throw_on_missing=True)
+    except MissingMandatoryValue as err:
+        key = err.full_key if err.full_key.startswith("backbone") else f"backbone.{err.full_key}"
+        raise ConfigError(f"{key}: this backbone needs a value (backbone={cfg.backbone.get('name')} {key}=...)") from None
+
+
 def processor_for_backbone(cfg: DictConfig, datamodule: Any) -> Processor:
     """The data's processor, with what the backbone's weights expect (:meth:`Backbone.processing`):
     a model's own tokenizer replaces one fitted on the data (the data module then serves it), and
     pretrained weights' normalisation replaces the data's ``mean`` and ``std``."""
-    wanted = backbone_processing(OmegaConf.to_container(cfg.backbone, resolve=True))
+    wanted = backbone_processing(backbone_options(cfg))
     if "tokenizer" in wanted:
         datamodule.use_processor(TextProcessor(wanted["tokenizer"], max_length=int(cfg.data.get("max_length") or 128)))
     processor = datamodule.processor()

@@ -19,7 +19,7 @@ import mhc
 from mhc.api import analyze, compose_config, train
 from mhc.export import OnnxModel, export_model
 from tests.api.conftest import TINY_SCENES
-from tests.pretrained_models import TEXTS, timm_weights
+from tests.pretrained_models import TEXTS, timm_weights, vit_folder
 
 QUICK = ["trainer.max_epochs=1", "~callbacks.progress_bar", "test=false"]
 
@@ -132,3 +132,16 @@ def test_hf_model_exports_to_onnx_and_reads_texts(hf_run, tmp_path):
     onnx = OnnxModel(tmp_path).predict(TEXTS)
     for task, prediction in net.predict(TEXTS).items():
         assert onnx[task].labels == prediction.labels
+
+
+def test_hf_vision_encoder_trains_exports_and_is_analysed(tmp_path):
+    folder = vit_folder(tmp_path / "vit")  # made for 32 px; the scenes are 64 px
+    cfg = compose_config("train", [*TINY_SCENES, *QUICK, "backbone=hf_vision", f"backbone.model={folder}"],
+                         output_dir=tmp_path / "run")
+    result = train(cfg)
+    shutil.rmtree(folder)
+    net = mhc.load(result.last_checkpoint)
+    assert (net.processor.mean, net.processor.std) == ([0.4, 0.45, 0.5], [0.2, 0.25, 0.3])
+    assert_onnx_matches(net, tmp_path / "export", torch.rand(2, 3, 64, 64))
+    heads = analysed_heads(result.last_checkpoint, tmp_path / "analysis", *TINY_SCENES)
+    assert len(heads) == 2 * 2

@@ -42,6 +42,16 @@ CASES: dict[str, tuple[dict[str, str], list[str], str]] = {
         r"\(image file is truncated\)",
     ),
     "non-integer epoch count": ({}, ["trainer.max_epochs=x"], r"trainer\.max_epochs must be an integer, got 'x'"),
+    "Hugging Face backbone without a model": (
+        {}, ["backbone=hf"], r"backbone\.model: this backbone needs a value \(backbone=hf backbone\.model=\.\.\.\)"),
+    "misspelt timm model": (
+        {}, ["backbone=timm", "backbone.model=convnxt_tiny"],
+        r"backbone\.model: timm has no model 'convnxt_tiny'; similar: \['convnext_tiny', 'convnextv2_tiny', .*\]"),
+    "torchvision weights that do not exist": (
+        {}, ["backbone=resnet18", "backbone.weights=IMAGENET9"],
+        r"backbone\.weights: 'IMAGENET9' is neither a file nor one of resnet18's torchvision weights \['IMAGENET1K_V1', 'DEFAULT'\]"),
+    "LoRA on a backbone without linear layers": (
+        {}, ["backbone=cnn", "+backbone.lora.r=4"], r"backbone\.lora: the backbone has no linear layers to adapt"),
 }
 # Overrides Hydra rejects while composing the config: its own compact message, the first two lines.
 HYDRA_CASES: dict[str, tuple[dict[str, str], list[str], list[str]]] = {
@@ -68,9 +78,10 @@ def make_folder(folder: Path, manifests: dict[str, str]) -> Path:
 
 
 def start_train(folder: Path, overrides: list[str]) -> subprocess.Popen:
+    small = [] if any(o.startswith("backbone=") for o in overrides) else ["backbone.widths=[8,16]"]  # the default cnn's
     command = [
         sys.executable, "-m", "mhc.cli.train", "data=manifest", f"data.train={folder / 'train.csv'}",
-        f"data.val={folder / 'val.csv'}", "data.image_size=[16,16]", "data.batch_size=4", "backbone.widths=[8,16]",
+        f"data.val={folder / 'val.csv'}", "data.image_size=[16,16]", "data.batch_size=4", *small,
         "trainer.max_epochs=1", "test=false", "~callbacks.progress_bar", f"hydra.run.dir={folder / 'out'}",
         *[o.replace("<dir>", str(folder)) for o in overrides],
     ]

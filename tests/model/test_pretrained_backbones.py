@@ -193,3 +193,54 @@ def test_hf_bad_options_are_one_config_error(bert_folder, tmp_path):
         create_backbone("hf", model=str(tmp_path / "nothing"))
     with pytest.raises(ConfigError, match="backbone.pool must be one of"):
         create_backbone("hf", model=str(bert_folder), pool="max")
+
+
+# -- published weights that cannot be had ------------------------------------------------------
+def test_weights_that_cannot_be_downloaded_are_one_config_error(monkeypatch, tmp_path, bert_folder):
+    import timm.models._builder as timm_builder
+    from torchvision.models._api import WeightsEnum
+
+    def offline(*args, **kwargs):
+        raise OSError("We couldn't connect to the hub\nand more")
+
+    monkeypatch.setattr(timm_builder, "load_state_dict_from_hf", offline)
+    with pytest.raises(ConfigError, match=r"backbone.pretrained: timm could not load the weights of 'test_resnet' "
+                                          r"\(We couldn't connect to the hub\); without a network, give a local file"):
+        create_backbone("timm", model="test_resnet", pretrained=True)
+    monkeypatch.setattr(WeightsEnum, "get_state_dict", offline)
+    with pytest.raises(ConfigError, match=r"backbone.weights: torchvision could not load ResNet18_Weights.IMAGENET1K_V1 "
+                                          r"\(We couldn't connect to the hub\)"):
+        create_backbone("resnet18", weights="DEFAULT")
+    config_only = tmp_path / "config_only"
+    config_only.mkdir()
+    (config_only / "config.json").write_text((bert_folder / "config.json").read_text())
+    with pytest.raises(ConfigError, match=f"backbone.pretrained: could not load the weights of '{config_only}'"):
+        create_backbone("hf", model=str(config_only), pretrained=True)
+
+
+def test_an_encoder_of_the_other_modality_names_the_right_backbone(bert_folder):
+    with pytest.raises(ConfigError, match="is a bert model reading input_ids, not pixel_values; use backbone=hf$"):
+        create_backbone("hf_vision", model=str(bert_folder))
+    vit = {"model_type": "vit", "image_size": 32, "patch_size": 8, "hidden_size": 16, "num_hidden_layers": 1,
+           "num_attention_heads": 2, "intermediate_size": 32}
+    with pytest.raises(ConfigError, match="is a vit model reading pixel_values, not input_ids; use backbone=hf_vision$"):
+        create_backbone("hf", config=vit)
+
+
+def test_hf_vision_encoder_gives_transformers_features_at_the_data_size(tmp_path):
+    from transformers import ViTModel
+
+    from tests.pretrained_models import vit_folder
+
+    folder = vit_folder(tmp_path / "vit")
+    assert backbone_processing({"name": "hf_vision", "model": str(folder), "pretrained": True}) == {
+        "mean": [0.4, 0.45, 0.5], "std": [0.2, 0.25, 0.3]}
+    images = torch.randn(2, 3, 48, 48)  # the model was made for 32 px: positions are interpolated
+    reference = ViTModel.from_pretrained(folder, add_pooling_layer=False).eval()
+    with torch.no_grad():
+        hidden = reference(pixel_values=images, interpolate_pos_encoding=True).last_hidden_state
+    for pool, expected in (("cls", hidden[:, 0]), ("mean", hidden[:, 1:].mean(1))):
+        backbone = create_backbone("hf_vision", model=str(folder), pretrained=True, pool=pool).eval()
+        with torch.no_grad():
+            torch.testing.assert_close(backbone(images), expected, rtol=1e-5, atol=1e-5)
+    assert (backbone.prefix_tokens, backbone.patch_size) == (1, 8)

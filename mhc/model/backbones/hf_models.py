@@ -39,7 +39,7 @@ from typing import Any, Mapping
 import torch
 from torch import Tensor
 
-from mhc.errors import CheckpointError, ConfigError
+from mhc.errors import CheckpointError, ConfigError, first_line
 from mhc.model.backbones.attention import masked_mean
 from mhc.model.backbones.attention_views import EncoderView, encoder_view, hf_layers
 from mhc.model.backbones.base import ATTENTION, IMAGE, TOKENS, Backbone
@@ -135,9 +135,18 @@ class HFEncoder(Backbone):
             source = str(pretrained) if isinstance(pretrained, str) else model
             if isinstance(pretrained, str) and not Path(pretrained).is_dir():
                 raise ConfigError(f"backbone.pretrained: no Hugging Face model folder at '{pretrained}'")
-            self.model = quietly(AutoModel.from_pretrained, source, config=settings).train()  # loaded in eval mode
+            try:
+                self.model = quietly(AutoModel.from_pretrained, source, config=settings).train()  # loaded in eval mode
+            except (OSError, ValueError) as err:
+                raise ConfigError(f"backbone.pretrained: could not load the weights of '{source}' ({first_line(err)}); "
+                                  "without a network, give a folder saved with save_pretrained: backbone.model=path") from None
         else:
             self.model = AutoModel.from_config(settings)
+        reads = "pixel_values" if self.modality == IMAGE else "input_ids"
+        if self.model.main_input_name != reads:
+            other = "hf" if self.modality == IMAGE else "hf_vision"
+            raise ConfigError(f"backbone.model: '{model or settings.model_type}' is a {settings.model_type} model reading "
+                              f"{self.model.main_input_name}, not {reads}; use backbone={other}")
         self.settings = settings
         self.num_features = int(settings.hidden_size)
         if self.encoder is not None:

@@ -15,7 +15,7 @@ import torch
 from torch import Tensor, nn
 from torchvision.models import get_model_weights, resnet
 
-from mhc.errors import ConfigError
+from mhc.errors import ConfigError, first_line
 from mhc.model.backbones.base import FEATURE_MAP, Backbone
 from mhc.model.backbones.registry import load_backbone_weights, register_variants
 
@@ -44,7 +44,12 @@ class ResNetBackbone(Backbone):
     def __init__(self, arch: str, small_input: bool = False, in_chans: int = 3, weights: str | None = None) -> None:
         super().__init__()
         # Published weights load into torchvision's network; a new stem below starts afresh.
-        net = getattr(resnet, arch)(weights=published_weights(arch, weights))
+        published = published_weights(arch, weights)
+        try:
+            net = getattr(resnet, arch)(weights=published)
+        except (OSError, RuntimeError) as err:  # the download (URLError is an OSError) or a corrupt cached file
+            raise ConfigError(f"backbone.weights: torchvision could not load {published} ({first_line(err)}); without a "
+                              "network, give a local state-dict file: backbone.weights=path/to/weights.pt") from None
         if small_input:  # CIFAR-style stem keeps resolution for 32-64 px images
             net.conv1 = nn.Conv2d(in_chans, 64, kernel_size=3, stride=1, padding=1, bias=False)
             net.maxpool = nn.Identity()

@@ -22,7 +22,7 @@ from typing import Any, Sequence
 
 from torch import Tensor
 
-from mhc.errors import ConfigError
+from mhc.errors import ConfigError, first_line
 from mhc.model.backbones.attention_views import EncoderView, encoder_view, is_timm_vit, timm_attention_weights
 from mhc.model.backbones.base import ATTENTION, FEATURE_MAP, Backbone
 from mhc.model.backbones.registry import register_backbone
@@ -84,6 +84,11 @@ class TimmBackbone(Backbone):
             self.model = timm.create_model(model, pretrained=bool(pretrained), num_classes=0, in_chans=in_chans, **args)
         except TypeError as err:
             raise ConfigError(f"backbone.model_args: timm model '{model}' does not take them ({err})") from None
+        except (OSError, RuntimeError, ValueError) as err:  # a download or a weights file that failed
+            if not pretrained:
+                raise
+            raise ConfigError(f"backbone.pretrained: timm could not load the weights of '{model}' ({first_line(err)}); "
+                              "without a network, give a local file: backbone.pretrained=path/to/weights.safetensors") from None
         self.num_features = int(self.model.num_features)
         # What the network is, from timm's description: CNNs give feature maps, ViTs tokens.
         self.convolutional = config.get("pool_size") is not None
