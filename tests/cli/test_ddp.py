@@ -57,19 +57,25 @@ class RankChecksum:
         return _Checksum()
 
 
+def train_in_step(folder: Path, overrides: list[str]) -> int:
+    """A 2-process CPU DDP run with PCGrad and each rank's parameter sum written at the end;
+    both processes end with the same weights. The run's optimizer steps."""
+    proc = subprocess.run(
+        [sys.executable, "-m", "mhc.cli.train", "trainer=ddp_cpu", *overrides, "callbacks.progress_bar=null", "test=false",
+         "weighting=pcgrad", "+callbacks.checksum._target_=tests.cli.test_ddp.RankChecksum",
+         f"+callbacks.checksum.folder={folder}", f"hydra.run.dir={folder / 'run'}"],
+        capture_output=True, text=True, timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert (folder / "rank0.txt").read_text() == (folder / "rank1.txt").read_text()
+    return torch.load(folder / "run" / "checkpoints" / "last.ckpt", weights_only=True)["global_step"]
+
+
 def test_gradient_method_under_ddp_keeps_processes_in_step(tmp_path):
     """PCGrad combines each process's task gradients; DDP all-reduces the combined gradient, so
     both processes end with the same weights."""
     overrides = [o for o in [*TINY_SCENES, *TINY] if not o.startswith("~")]
-    proc = subprocess.run(
-        [sys.executable, "-m", "mhc.cli.train", "trainer=ddp_cpu", *overrides, "callbacks.progress_bar=null", "test=false",
-         "weighting=pcgrad", "trainer.max_epochs=2", "+callbacks.checksum._target_=tests.cli.test_ddp.RankChecksum",
-         f"+callbacks.checksum.folder={tmp_path}", f"hydra.run.dir={tmp_path}"],
-        capture_output=True, text=True, timeout=300,
-    )
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    assert torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == 4
-    assert (tmp_path / "rank0.txt").read_text() == (tmp_path / "rank1.txt").read_text()
+    assert train_in_step(tmp_path, [*overrides, "trainer.max_epochs=2"]) == 4
 
 
 @pytest.mark.parametrize("source", ["timm", "hf"])
@@ -77,21 +83,12 @@ def test_pretrained_backbones_train_under_ddp(tmp_path, source, bert_folder):
     """A timm and a Hugging Face backbone under 2-process DDP with a gradient method: every
     parameter takes part (no unused ones), and both processes end with the same weights."""
     if source == "timm":
-        data = [o for o in TINY_SCENES] + ["backbone=timm", "backbone.model=test_resnet", "backbone.pretrained=false"]
+        data = [*TINY_SCENES, "backbone=timm", "backbone.model=test_resnet", "backbone.pretrained=false"]
     else:
         from tests.api.test_pretrained import text_manifest
 
         text_manifest(32, 0).to_csv(tmp_path / "train.csv", index=False)
         text_manifest(12, 1).to_csv(tmp_path / "val.csv", index=False)
         data = ["backbone=hf", f"backbone.model={bert_folder}", f"data.train={tmp_path}/train.csv",
-                f"data.val={tmp_path}/val.csv", "data.max_length=16",
-                "data.batch_size=8"]
-    proc = subprocess.run(
-        [sys.executable, "-m", "mhc.cli.train", "trainer=ddp_cpu", *data, "trainer.max_epochs=1", "callbacks.progress_bar=null",
-         "test=false", "weighting=pcgrad", "+callbacks.checksum._target_=tests.cli.test_ddp.RankChecksum",
-         f"+callbacks.checksum.folder={tmp_path}", f"hydra.run.dir={tmp_path}/run"],
-        capture_output=True, text=True, timeout=300,
-    )
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    assert torch.load(tmp_path / "run" / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == 2
-    assert (tmp_path / "rank0.txt").read_text() == (tmp_path / "rank1.txt").read_text()
+                f"data.val={tmp_path}/val.csv", "data.max_length=16", "data.batch_size=8"]
+    assert train_in_step(tmp_path, [*data, "trainer.max_epochs=1"]) == 2
