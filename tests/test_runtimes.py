@@ -28,9 +28,9 @@ TEXT_TASKS = [TaskSpec("topic", "multiclass", ["billing", "hardware", "other"]),
               TaskSpec("tags", "multilabel", ["a", "b", "c"], masked=True)]
 
 
-def image_model(tasks) -> MultiHeadNet:
+def image_model(tasks, backbone: dict | None = None) -> MultiHeadNet:
     torch.manual_seed(0)
-    return MultiHeadNet({"name": "cnn", "widths": [8, 16], "stem_stride": 2}, tasks).eval()
+    return MultiHeadNet(backbone or {"name": "cnn", "widths": [8, 16], "stem_stride": 2}, tasks).eval()
 
 
 def text_model() -> MultiHeadNet:
@@ -93,15 +93,17 @@ def from_table(path, expected: dict) -> tuple[dict, dict]:
     return labels, probs
 
 
-@pytest.mark.parametrize("kind", ["image", "text", "pretrained_text"])
+@pytest.mark.parametrize("kind", ["image", "timm_image", "text", "pretrained_text"])
 def test_four_runtimes_agree(kind, tasks, tmp_path, request):
     if kind == "pretrained_text":
         net = pretrained_text_model(request.getfixturevalue("bert_folder"))
+    elif kind == "timm_image":
+        net = image_model(tasks, {"name": "timm", "model": "test_resnet"})
     else:
         net = image_model(tasks) if kind == "image" else text_model()
     folder = export_model(net, tmp_path / "export", ["safetensors", "onnx"])
     ckpt = save_checkpoint(net, tmp_path / "model.ckpt")
-    if kind == "image":
+    if kind.endswith("image"):
         names = write_images(tmp_path)
         inputs = [str(tmp_path / name) for name in names]
         wire = [base64.b64encode((tmp_path / name).read_bytes()).decode("ascii") for name in names]
@@ -117,6 +119,6 @@ def test_four_runtimes_agree(kind, tasks, tmp_path, request):
     table = mhc.predict(["data=manifest", f"data.predict={tmp_path / 'inputs.csv'}"], ckpt=ckpt,
                         output=tmp_path / "predictions.csv", output_dir=tmp_path / "run")
     assert_same(expected, *from_table(table, expected))
-    if kind == "image":  # a child is decoded under its parent's prediction everywhere
+    if kind.endswith("image"):  # a child is decoded under its parent's prediction everywhere
         for coarse, fine in zip(expected["coarse"].labels, expected["fine"].labels):
             assert fine in net.tasks["fine"].allowed_by_parent[coarse]
