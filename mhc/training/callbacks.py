@@ -88,8 +88,10 @@ class AttentionMapLogger(pl.Callback):
             self.inputs = batch_inputs(batch)[: max(self.samples, self.probe)].detach().clone()
 
     def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if (trainer.sanity_checking or self.inputs is None or not trainer.is_global_zero
-                or (trainer.current_epoch + 1) % self.every_n_epochs):
+        if trainer.sanity_checking or not self.applies(pl_module) or (trainer.current_epoch + 1) % self.every_n_epochs:
+            return
+        out_dir = Path(trainer.log_dir or trainer.default_root_dir) / "attention"  # log_dir is a collective: every rank
+        if self.inputs is None or not trainer.is_global_zero:
             return
         net, step = pl_module.net, trainer.global_step
         was_training = net.training
@@ -109,7 +111,6 @@ class AttentionMapLogger(pl.Callback):
         for logger in trainer.loggers:
             logger.log_metrics(scalars, step=step)
 
-        out_dir = Path(trainer.log_dir or trainer.default_root_dir) / "attention"
         out_dir.mkdir(parents=True, exist_ok=True)
         head_names = [[f"L{layer}H{head}" for head in kept] for layer, kept in enumerate(layout.kept)]
         drawn = [(f"sample{i}", figures.attention_maps_figure(s["maps"], s["labels"], head_names, f"attention maps, sample {i}, step {step}"))

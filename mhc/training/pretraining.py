@@ -68,12 +68,12 @@ class PretrainModule(pl.LightningModule):
         self._step(batch, "val")
 
     def on_validation_epoch_end(self) -> None:
-        if self.trainer.sanity_checking or self.displayed is None or not hasattr(self.objective, "reconstruction"):
+        if self.trainer.sanity_checking or not hasattr(self.objective, "reconstruction"):
             return
-        if not self.trainer.is_global_zero:
+        folder = Path(self.trainer.log_dir or self.trainer.default_root_dir) / "reconstructions"  # a collective: every rank
+        if self.displayed is None or not self.trainer.is_global_zero:
             return
         figure = self.reconstruction_figure(self.displayed)
-        folder = Path(self.trainer.log_dir or self.trainer.default_root_dir) / "reconstructions"
         folder.mkdir(parents=True, exist_ok=True)
         figure.savefig(folder / f"epoch{self.current_epoch:03d}.png", dpi=90)
         log_figure(self.trainer.loggers, "val/reconstructions", figure, self.global_step)

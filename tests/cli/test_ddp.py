@@ -92,3 +92,15 @@ def test_pretrained_backbones_train_under_ddp(tmp_path, source, bert_folder):
         data = ["backbone=hf", f"backbone.model={bert_folder}", f"data.train={tmp_path}/train.csv",
                 f"data.val={tmp_path}/val.csv", "data.max_length=16", "data.batch_size=8"]
     assert train_in_step(tmp_path, [*data, "trainer.max_epochs=1"]) == 2
+
+
+def test_pretraining_under_ddp_draws_its_reconstructions_once(tmp_path):
+    """Rank 0 alone draws the reconstructions; the log folder (a collective) is read by every rank."""
+    overrides = [o for o in [*TINY_SCENES, *TINY] if not o.startswith("~")]
+    proc = subprocess.run(
+        [sys.executable, "-m", "mhc.cli.pretrain", "trainer=ddp_cpu", *overrides, "callbacks.progress_bar=null",
+         f"hydra.run.dir={tmp_path}"],
+        capture_output=True, text=True, timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert [p.name for p in tmp_path.rglob("reconstructions/*.png")] == ["epoch000.png"]
