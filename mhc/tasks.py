@@ -61,6 +61,17 @@ def _class_map(value: Any) -> dict[str, list[str]]:
     return {str(key): [str(c) for c in _listed(names)] for key, names in value.items()}
 
 
+FLIP_RULES = ("invariant", "mask", "skip")
+
+
+def _flip_rule(value: Any) -> str | dict[str, str]:
+    if isinstance(value, str) and value in FLIP_RULES:
+        return value
+    if isinstance(value, Mapping):
+        return {str(key): str(other) for key, other in value.items()}
+    raise TypeError(f"not a flip rule: {value!r}")
+
+
 def _numbers(value: Any) -> list[float] | None:
     return None if value is None else [float(w) for w in _listed(value)]
 
@@ -88,6 +99,10 @@ class TaskSpec:
         class_weights: per-class loss weights (multiclass), in ``classes`` order.
         pos_weight: positive-class weight per output (binary/multilabel ``bce``).
         focal_gamma: focusing parameter of the focal loss (Lin et al. 2017).
+        hflip: how a horizontal flip (training augmentation) changes this task's label:
+            ``invariant`` (it does not), a class map ``{left: right}`` (completed both ways, as a
+            flip undoes itself), ``mask`` (the flipped sample's label is left out) or ``skip``
+            (a sample labelled for this task is never flipped).
     """
 
     name: str
@@ -107,6 +122,8 @@ class TaskSpec:
     class_weights: list[float] | None = field(default=None, metadata=_option(List[float], _numbers, "a list of numbers"))
     pos_weight: list[float] | None = field(default=None, metadata=_option(List[float], _numbers, "a list of numbers"))
     focal_gamma: float = field(default=2.0, metadata=_option(float, float, "a number"))
+    hflip: str | dict[str, str] = field(
+        default="invariant", metadata=_option(Any, _flip_rule, "invariant, mask, skip or a class map {class: class}"))
 
     def __post_init__(self) -> None:
         for option, declared in TASK_OPTIONS.items():
@@ -178,6 +195,25 @@ class TaskSpec:
                 raise ConfigError(f"{where}: allowed_by_parent['{parent_class}'] names unknown classes {unknown}")
         if self.allowed_by_parent and self.parent is None:
             raise ConfigError(f"{where}: allowed_by_parent is set but parent is not")
+        if isinstance(self.hflip, dict):
+            self.hflip = self.flip_map(where)
+
+    def flip_map(self, where: str) -> dict[str, str]:
+        """``hflip`` as a complete involution over the classes it names (a -> b implies b -> a)."""
+        unknown = sorted({c for pair in self.hflip.items() for c in pair} - set(self.classes))
+        if unknown:
+            raise ConfigError(f"{where}: hflip names unknown classes {unknown}; the classes are {self.classes}")
+        complete = dict(self.hflip)
+        for name, other in self.hflip.items():
+            if complete.setdefault(other, name) != name:
+                raise ConfigError(f"{where}: hflip maps '{name}' to '{other}' but '{other}' to '{complete[other]}'; "
+                                  f"a flip undoes itself, so '{other}' must map back to '{name}'")
+        return {name: complete[name] for name in self.classes if name in complete and complete[name] != name}
+
+    def flipped_indices(self) -> list[int]:
+        """Class index -> its index after a horizontal flip (identity for an invariant task)."""
+        mapping = self.hflip if isinstance(self.hflip, dict) else {}
+        return [self.classes.index(mapping.get(name, name)) for name in self.classes]
 
     def class_index(self, name: str) -> int:
         try:

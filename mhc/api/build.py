@@ -23,6 +23,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, MissingMandatoryValue, OmegaConf
 
 from mhc.config import config_dir
+from mhc.data.augment import Augmentation
 from mhc.errors import ConfigError, MhcError
 from mhc.io import read_checkpoint
 from mhc.model.backbones import list_backbones
@@ -218,6 +219,8 @@ def resolve_resume(resume: str | None, output_root: Path) -> str | None:
 def build_module(cfg: DictConfig, datamodule: Any) -> MultiHeadModule:
     tasks = config_tasks(cfg, datamodule.task_specs())
     datamodule.set_tasks(tasks)
+    if cfg.get("augment"):
+        datamodule.use_augmentation(build_augmentation(cfg, tasks))
     processor = processor_for_backbone(cfg, datamodule)
     backbone = backbone_for_data(cfg, processor)
     net_config = {"backbone": backbone, "tasks": tasks_to_dicts(tasks), "processor": processor.to_dict()}
@@ -236,6 +239,14 @@ def build_module(cfg: DictConfig, datamodule: Any) -> MultiHeadModule:
                            baseline=baseline, baseline_metric=cfg.delta_m.metric,
                            run_config=OmegaConf.to_container(cfg, resolve=True),
                            speed=OmegaConf.to_container(cfg.perf) if cfg.get("perf") else None)
+
+
+def build_augmentation(cfg: DictConfig, tasks: list[TaskSpec]) -> Augmentation:
+    """The training augmentation of ``cfg.augment``, with the tasks' flip rules."""
+    try:
+        return Augmentation(**OmegaConf.to_container(cfg.augment, resolve=True), tasks=tasks)
+    except TypeError as err:
+        raise ConfigError(f"augment: {' '.join(str(err).split())}") from None
 
 
 def build_optimizer(cfg: DictConfig) -> tuple[Any, float | None]:

@@ -112,6 +112,7 @@ class TrainConfig(FitConfig):
     loss: LossDefaults = field(default_factory=LossDefaults)
     weighting: Dict[str, Any] = field(default_factory=dict)
     auxiliary: Dict[str, AuxiliaryOptions] = field(default_factory=dict)
+    augment: Dict[str, Any] = field(default_factory=dict)
     backbone_lr_scale: float = 1.0
     backbone_freeze: Any = 0  # 0 | N (depths below N) | all
     delta_m: DeltaMOptions = field(default_factory=DeltaMOptions)

@@ -16,6 +16,7 @@ from torch.utils.data import DataLoader, Dataset, Subset
 from torch.utils.data.distributed import DistributedSampler
 
 from mhc.data import generated
+from mhc.data.augment import Augmentation, AugmentedDataset
 from mhc.data.labels import ArrayDataset
 from mhc.errors import ConfigError
 from mhc.processing.processors import TEXT, ImageProcessor, Processor
@@ -107,6 +108,7 @@ class TaskDataModule(pl.LightningDataModule):
         self.persistent_workers = bool(persistent_workers) and self.num_workers > 0  # workers kept between epochs
         self.splits: dict[str, Dataset] = {}
         self.tasks: list[TaskSpec] | None = None
+        self.augmentation: Augmentation | None = None
 
     def task_specs(self) -> list[TaskSpec]:
         """The tasks this data provides, with their classes (before config overrides)."""
@@ -140,7 +142,20 @@ class TaskDataModule(pl.LightningDataModule):
             if split in self.splits or (stage == "fit" and split == "val" and not self.has_split("val")):
                 continue
             dataset = self.build_split(split)
-            self.splits[split] = self.subset(dataset) if split == "train" and self.train_fraction < 1.0 else dataset
+            if split == "train":
+                dataset = self.augmented(self.subset(dataset) if self.train_fraction < 1.0 else dataset)
+            self.splits[split] = dataset
+
+    def use_augmentation(self, augmentation: Augmentation | None) -> None:
+        """Augment the training split's images (:mod:`mhc.data.augment`); evaluation is never augmented."""
+        self.augmentation = augmentation
+        self.splits.pop("train", None)
+
+    def augmented(self, dataset: Dataset) -> Dataset:
+        if self.augmentation is None or not self.augmentation.active:
+            return dataset
+        processor = self.processor()
+        return AugmentedDataset(dataset, self.augmentation, processor.size) if isinstance(processor, ImageProcessor) else dataset
 
     def subset(self, dataset: Dataset) -> Dataset:
         """A fixed random ``train_fraction`` of the training samples (the same for every seed):

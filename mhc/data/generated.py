@@ -48,7 +48,8 @@ def scene_tasks() -> list[TaskSpec]:
     return [
         TaskSpec("shape", "multiclass", SHAPES),
         TaskSpec("size", "multiclass", SIZES),
-        TaskSpec("position", "multiclass", POSITIONS, masked=True),
+        TaskSpec("position", "multiclass", POSITIONS, masked=True,  # a horizontal flip swaps left and right
+                 hflip={"top-left": "top-right", "bottom-left": "bottom-right"}),
         TaskSpec("tone", "multiclass", TONES, masked=True),
         TaskSpec("color", "multiclass", COLORS, masked=True, parent="tone", allowed_by_parent=COLORS_BY_TONE),
         TaskSpec("outlined", "binary", ["filled", "outlined"], masked=True),

@@ -15,6 +15,7 @@ out starts over with a fresh shuffle. Under DDP each process takes its share of 
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from typing import Any, Iterator, Mapping, Sequence
 
@@ -22,6 +23,7 @@ import torch
 import torch.distributed as dist
 from torch.utils.data import ConcatDataset, DataLoader, Dataset, Sampler
 
+from mhc.data.augment import Augmentation
 from mhc.data.datamodule import TaskDataModule
 from mhc.errors import ConfigError
 from mhc.processing.processors import Processor
@@ -177,6 +179,14 @@ class MultiSourceDataModule(TaskDataModule):
         for name, source in self.sources.items():
             own = {t.name for t in self.source_tasks(name)}
             source.set_tasks([t for t in tasks if t.name in own])
+
+    def use_augmentation(self, augmentation: Augmentation | None) -> None:
+        """Each source augments its own training split, with the flip rules of its own tasks."""
+        self.splits.pop("train", None)
+        for name, source in self.sources.items():
+            own = {t.name for t in self.source_tasks(name)}
+            source.use_augmentation(None if augmentation is None else
+                                    dataclasses.replace(augmentation, tasks=[t for t in augmentation.tasks if t.name in own]))
 
     def processor(self) -> Processor:
         first, *rest = [(name, source.processor()) for name, source in self.sources.items()]
