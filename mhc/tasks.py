@@ -76,6 +76,11 @@ def _numbers(value: Any) -> list[float] | None:
     return None if value is None else [float(w) for w in _listed(value)]
 
 
+def _weights(value: Any) -> list[float] | str | None:
+    """Per-class weights, or ``balanced`` (computed from the training counts when training starts)."""
+    return value if value == "balanced" else _numbers(value)
+
+
 @dataclass
 class TaskSpec:
     """One classification task and the head that predicts it.
@@ -96,8 +101,9 @@ class TaskSpec:
         hidden: widths of the head's hidden layers (empty: a linear head).
         dropout: dropout before each linear layer of the head.
         label_smoothing: cross-entropy label smoothing (multiclass ``ce``).
-        class_weights: per-class loss weights (multiclass), in ``classes`` order.
-        pos_weight: positive-class weight per output (binary/multilabel ``bce``).
+        class_weights: per-class loss weights (multiclass), in ``classes`` order, or ``balanced``
+            (from the training counts, :mod:`mhc.data.balance`).
+        pos_weight: positive-class weight per output (binary/multilabel ``bce``), or ``balanced``.
         focal_gamma: focusing parameter of the focal loss (Lin et al. 2017).
         hflip: how a horizontal flip (training augmentation) changes this task's label:
             ``invariant`` (it does not), a class map ``{left: right}`` (completed both ways, as a
@@ -119,8 +125,9 @@ class TaskSpec:
                                                                       "a list of integers"))
     dropout: float = field(default=0.0, metadata=_option(float, float, "a number"))
     label_smoothing: float = field(default=0.0, metadata=_option(float, float, "a number"))
-    class_weights: list[float] | None = field(default=None, metadata=_option(List[float], _numbers, "a list of numbers"))
-    pos_weight: list[float] | None = field(default=None, metadata=_option(List[float], _numbers, "a list of numbers"))
+    class_weights: list[float] | str | None = field(
+        default=None, metadata=_option(Any, _weights, "a list of numbers or balanced"))
+    pos_weight: list[float] | str | None = field(default=None, metadata=_option(Any, _weights, "a list of numbers or balanced"))
     focal_gamma: float = field(default=2.0, metadata=_option(float, float, "a number"))
     hflip: str | dict[str, str] = field(
         default="invariant", metadata=_option(Any, _flip_rule, "invariant, mask, skip or a class map {class: class}"))
@@ -183,11 +190,11 @@ class TaskSpec:
             raise ConfigError(f"{where}: focal_gamma must be >= 0, got {self.focal_gamma}")
         if any(h <= 0 for h in self.hidden):
             raise ConfigError(f"{where}: hidden layer widths must be positive, got {self.hidden}")
-        if self.class_weights is not None and len(self.class_weights) != self.num_classes:
+        if isinstance(self.class_weights, list) and len(self.class_weights) != self.num_classes:
             raise ConfigError(
                 f"{where}: class_weights has {len(self.class_weights)} values, expected one per class ({self.num_classes})"
             )
-        if self.pos_weight is not None and len(self.pos_weight) != self.num_outputs:
+        if isinstance(self.pos_weight, list) and len(self.pos_weight) != self.num_outputs:
             raise ConfigError(f"{where}: pos_weight has {len(self.pos_weight)} values, expected {self.num_outputs}")
         for parent_class, allowed in self.allowed_by_parent.items():
             unknown = [c for c in allowed if c not in self.classes]

@@ -24,6 +24,7 @@ from omegaconf import DictConfig, MissingMandatoryValue, OmegaConf
 
 from mhc.config import config_dir
 from mhc.data.augment import Augmentation
+from mhc.data.balance import BALANCED, resolve_balanced
 from mhc.errors import ConfigError, MhcError
 from mhc.io import read_checkpoint
 from mhc.model.backbones import list_backbones
@@ -219,6 +220,10 @@ def resolve_resume(resume: str | None, output_root: Path) -> str | None:
 def build_module(cfg: DictConfig, datamodule: Any) -> MultiHeadModule:
     tasks = config_tasks(cfg, datamodule.task_specs())
     datamodule.set_tasks(tasks)
+    if any(BALANCED in (t.class_weights, t.pos_weight) for t in tasks):  # weights from the training counts
+        datamodule.setup("train")
+        tasks = resolve_balanced(tasks, datamodule.splits["train"])
+        datamodule.set_tasks(tasks)
     if cfg.get("augment"):
         datamodule.use_augmentation(build_augmentation(cfg, tasks))
     processor = processor_for_backbone(cfg, datamodule)

@@ -12,11 +12,12 @@ from typing import Any, Iterator, Sequence
 import pytorch_lightning as pl
 import torch
 import torch.distributed as dist
-from torch.utils.data import DataLoader, Dataset, Subset
+from torch.utils.data import DataLoader, Dataset, Subset, WeightedRandomSampler
 from torch.utils.data.distributed import DistributedSampler
 
 from mhc.data import generated
 from mhc.data.augment import Augmentation, AugmentedDataset
+from mhc.data.balance import balancing_weights, encoded_labels
 from mhc.data.labels import ArrayDataset
 from mhc.errors import ConfigError
 from mhc.processing.processors import TEXT, ImageProcessor, Processor
@@ -96,6 +97,7 @@ class TaskDataModule(pl.LightningDataModule):
         eval_batch_size: int | None = None,
         train_fraction: float = 1.0,
         persistent_workers: bool = True,
+        balance: str | None = None,
     ) -> None:
         super().__init__()
         if isinstance(train_fraction, bool) or not isinstance(train_fraction, (int, float)) or not 0.0 < train_fraction <= 1.0:
@@ -109,6 +111,7 @@ class TaskDataModule(pl.LightningDataModule):
         self.splits: dict[str, Dataset] = {}
         self.tasks: list[TaskSpec] | None = None
         self.augmentation: Augmentation | None = None
+        self.balance = balance  # a task whose classes training batches draw equally often (mhc.data.balance)
 
     def task_specs(self) -> list[TaskSpec]:
         """The tasks this data provides, with their classes (before config overrides)."""
@@ -192,16 +195,25 @@ class TaskDataModule(pl.LightningDataModule):
         if not shuffle and split in ("val", "test") and dist.is_available() and dist.is_initialized():
             dataset = UnlabelledPadding(dataset)
             sampler = PaddedEvalSampler(dataset)
+        if shuffle and self.balance:
+            sampler = WeightedRandomSampler(self.balancing_weights(dataset).tolist(), len(dataset), replacement=True)
         return DataLoader(
             dataset,
             batch_size=self.batch_size if shuffle else self.eval_batch_size,
-            shuffle=shuffle,
+            shuffle=shuffle and sampler is None,
             sampler=sampler,
             num_workers=self.num_workers,
             pin_memory=self.pin_memory,
             persistent_workers=self.persistent_workers,
             drop_last=False,
         )
+
+    def balancing_weights(self, dataset: Dataset) -> Any:
+        """Per-sample weights that draw each class of the ``balance`` task equally often."""
+        tasks = {t.name: t for t in self.active_tasks()}
+        if self.balance not in tasks:
+            raise ConfigError(f"data.balance: unknown task '{self.balance}'; the tasks are {list(tasks)}")
+        return balancing_weights(tasks[self.balance], encoded_labels(dataset, self.balance))
 
     def train_dataloader(self) -> DataLoader:
         return self.loader("train", shuffle=True)

@@ -142,6 +142,8 @@ class MultiSourceDataModule(TaskDataModule):
         super().__init__(**loader)
         if self.train_fraction < 1.0:
             raise ConfigError("data.train_fraction: set it per source (data.sources.<name>.data.train_fraction)")
+        if self.balance:
+            raise ConfigError("data.balance: multi-source batches follow data.sampling; balance a task within one source")
         if not sources:
             raise ConfigError("data.sources is empty; give at least one source data module")
         self.sources: dict[str, TaskDataModule] = {}

@@ -113,6 +113,11 @@ class MultiHeadModule(pl.LightningModule):
         self.save_hyperparameters({"net_config": dict(net_config), "auxiliary": dict(auxiliary or {}),
                                    "weighting": dict(weighting or {}), "config": dict(run_config or {})})
         self.net = MultiHeadNet.from_config(net_config)
+        for task in self.net.tasks.values():
+            for option in ("class_weights", "pos_weight"):
+                if getattr(task, option) == "balanced":
+                    raise ConfigError(f"task '{task.name}': {option}=balanced is computed from the training data when "
+                                      "mhc-train starts; give numbers to build a module directly")
         apply_speed_options(self.net, **dict(speed or {}))
         self.tasks = self.net.tasks
         self.task_names = list(self.tasks)

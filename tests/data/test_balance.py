@@ -1,0 +1,88 @@
+"""Imbalanced labels: balanced class and positive weights from the training counts, and a sampler
+that draws a task's classes equally often, on a skewed toy set."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+import mhc
+from mhc.api import compose_config, train
+from mhc.data.balance import balanced_class_weights, balanced_pos_weight, balancing_weights, encoded_labels
+from mhc.data.labels import ArrayDataset
+from mhc.errors import ConfigError
+from mhc.tasks import TaskSpec
+
+SPECIES = TaskSpec("species", "multiclass", ["cat", "dog", "eel"], masked=True)
+TAGS = TaskSpec("tags", "multilabel", ["a", "b", "c"], masked=True)
+# 80 cats, 15 dogs, 5 eels, and 20 samples without a label
+SKEWED = np.array([0] * 80 + [1] * 15 + [2] * 5 + [-1] * 20)
+
+
+def test_balanced_class_weights_are_n_over_classes_times_count():
+    weights = balanced_class_weights(SPECIES, SKEWED)
+    np.testing.assert_allclose(weights, [100 / (3 * 80), 100 / (3 * 15), 100 / (3 * 5)])
+    assert balanced_class_weights(SPECIES, np.array([0, 0, 1, -1]))[2] == 1.0  # a class never seen keeps 1
+
+
+def test_balanced_pos_weight_is_negatives_over_positives_per_output():
+    labels = np.array([[1, 0, 0], [1, 1, 0], [0, 0, 0], [1, 0, 0], [-1, -1, -1]])
+    np.testing.assert_allclose(balanced_pos_weight(TAGS, labels), [1 / 3, 3 / 1, 1.0])  # c never positive: 1
+
+
+def test_the_sampler_draws_each_class_equally_often():
+    weights = torch.as_tensor(balancing_weights(SPECIES, SKEWED))
+    draws = SKEWED[torch.multinomial(weights, 30000, replacement=True, generator=torch.Generator().manual_seed(0))]
+    shares = np.bincount(draws[draws >= 0], minlength=3) / (draws >= 0).sum()
+    np.testing.assert_allclose(shares, [1 / 3] * 3, atol=0.02)
+    assert abs((draws < 0).mean() - 20 / 120) < 0.02  # unlabelled samples keep the mean weight: still seen
+
+
+def test_labels_are_read_through_subsets_and_wrappers():
+    dataset = ArrayDataset(np.zeros((120, 4, 4, 3), np.uint8), {"species": SKEWED}, [SPECIES])
+    subset = torch.utils.data.Subset(dataset, [0, 90, 99, 110])
+    assert encoded_labels(subset, "species").tolist() == [0, 1, 2, -1]
+    assert encoded_labels(torch.utils.data.ConcatDataset([subset, subset]), "species").tolist() == [0, 1, 2, -1] * 2
+
+
+def test_balanced_options_through_training(tmp_path):
+    cfg = compose_config("train", ["data.num_train=96", "data.num_val=32", "data.num_test=32", "backbone.widths=[8,16]",
+                                   "trainer.max_epochs=1", "~callbacks.progress_bar", "test=false",
+                                   "tasks.shape.class_weights=balanced", "tasks.outlined.pos_weight=balanced",
+                                   "data.balance=size"], output_dir=tmp_path)
+    result = train(cfg)
+    tasks = mhc.load(result.last_checkpoint).tasks
+    assert len(tasks["shape"].class_weights) == 4 and all(w > 0 for w in tasks["shape"].class_weights)
+    assert len(tasks["outlined"].pos_weight) == 1 and tasks["outlined"].pos_weight[0] > 0
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (["data.balance=colour"], r"data.balance: unknown task 'colour'; the tasks are \['shape'"),
+    (["data.balance=marks"], "data.balance: task 'marks' is multilabel; balance a multiclass or binary task"),
+])
+def test_bad_balance_is_one_config_error(overrides, message, tmp_path):
+    cfg = compose_config("train", ["data.num_train=32", "data.num_val=8", "data.num_test=8", "backbone.widths=[8,16]",
+                                   "trainer.max_epochs=1", "~callbacks.progress_bar", *overrides], output_dir=tmp_path)
+    with pytest.raises(ConfigError, match=message):
+        train(cfg)
+
+
+def test_unresolved_balanced_weights_cannot_build_a_module():
+    from mhc.processing.processors import ImageProcessor
+    from mhc.training import MultiHeadModule
+
+    task = TaskSpec("species", "multiclass", ["cat", "dog"], class_weights="balanced")
+    with pytest.raises(ConfigError, match="class_weights=balanced is computed from the training data"):
+        MultiHeadModule({"backbone": {"name": "cnn", "widths": [8]}, "tasks": [task.to_dict()],
+                         "processor": ImageProcessor().to_dict()})
+
+
+def test_the_training_loader_of_a_balanced_data_module_samples_by_weight():
+    from mhc.data import ScenesDataModule
+
+    data = ScenesDataModule(num_train=64, num_val=8, num_test=8, seed=0, balance="size")
+    data.set_tasks(data.task_specs())
+    sampler = data.loader("train", shuffle=True).sampler
+    assert isinstance(sampler, torch.utils.data.WeightedRandomSampler) and sampler.num_samples == 64
+    assert not isinstance(data.loader("val").sampler, torch.utils.data.WeightedRandomSampler)
