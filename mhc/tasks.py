@@ -76,9 +76,12 @@ def _numbers(value: Any) -> list[float] | None:
     return None if value is None else [float(w) for w in _listed(value)]
 
 
+BALANCED = "balanced"  # class or positive weights computed from the training counts (mhc.data.balance)
+
+
 def _weights(value: Any) -> list[float] | str | None:
     """Per-class weights, or ``balanced`` (computed from the training counts when training starts)."""
-    return value if value == "balanced" else _numbers(value)
+    return value if value == BALANCED else _numbers(value)
 
 
 @dataclass

@@ -296,7 +296,7 @@ def backbone_for_data(cfg: DictConfig, processor: Processor) -> dict[str, Any]:
     from the data's sequence length; an image backbone left without an ``image_size`` takes the data's. A
     backbone that reads the other kind of input (token ids for images, or images for tokens) is
     a :class:`ConfigError`."""
-    backbone = OmegaConf.to_container(cfg.backbone, resolve=True)
+    backbone = backbone_options(cfg)
     reads_tokens = backbone_takes_tokens(backbone)
     if reads_tokens != isinstance(processor, TextProcessor):
         reads, gives = ("token ids", "images") if reads_tokens else ("images", "token ids")

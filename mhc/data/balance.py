@@ -21,9 +21,7 @@ from torch.utils.data import ConcatDataset, Dataset, Subset
 
 from mhc.data.labels import MISSING
 from mhc.errors import ConfigError
-from mhc.tasks import TaskSpec
-
-BALANCED = "balanced"
+from mhc.tasks import BALANCED, TaskSpec
 
 
 def encoded_labels(dataset: Dataset, task: str) -> np.ndarray:

@@ -27,6 +27,7 @@ from mhc.metrics import HeadMetrics, delta_m, flatten_results
 from mhc.model.net import MultiHeadNet
 from mhc.predictor import OutputDecoder
 from mhc.pretrain import build_objective
+from mhc.tasks import BALANCED
 from mhc.training.guards import RestoreRNG
 from mhc.training.schedules import optimization
 from mhc.training.speed import apply_speed_options
@@ -115,7 +116,7 @@ class MultiHeadModule(pl.LightningModule):
         self.net = MultiHeadNet.from_config(net_config)
         for task in self.net.tasks.values():
             for option in ("class_weights", "pos_weight"):
-                if getattr(task, option) == "balanced":
+                if getattr(task, option) == BALANCED:
                     raise ConfigError(f"task '{task.name}': {option}=balanced is computed from the training data when "
                                       "mhc-train starts; give numbers to build a module directly")
         apply_speed_options(self.net, **dict(speed or {}))

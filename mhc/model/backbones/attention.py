@@ -139,3 +139,14 @@ def masked_mean(tokens: Tensor, key_padding: Tensor | None) -> Tensor:
         return tokens.mean(dim=1)
     keep = (~key_padding).unsqueeze(-1).to(tokens.dtype)
     return (tokens * keep).sum(dim=1) / keep.sum(dim=1).clamp(min=1)
+
+
+def pool_tokens(tokens: Tensor, padding: Tensor, pool: str) -> Tensor:
+    """Tokens [B, L, D] with their padding [B, L] -> [B, D]: the first token (``cls``), the last
+    real one (``last``), or the mean of the real ones (``mean``)."""
+    if pool == "cls":
+        return tokens[:, 0]
+    if pool == "last":
+        last = (~padding).sum(dim=1).clamp(min=1) - 1
+        return tokens[torch.arange(tokens.shape[0], device=tokens.device), last]
+    return masked_mean(tokens, padding)

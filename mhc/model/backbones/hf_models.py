@@ -40,7 +40,7 @@ import torch
 from torch import Tensor
 
 from mhc.errors import CheckpointError, ConfigError, first_line
-from mhc.model.backbones.attention import masked_mean
+from mhc.model.backbones.attention import pool_tokens
 from mhc.model.backbones.attention_views import EncoderView, encoder_view, hf_layers
 from mhc.model.backbones.base import ATTENTION, IMAGE, TOKENS, Backbone
 from mhc.model.backbones.registry import register_backbone
@@ -243,12 +243,7 @@ class HFTextEncoder(HFEncoder):
 
     def forward(self, ids: Tensor) -> Tensor:  # [B, L] -> [B, hidden]
         tokens, padding, _ = self.forward_tokens(ids)
-        if self.pool == "cls":
-            return tokens[:, 0]
-        if self.pool == "last":
-            last = (~padding).sum(dim=1).clamp(min=1) - 1
-            return tokens[torch.arange(tokens.shape[0], device=ids.device), last]
-        return masked_mean(tokens, padding)
+        return pool_tokens(tokens, padding, self.pool)
 
 
 @register_backbone("hf_vision")

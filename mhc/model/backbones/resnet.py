@@ -58,7 +58,7 @@ class ResNetBackbone(Backbone):
         self.num_features = net.fc.in_features
         net.fc = nn.Identity()
         self.net = net
-        if weights and published_weights(arch, weights) is None:
+        if weights and published is None:  # a local state-dict file
             load_backbone_weights(self, weights)
 
     @classmethod

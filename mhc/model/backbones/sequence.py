@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from mhc.model.backbones.attention import Encoder, attention_mask, masked_mean
+from mhc.model.backbones.attention import Encoder, attention_mask, pool_tokens
 from mhc.model.backbones.base import ATTENTION, HEAD_PRUNING, TOKENS, Backbone
 from mhc.model.backbones.registry import register_variants
 
@@ -102,12 +102,7 @@ class SequenceTransformer(Backbone):
 
     def forward(self, ids: Tensor) -> Tensor:
         tokens, padding, _ = self.forward_tokens(ids)
-        if self.pool == "cls":
-            return tokens[:, 0]
-        if self.pool == "last":
-            last = (~padding).sum(dim=1).clamp(min=1) - 1
-            return tokens[torch.arange(tokens.shape[0]), last]
-        return masked_mean(tokens, padding)
+        return pool_tokens(tokens, padding, self.pool)
 
 
 SIZES = {"seq_tiny": dict(dim=64, depth=2, num_heads=4), "seq_small": dict(dim=128, depth=4, num_heads=4)}
