@@ -373,9 +373,10 @@ class OnnxModel:
         outputs = self.session.run(self.output_names, {INPUT_NAME: batch.cpu().numpy()})
         return {name: torch.from_numpy(out) for name, out in zip(self.output_names, outputs)}
 
-    def predict(self, inputs: Any, batch_size: int = 64, threshold: float = 0.5) -> dict[str, TaskPrediction]:
-        """Class names and probabilities per task, for the inputs :meth:`MultiHeadNet.predict` takes."""
-        return self.predictor.predict(inputs, batch_size, threshold)
+    def predict(self, inputs: Any, batch_size: int = 64, threshold: float = 0.5,
+                tta: str | None = None) -> dict[str, TaskPrediction]:
+        """Class names and probabilities per task, for the inputs (and ``tta``) :meth:`MultiHeadNet.predict` takes."""
+        return self.predictor.predict(inputs, batch_size, threshold, tta)
 
 
 def predict_onnx(folder: str | Path, inputs: Any) -> dict[str, Tensor]:

@@ -36,19 +36,25 @@ def multiclass_loss(
 ) -> Tensor:
     """Cross-entropy (label smoothing, class weights) or focal loss over the allowed classes.
 
-    logits: [B, C]; target: [B] class indices; allowed: [B, C] bool. Label smoothing spreads
-    its mass over the allowed classes only, so masked classes never receive target mass.
+    logits: [B, C]; target: [B] class indices, or [B, C] class probabilities (mixed samples);
+    allowed: [B, C] bool. Label smoothing spreads its mass over the allowed classes only, so
+    masked classes never receive target mass. With probabilities ``q``, a sample's loss is
+    ``sum_c q_c w_c loss_c`` and its weight ``sum_c q_c w_c`` (class weights ``w``): for a
+    one-hot ``q`` exactly the loss and weight of its class.
     """
-    target = target.long().clamp(min=0)
     log_probs = F.log_softmax(apply_output_mask(logits.float(), allowed), dim=-1)
-    nll = -log_probs.gather(1, target.unsqueeze(1)).squeeze(1)
-    class_weights = None if task.class_weights is None else log_probs.new_tensor(task.class_weights)
-    sample_weight = torch.ones_like(nll) if class_weights is None else class_weights[target]
-    if task.loss == "focal":
-        p_true = torch.exp(-nll)
-        weighted = sample_weight * (1.0 - p_true).pow(task.focal_gamma) * nll
+    if target.is_floating_point() and target.ndim == 2:
+        probs = target.to(log_probs.dtype)
     else:
-        weighted = sample_weight * nll
+        probs = F.one_hot(target.long().clamp(min=0), log_probs.shape[-1]).to(log_probs.dtype)
+    nll = torch.where(probs > 0, -log_probs, torch.zeros_like(log_probs))  # [B, C]; masked classes carry no mass
+    class_weights = None if task.class_weights is None else log_probs.new_tensor(task.class_weights)
+    weighted_probs = probs if class_weights is None else probs * class_weights
+    sample_weight = weighted_probs.sum(-1)
+    if task.loss == "focal":
+        weighted = (weighted_probs * (1.0 - log_probs.exp()).pow(task.focal_gamma) * nll).sum(-1)
+    else:
+        weighted = (weighted_probs * nll).sum(-1)
         if task.label_smoothing > 0:  # torch's convention: smoothing term weighted per class
             allowed_f = torch.ones_like(log_probs) if allowed is None else allowed.to(log_probs.dtype)
             safe = torch.where(allowed_f > 0, log_probs, torch.zeros_like(log_probs))
@@ -89,9 +95,13 @@ def batch_losses(
     ``hierarchy(name)`` gives a child task's [parent classes, classes] matrix (see
     ``MultiHeadNet.hierarchy``).
     """
-    matrices = {name: hierarchy(name) for name, t in tasks.items() if t.parent is not None}
-    allowed = batch_allowed(tasks, matrices, batch["targets"], batch["label_mask"], batch.get("allowed"))
+    if "soft_targets" in batch:  # a mixed batch (mhc.data.mixing) carries its complete output masks
+        targets, allowed = batch["soft_targets"], dict(batch.get("allowed") or {})
+    else:
+        matrices = {name: hierarchy(name) for name, t in tasks.items() if t.parent is not None}
+        targets = batch["targets"]
+        allowed = batch_allowed(tasks, matrices, targets, batch["label_mask"], batch.get("allowed"))
     return {
-        name: task_loss(task, logits[name], batch["targets"][name], batch["label_mask"][name], allowed.get(name))
+        name: task_loss(task, logits[name], targets[name], batch["label_mask"][name], allowed.get(name))
         for name, task in tasks.items()
     }

@@ -36,8 +36,9 @@ def task_metrics(task: TaskSpec, auroc: bool = True) -> MetricCollection:
     per-update argument checks; accuracy and F1 share one set of stat scores.
     """
     if task.kind == "multiclass":
+        # accuracy counts all classes at once, macro-F1 per class: their states differ, so no shared group
         kw = {"task": "multiclass", "num_classes": task.num_classes, "validate_args": False}
-        return MetricCollection({"acc": Accuracy(**kw), "f1": F1Score(average="macro", **kw)}, compute_groups=[["acc", "f1"]])
+        return MetricCollection({"acc": Accuracy(**kw), "f1": F1Score(average="macro", **kw)}, compute_groups=False)
     if task.kind == "binary":
         kw = {"task": "binary", "validate_args": False}
     else:

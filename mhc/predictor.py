@@ -7,21 +7,55 @@ or sigmoids, and the multilabel threshold. :class:`Predictor` adds a processor
 between: the network itself (``MultiHeadNet.predict``), an ONNX Runtime session
 (``mhc.export.OnnxModel``), or the HTTP service's batcher (``mhc.serve``). ``mhc-predict``
 decodes with the same decoder, so all four give the same answer for the same input.
+
+Test-time augmentation (``tta="flip"``) runs each image batch as it is and mirrored, and the
+decoder averages the two views' probabilities per task. A task's view of the mirrored image is
+read back through its flip rule (``TaskSpec.hflip``): a class map moves the classes back
+(``left`` predicted on the mirror is ``right`` on the image), and a task whose rule is ``mask``
+or ``skip`` (its label does not survive a flip) keeps the plain view alone.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Callable, Iterable, Mapping, Sequence
+from typing import Any, Callable, Iterable, Mapping, Sequence, Union
 
 import torch
 from torch import Tensor
 
+from mhc.errors import ConfigError
 from mhc.masks import apply_output_mask, hierarchy_matrix
 from mhc.processing.processors import Processor
 from mhc.tasks import TaskSpec
 
 Logits = Callable[[Tensor], Mapping[str, Tensor]]
+Views = Mapping[str, Union[Tensor, Sequence[Tensor]]]  # per task: logits, or the logits of several views
+TTA = ("flip",)  # the test-time augmentations (or None)
+
+
+def check_tta(tta: str | None) -> None:
+    if tta is not None and tta not in TTA:
+        raise ConfigError(f"tta must be null or one of {list(TTA)}, got {tta!r}")
+
+
+def flip_views(tasks: Iterable[TaskSpec], logits: Logits, images: Tensor,
+               plain: Mapping[str, Tensor] | None = None) -> dict[str, list[Tensor]]:
+    """Each task's logits for ``images`` [B, 3, H, W] and, read back through its flip rule, for
+    the mirrored images (``plain``: the logits of ``images`` when already computed)."""
+    if not images.is_floating_point() or images.ndim != 4:
+        raise ConfigError("tta=flip mirrors images; this model reads tokens")
+    plain = logits(images) if plain is None else plain
+    mirrored = logits(images.flip(-1))
+    views: dict[str, list[Tensor]] = {}
+    for task in tasks:
+        views[task.name] = [plain[task.name]]
+        if task.hflip == "invariant":
+            views[task.name].append(mirrored[task.name])
+        elif isinstance(task.hflip, dict):  # the classes a mirror exchanges, exchanged back
+            flipped = task.flipped_indices()
+            out = mirrored[task.name]
+            views[task.name].append((-out if flipped[0] else out) if task.kind == "binary" else out[:, flipped])
+    return views
 
 
 @dataclass
@@ -45,32 +79,41 @@ class OutputDecoder:
         self.hierarchies = {t.name: hierarchy_matrix(t, self.tasks[t.parent]) for t in self.tasks.values() if t.parent}
 
     @torch.no_grad()
-    def probabilities(self, logits: Mapping[str, Tensor], allowed: Mapping[str, Tensor] | None = None) -> dict[str, Tensor]:
+    def probabilities(self, logits: Views, allowed: Mapping[str, Tensor] | None = None) -> dict[str, Tensor]:
         """Multiclass: softmax over the allowed classes [B, C]; binary: P(positive) [B];
         multilabel: independent sigmoids [B, C]. A child task is decoded under its parent's
-        predicted class; ``allowed`` may add per-sample allowed-class masks [B, C]."""
+        predicted class; ``allowed`` may add per-sample allowed-class masks [B, C]. A task given
+        a list of logits (views of the same inputs) gets the mean of their probabilities."""
         allowed = dict(allowed or {})
         probs: dict[str, Tensor] = {}
         for task in self.order:
-            out = logits[task.name].float()
-            if task.kind == "multiclass":
-                mask = allowed.get(task.name)
-                if task.parent is not None:
-                    hierarchy = self.hierarchies[task.name]
-                    if hierarchy.device != out.device:  # moved once, not on every batch
-                        hierarchy = self.hierarchies[task.name] = hierarchy.to(out.device)
-                    derived = hierarchy[probs[task.parent].argmax(-1)]
-                    if mask is None:
-                        mask = derived
-                    else:  # where the predicted parent contradicts the given set, the data wins
-                        both = mask & derived
-                        mask = torch.where(both.any(-1, keepdim=True), both, mask)
-                probs[task.name] = torch.softmax(apply_output_mask(out, mask), dim=-1)
-            elif task.kind == "binary":
-                probs[task.name] = torch.sigmoid(out.squeeze(-1))
+            views = logits[task.name]
+            if isinstance(views, Tensor):
+                probs[task.name] = self.task_probabilities(task, views, allowed.get(task.name), probs)
             else:
-                probs[task.name] = torch.sigmoid(out)
+                probs[task.name] = torch.stack([self.task_probabilities(task, v, allowed.get(task.name), probs)
+                                                for v in views]).mean(0)
         return {t: probs[t] for t in self.tasks}
+
+    def task_probabilities(self, task: TaskSpec, logits: Tensor, mask: Tensor | None, probs: Mapping[str, Tensor]) -> Tensor:
+        """One task's probabilities from its logits, under the allowed set ``mask`` [B, C] and, for a
+        child task, its parent's predicted class (the parent's entry of ``probs``)."""
+        out = logits.float()
+        if task.kind == "binary":
+            return torch.sigmoid(out.squeeze(-1))
+        if task.kind == "multilabel":
+            return torch.sigmoid(out)
+        if task.parent is not None:
+            hierarchy = self.hierarchies[task.name]
+            if hierarchy.device != out.device:  # moved once, not on every batch
+                hierarchy = self.hierarchies[task.name] = hierarchy.to(out.device)
+            derived = hierarchy[probs[task.parent].argmax(-1)]
+            if mask is None:
+                mask = derived
+            else:  # where the predicted parent contradicts the given set, the data wins
+                both = mask & derived
+                mask = torch.where(both.any(-1, keepdim=True), both, mask)
+        return torch.softmax(apply_output_mask(out, mask), dim=-1)
 
     def decode(self, probs: Mapping[str, Tensor], threshold: float = 0.5) -> dict[str, TaskPrediction]:
         """Class names from :meth:`probabilities`; a binary task's probabilities become [B, 2]."""
@@ -110,17 +153,24 @@ class Predictor:
         return self.decoder.tasks
 
     @torch.no_grad()
-    def probabilities(self, inputs: Any, batch_size: int = 64) -> dict[str, Tensor]:
-        """Per-task probabilities for raw inputs, in chunks of ``batch_size``, on the CPU."""
+    def probabilities(self, inputs: Any, batch_size: int = 64, tta: str | None = None) -> dict[str, Tensor]:
+        """Per-task probabilities for raw inputs, in chunks of ``batch_size``, on the CPU; ``tta="flip"``
+        averages them over each image and its mirror (see the module docstring)."""
+        check_tta(tta)
         items = self.processor.items(inputs)
-        chunks = [self.decoder.probabilities(self.logits(self.batch(items[i : i + batch_size])))
+        chunks = [self.decoder.probabilities(self.views(self.batch(items[i : i + batch_size]), tta))
                   for i in range(0, len(items), batch_size)]
         return {name: torch.cat([c[name] for c in chunks]).cpu() for name in self.tasks}
+
+    def views(self, batch: Tensor, tta: str | None = None) -> Views:
+        """The logits of a batch, or with ``tta="flip"`` each task's logits of its views."""
+        return self.logits(batch) if tta is None else flip_views(self.tasks.values(), self.logits, batch)
 
     def batch(self, items: Sequence[Any] | Tensor) -> Tensor:
         batch = self.processor.batch(items)
         return batch if self.device is None else batch.to(self.device)
 
-    def predict(self, inputs: Any, batch_size: int = 64, threshold: float = 0.5) -> dict[str, TaskPrediction]:
+    def predict(self, inputs: Any, batch_size: int = 64, threshold: float = 0.5,
+                tta: str | None = None) -> dict[str, TaskPrediction]:
         """Class names and probabilities per task for raw inputs (see the processor for what it reads)."""
-        return self.decoder.decode(self.probabilities(inputs, batch_size), threshold)
+        return self.decoder.decode(self.probabilities(inputs, batch_size, tta), threshold)

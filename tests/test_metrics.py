@@ -134,3 +134,28 @@ def test_binary_heads_measured_together_equal_each_head_alone(auroc):
                 reference.update(p, y)
         expected = {k: float(v) for k, v in reference.compute().items()}
         assert results[name] == pytest.approx(expected, abs=1e-6), name
+
+
+def test_every_metric_equals_scikit_learn():
+    from sklearn.metrics import accuracy_score, f1_score, roc_auc_score
+
+    metrics = HeadMetrics(TASKS)
+    seen = {name: ([], []) for name in TASKS}
+    for seed in range(3):
+        probs, targets, masks = random_batch(60, seed)
+        metrics.update(probs, targets, masks)
+        for name in TASKS:
+            seen[name][0].append(probs[name][masks[name]])
+            seen[name][1].append(targets[name][masks[name]])
+    results = metrics.compute()
+    p, y = (torch.cat(part).numpy() for part in seen["multi"])
+    assert results["multi"]["acc"] == pytest.approx(accuracy_score(y, p.argmax(-1)), abs=1e-6)
+    assert results["multi"]["f1"] == pytest.approx(f1_score(y, p.argmax(-1), average="macro"), abs=1e-6)
+    p, y = (torch.cat(part).numpy() for part in seen["flag"])
+    assert results["flag"]["acc"] == pytest.approx(accuracy_score(y, p >= 0.5), abs=1e-6)
+    assert results["flag"]["f1"] == pytest.approx(f1_score(y, p >= 0.5), abs=1e-6)
+    assert results["flag"]["auroc"] == pytest.approx(roc_auc_score(y, p), abs=0.01)  # binned thresholds
+    p, y = (torch.cat(part).numpy() for part in seen["tags"])
+    assert results["tags"]["acc"] == pytest.approx(((p >= 0.5) == y).mean(), abs=1e-6)  # label-wise accuracy
+    assert results["tags"]["f1"] == pytest.approx(f1_score(y, p >= 0.5, average="macro"), abs=1e-6)
+    assert results["tags"]["auroc"] == pytest.approx(roc_auc_score(y, p, average="macro"), abs=0.01)

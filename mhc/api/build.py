@@ -25,11 +25,13 @@ from omegaconf import DictConfig, MissingMandatoryValue, OmegaConf
 from mhc.config import config_dir
 from mhc.data.augment import Augmentation
 from mhc.data.balance import BALANCED, resolve_balanced
+from mhc.data.mixing import BatchMixing
 from mhc.errors import ConfigError, MhcError
 from mhc.io import read_checkpoint
 from mhc.model.backbones import list_backbones
 from mhc.model.backbones.registry import accepted_options, backbone_processing
 from mhc.model.net import backbone_takes_tokens
+from mhc.predictor import check_tta
 from mhc.processing.processors import ImageProcessor, Processor, TextProcessor
 from mhc.tasks import TaskSpec, resolve_tasks, tasks_to_dicts
 from mhc.training import MultiHeadModule
@@ -103,7 +105,9 @@ def build_datamodule(cfg: DictConfig) -> Any:
 def checkpoint_with_data(cfg: DictConfig) -> tuple[Any, Any, Any]:
     """The module of ``cfg.ckpt``, the configured data serving the checkpoint's tasks, and a
     Trainer for evaluation or prediction (no logger, no checkpoints)."""
+    check_tta(cfg.get("tta"))
     module = MultiHeadModule.from_checkpoint(cfg.ckpt)
+    module.tta = cfg.get("tta")
     datamodule = build_datamodule(cfg)
     datamodule.set_tasks(list(module.tasks.values()))
     datamodule.use_processor(module.net.processor)  # e.g. the saved tokenizer, never refitted
@@ -218,14 +222,16 @@ def resolve_resume(resume: str | None, output_root: Path) -> str | None:
 
 
 def build_module(cfg: DictConfig, datamodule: Any) -> MultiHeadModule:
+    check_tta(cfg.get("tta"))
     tasks = config_tasks(cfg, datamodule.task_specs())
     datamodule.set_tasks(tasks)
     if any(BALANCED in (t.class_weights, t.pos_weight) for t in tasks):  # weights from the training counts
         datamodule.setup("train")
         tasks = resolve_balanced(tasks, datamodule.splits["train"])
         datamodule.set_tasks(tasks)
-    if cfg.get("augment"):
-        datamodule.use_augmentation(build_augmentation(cfg, tasks))
+    augmentation = build_augmentation(cfg, tasks) if cfg.get("augment") else None
+    datamodule.use_augmentation(augmentation)
+    on_device = augmentation if augmentation is not None and augmentation.active and augmentation.where == "device" else None
     processor = processor_for_backbone(cfg, datamodule)
     backbone = backbone_for_data(cfg, processor)
     net_config = {"backbone": backbone, "tasks": tasks_to_dicts(tasks), "processor": processor.to_dict()}
@@ -242,16 +248,29 @@ def build_module(cfg: DictConfig, datamodule: Any) -> MultiHeadModule:
                            gradient_clip_val=trainer.get("gradient_clip_val"), backbone_lr_scale=cfg.backbone_lr_scale,
                            layer_decay=layer_decay, backbone_freeze=cfg.backbone_freeze,
                            baseline=baseline, baseline_metric=cfg.delta_m.metric,
+                           augmentation=on_device, mixing=build_mixing(cfg),
                            run_config=OmegaConf.to_container(cfg, resolve=True),
                            speed=OmegaConf.to_container(cfg.perf) if cfg.get("perf") else None)
 
 
+# augment options that mix the training batch (mhc.data.mixing), and their BatchMixing names
+MIXING_OPTIONS = {"mixup": "mixup", "cutmix": "cutmix", "mix_prob": "prob", "switch_prob": "switch_prob"}
+
+
 def build_augmentation(cfg: DictConfig, tasks: list[TaskSpec]) -> Augmentation:
-    """The training augmentation of ``cfg.augment``, with the tasks' flip rules."""
+    """The per-sample training augmentation of ``cfg.augment``, with the tasks' flip rules."""
+    options = {k: v for k, v in OmegaConf.to_container(cfg.augment, resolve=True).items() if k not in MIXING_OPTIONS}
     try:
-        return Augmentation(**OmegaConf.to_container(cfg.augment, resolve=True), tasks=tasks)
+        return Augmentation(**options, tasks=tasks)
     except TypeError as err:
         raise ConfigError(f"augment: {' '.join(str(err).split())}") from None
+
+
+def build_mixing(cfg: DictConfig) -> BatchMixing | None:
+    """Mixup / CutMix of the training batches from ``cfg.augment`` (``None`` when both are off)."""
+    options = OmegaConf.to_container(cfg.augment, resolve=True) if cfg.get("augment") else {}
+    mixing = BatchMixing(**{MIXING_OPTIONS[k]: v for k, v in options.items() if k in MIXING_OPTIONS})
+    return mixing if mixing.active else None
 
 
 def build_optimizer(cfg: DictConfig) -> tuple[Any, float | None]:

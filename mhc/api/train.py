@@ -80,6 +80,7 @@ def train(config: ConfigLike = None, *, output_dir: str | Path | None = None,
         trainer.validate(module, datamodule=datamodule, ckpt_path=best, verbose=False, weights_only=True)
     metrics = {"val": module.last_results.get("val", {})}
     if cfg.test and best:
+        module.tta = cfg.get("tta")  # the test alone: checkpoints are chosen on plain validation
         trainer.test(module, datamodule=datamodule, ckpt_path=best, verbose=False, weights_only=True)
         metrics["test"] = module.last_results.get("test", {})
     log_dirs = {type(logger).__name__: str(logger.log_dir or logger.save_dir) for logger in trainer.loggers}

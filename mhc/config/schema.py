@@ -119,6 +119,7 @@ class TrainConfig(FitConfig):
     nonfinite_loss: str = "stop"
     perf: SpeedOptions = field(default_factory=SpeedOptions)
     test: bool = True
+    tta: Optional[str] = None
 
 
 @dataclass
@@ -144,6 +145,7 @@ class EvalConfig(CheckpointConfig):
 
     task_name: str = "eval"
     split: str = "test"
+    tta: Optional[str] = None
 
 
 @dataclass
@@ -152,6 +154,7 @@ class PredictConfig(CheckpointConfig):
 
     task_name: str = "predict"
     output: Optional[str] = None
+    tta: Optional[str] = None
 
 
 @dataclass

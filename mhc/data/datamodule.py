@@ -155,8 +155,8 @@ class TaskDataModule(pl.LightningDataModule):
         self.splits.pop("train", None)
 
     def augmented(self, dataset: Dataset) -> Dataset:
-        if self.augmentation is None or not self.augmentation.active:
-            return dataset
+        if self.augmentation is None or not self.augmentation.active or self.augmentation.where != "loader":
+            return dataset  # augment.where=device: the module augments whole batches
         processor = self.processor()
         return AugmentedDataset(dataset, self.augmentation, processor.size) if isinstance(processor, ImageProcessor) else dataset
 

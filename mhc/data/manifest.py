@@ -45,7 +45,10 @@ from __future__ import annotations
 import csv
 import importlib.util
 import io
+import logging
 import math
+import os
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from functools import cached_property
 from pathlib import Path
@@ -61,9 +64,14 @@ from torch.utils.data import Dataset
 from mhc.data.datamodule import TaskDataModule, check_count, check_image_size
 from mhc.data.labels import MISSING, encode_sample, validate_labels
 from mhc.errors import ConfigError, DataError
+from mhc.processing.images import read_image
 from mhc.processing.processors import ImageProcessor, Processor, TextProcessor
 from mhc.processing.tokenizer import FITTED_KINDS, Tokenizer, fit_tokenizer
 from mhc.tasks import TaskSpec, check_task_graph, valid_task_name
+
+log = logging.getLogger(__name__)
+CACHES = ("auto", "memory", "none")
+CACHE_SHARE = 0.25  # cache=auto: decoded images may take this share of the memory available
 
 IMAGE_COLUMN = "image"
 TEXT_COLUMN = "text"
@@ -449,16 +457,40 @@ class ManifestDataset(Dataset):
             self.tokens = encode_texts(manifest, processor)  # [N, max_length]
         else:
             self.files = image_files(manifest)
+        self.cache: Tensor | None = None  # uint8 [N, 3, H, W] after cache_images()
 
     def __len__(self) -> int:
         return len(self.inputs)
 
     def load_image(self, index: int) -> Tensor:
         """Float [3, H, W] in [0, 1] at the processor's size; an unreadable file names its row."""
+        if self.cache is not None:
+            return self.cache[index].float() / 255  # as image_tensor reads 8-bit pixels
         try:
             return self.processor.load(self.files[index])
         except DataError as err:
             raise DataError(f"{location(self.source, index, IMAGE_COLUMN)}: {err}") from None
+
+    def cache_images(self, threads: int = 4) -> None:
+        """Decode every image once, in ``threads`` threads, and keep them in memory as 8-bit pixels
+        at the processor's size (exact for images stored at that size; a resized image is rounded
+        to 8 bits). Loader workers share the cache with the process that built it."""
+        height, width = self.processor.size  # type: ignore[attr-defined]
+        cache = torch.empty(len(self.files), 3, height, width, dtype=torch.uint8)
+
+        def decode(index: int) -> None:
+            try:
+                pixels = torch.from_numpy(read_image(self.files[index])).permute(2, 0, 1)
+            except DataError as err:
+                raise DataError(f"{location(self.source, index, IMAGE_COLUMN)}: {err}") from None
+            if tuple(pixels.shape[-2:]) != (height, width):  # resized as the processor does, back to 8 bits
+                pixels = self.processor.resize(pixels.float() / 255).mul(255).round_().clamp_(0, 255).to(torch.uint8)  # type: ignore[attr-defined]
+            cache[index] = pixels
+
+        with ThreadPoolExecutor(max(1, threads)) as pool:
+            for _ in pool.map(decode, range(len(self.files))):
+                pass
+        self.cache = cache
 
     def __getitem__(self, index: int) -> dict[str, Any]:
         targets, label_mask = encode_sample(self.tasks, self.labels, index)
@@ -469,6 +501,21 @@ class ManifestDataset(Dataset):
         if self.allowed:
             sample["allowed"] = {name: torch.from_numpy(mask[index]) for name, mask in self.allowed.items()}
         return sample
+
+
+def available_memory() -> int | None:
+    """Bytes of memory available to new allocations (Linux's MemAvailable), or ``None`` if unknown."""
+    try:
+        with open("/proc/meminfo") as meminfo:
+            for line in meminfo:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return None
 
 
 def _plain(value: Any) -> Any:
@@ -518,10 +565,18 @@ class ManifestDataModule(TaskDataModule):
         max_length: int = 128,
         min_count: int = 1,
         max_size: int | None = None,
+        cache: str = "auto",
+        ignore_columns: Sequence[str] = (),
         **loader: Any,
     ) -> None:
         super().__init__(**loader)
         self.files = {"train": train, "val": val, "test": test, "predict": predict}
+        if cache not in CACHES:
+            raise ConfigError(f"data.cache must be one of {list(CACHES)}, got {cache!r}")
+        self.cache = cache
+        self.ignore_columns = [str(c) for c in _plain(ignore_columns) or ()]
+        if set(self.ignore_columns) & set(INPUT_COLUMNS):
+            raise ConfigError(f"data.ignore_columns may not name an input column {list(INPUT_COLUMNS)}; got {self.ignore_columns}")
         declared = _plain(tasks) or {}
         if not isinstance(declared, Mapping) or not all(isinstance(o, Mapping) or o is None for o in declared.values()):
             raise ConfigError(f"data.tasks must map task names to options, e.g. {{tags: {{kind: multilabel}}}}; got {declared!r}")
@@ -541,15 +596,26 @@ class ManifestDataModule(TaskDataModule):
         self.served_input: str | None = None  # the input column of a checkpoint's model
 
     def manifest(self, split: str) -> Manifest:
-        """The manifest of ``split``; the training one is read once and kept."""
+        """The manifest of ``split`` without the ignored columns; the training one is read once and kept."""
         if split == "train":
             return self.train_manifest
-        return read_manifest(self._path(split))
+        return self.without_ignored(read_manifest(self._path(split)))
 
     @cached_property
     def train_manifest(self) -> Manifest:
         """The training manifest, read once: tasks are inferred from it."""
-        return read_manifest(self._path("train"))
+        manifest = read_manifest(self._path("train"))
+        absent = [c for c in self.ignore_columns if c not in manifest.columns]
+        if absent:
+            raise ConfigError(f"data.ignore_columns names {absent}, which {manifest.source} does not have; "
+                              f"its columns are {list(manifest.columns)}")
+        return self.without_ignored(manifest)
+
+    def without_ignored(self, manifest: Manifest) -> Manifest:
+        """``manifest`` without the columns of ``ignore_columns`` (e.g. an output mask left out)."""
+        if not self.ignore_columns:
+            return manifest
+        return replace(manifest, columns={k: v for k, v in manifest.columns.items() if k not in self.ignore_columns})
 
     def _path(self, split: str) -> str | Path:
         path = self.files.get(split)
@@ -586,7 +652,23 @@ class ManifestDataModule(TaskDataModule):
             )
         tasks = self.active_tasks()
         # Without tasks (pretraining: labels ignored) label columns are ignored, as when predicting.
-        return ManifestDataset(manifest, tasks, self.processor(), labelled=split != "predict" and bool(tasks))
+        dataset = ManifestDataset(manifest, tasks, self.processor(), labelled=split != "predict" and bool(tasks))
+        if split != "predict" and manifest.input_column == IMAGE_COLUMN and self.caches(len(dataset)):
+            dataset.cache_images(threads=min(8, os.cpu_count() or 1))
+        return dataset
+
+    def caches(self, count: int) -> bool:
+        """Whether ``count`` decoded images are kept in memory: ``cache=memory`` always; ``auto``
+        when they take at most a quarter of the memory available now."""
+        if self.cache != "auto":
+            return self.cache == "memory"
+        height, width = self.image_size
+        size, available = count * 3 * height * width, available_memory()
+        if available is None or size > CACHE_SHARE * available:
+            if available is not None:
+                log.info(f"not caching {count} images ({size / 2**20:.0f} MiB): over a quarter of the memory available")
+            return False
+        return True
 
     def processor(self) -> Processor:
         """Images at ``image_size`` with ``mean``/``std``, or for text manifests the tokenizer

@@ -130,18 +130,21 @@ class MultiHeadNet(nn.Module):
         return getattr(self, f"allowed_{task}")
 
     @torch.no_grad()
-    def predict(self, inputs: Any, batch_size: int = 64, threshold: float = 0.5) -> dict[str, TaskPrediction]:
+    def predict(self, inputs: Any, batch_size: int = 64, threshold: float = 0.5,
+                tta: str | None = None) -> dict[str, TaskPrediction]:
         """Class names and probabilities per task for raw inputs: images (paths, PIL images,
         arrays or tensors), or for a text model, texts (a string or a list) or token ids.
 
         Runs in eval mode without gradients; a child task is decoded under its parent's
-        predicted class, so a prediction is never outside its allowed set.
+        predicted class, so a prediction is never outside its allowed set. ``tta="flip"``
+        averages each task's probabilities over the image and its mirror, through the task's
+        flip rule (:mod:`mhc.predictor`).
         """
         was_training = self.training
         self.eval()
         try:
             device = next(self.parameters()).device
-            return Predictor(self.tasks.values(), self.processor, self, device).predict(inputs, batch_size, threshold)
+            return Predictor(self.tasks.values(), self.processor, self, device).predict(inputs, batch_size, threshold, tta)
         finally:
             self.train(was_training)
 

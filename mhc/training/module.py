@@ -20,12 +20,14 @@ import pytorch_lightning as pl
 import torch
 from torch import Tensor
 
+from mhc.data.augment import Augmentation
 from mhc.data.labels import batch_inputs
+from mhc.data.mixing import BatchMixing
 from mhc.errors import ConfigError, NonFiniteLossError
 from mhc.io import CHECKPOINT_FORMAT, load
 from mhc.metrics import HeadMetrics, delta_m, flatten_results
 from mhc.model.net import MultiHeadNet
-from mhc.predictor import OutputDecoder
+from mhc.predictor import OutputDecoder, check_tta, flip_views
 from mhc.pretrain import build_objective
 from mhc.tasks import BALANCED
 from mhc.training.guards import RestoreRNG
@@ -88,6 +90,9 @@ class MultiHeadModule(pl.LightningModule):
             cards and reproduction.
         speed: options of :func:`mhc.training.speed.apply_speed_options` (``channels_last``,
             ``compile``, ``fuse_heads``).
+        augmentation: training augmentation of whole batches on their device (``augment.where=device``,
+            :meth:`~mhc.data.augment.Augmentation.batch`).
+        mixing: Mixup / CutMix of the training batches (:class:`~mhc.data.mixing.BatchMixing`).
     """
 
     def __init__(
@@ -108,6 +113,8 @@ class MultiHeadModule(pl.LightningModule):
         baseline_metric: str = "acc",
         run_config: Mapping[str, Any] | None = None,
         speed: Mapping[str, Any] | None = None,
+        augmentation: Augmentation | None = None,
+        mixing: BatchMixing | None = None,
     ) -> None:
         super().__init__()
         # What the loggers show as the run's hyperparameters: the resolved config when there is one.
@@ -138,6 +145,9 @@ class MultiHeadModule(pl.LightningModule):
         self.baseline = dict(baseline or {})
         self.baseline_metric = baseline_metric
         self.run_config = dict(run_config or {})
+        self.augmentation = augmentation
+        self.mixing = mixing
+        self.tta: str | None = None  # validation, test and predict: "flip" (mhc-eval tta=flip, mhc-predict)
         self.nonfinite: NonFiniteLossError | None = None  # this batch's, for the NonFiniteLoss callback
         self.skipped_steps = 0
         # Masked-modeling objectives trained alongside the heads, on every batch, labelled or not.
@@ -175,7 +185,8 @@ class MultiHeadModule(pl.LightningModule):
     def _record(self, stage: str, batch: Mapping[str, Any], logits: Mapping[str, Tensor], losses: Mapping[str, Tensor],
                 auxiliary: Tensor | float) -> None:
         """Metrics, and ``<stage>/loss``: the static-weighted loss plus the auxiliary losses."""
-        probs = self.decoder.probabilities({k: v.detach() for k, v in logits.items()}, batch.get("allowed"))
+        views = self.views(batch_inputs(batch), {k: v.detach() for k, v in logits.items()}, training=stage == "train")
+        probs = self.decoder.probabilities(views, batch.get("allowed"))
         # Per-task losses are averaged over each task's labelled samples by the stage metrics.
         self.stage_metrics(stage).update(probs, batch["targets"], batch["label_mask"], losses)
         total = static_loss(self.tasks, {k: v.detach() for k, v in losses.items()}) + auxiliary
@@ -190,6 +201,10 @@ class MultiHeadModule(pl.LightningModule):
         self._record(stage, batch, logits, losses, self._auxiliary_loss(inputs, stage))
 
     def training_step(self, batch: Mapping[str, Any], batch_idx: int) -> Tensor | None:
+        if self.augmentation is not None and "image" in batch:  # augment.where=device
+            batch = self.augmentation.batch(dict(batch))
+        if self.mixing is not None:
+            batch = self.mixing(batch, self.tasks, self.net.hierarchy)
         try:
             step = self.step(self, self.net, batch)
             auxiliary = self._auxiliary_loss(batch_inputs(batch), "train")
@@ -220,7 +235,16 @@ class MultiHeadModule(pl.LightningModule):
         self._shared_step(batch, "test")
 
     def predict_step(self, batch: Mapping[str, Any], batch_idx: int) -> dict[str, Tensor]:
-        return self.decoder.probabilities(self.net(batch_inputs(batch)), batch.get("allowed"))
+        inputs = batch_inputs(batch)
+        return self.decoder.probabilities(self.views(inputs, self.net(inputs)), batch.get("allowed"))
+
+    def views(self, inputs: Tensor, logits: Mapping[str, Tensor], training: bool = False) -> Any:
+        """``logits``, or outside training with ``tta`` set, each task's logits of its test-time views."""
+        if self.tta is None or training:
+            return logits
+        check_tta(self.tta)
+        with torch.no_grad():
+            return flip_views(self.tasks.values(), self.net, inputs, logits)
 
     def labelled_counts(self, stage: str) -> Tensor:
         """Labelled samples per task summed over all processes."""

@@ -104,7 +104,7 @@ def test_predict_writes_a_text_column(text_run, tmp_path):
          "backbone=cnn reads images but data=manifest gives token ids; choose a backbone that reads token ids "
          "(seq_small, seq_tiny)"),
         (["backbone=seq_tiny", "data=scenes"],
-         "backbone=seq_tiny reads token ids but data=scenes gives images; choose a backbone that reads images (cnn, "),
+         "backbone=seq_tiny reads token ids but data=scenes gives images; choose a backbone that reads images (airbench, cnn, "),
     ],
 )
 def test_backbone_reading_the_other_input_is_one_config_error(text_run, tmp_path, overrides, message):

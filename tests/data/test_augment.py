@@ -112,3 +112,81 @@ def test_bad_augment_options_are_one_config_error(override, message, tmp_path):
     cfg = compose_config("train", ["augment=standard", override], output_dir=tmp_path)
     with pytest.raises(ConfigError, match=message):
         build_augmentation(cfg, [SHAPE])
+
+
+# -- whole batches on their device (augment.where=device) -----------------------------------------
+
+
+def collate(samples: list[dict]) -> dict:
+    return torch.utils.data.default_collate(samples)
+
+
+def test_a_batch_flip_moves_labels_as_the_per_sample_flip_does():
+    samples = [sample(side=i % 3, labelled=i % 4 != 0) for i in range(8)]
+    for i, s in enumerate(samples):
+        s["targets"]["hand"] = torch.tensor(float(i % 2))
+    tasks = [SIDES, HAND, TAGS, SHAPE, TaskSpec("text", "multiclass", ["a", "b"], hflip="mask")]
+    for s in samples:
+        s["targets"]["text"], s["label_mask"]["text"] = torch.tensor(1), torch.tensor(True)
+    out = Augmentation(hflip=1.0, where="device", tasks=tasks).batch(collate(samples))
+    expected = collate([Augmentation(hflip=1.0, tasks=tasks).flip(s) for s in samples])
+    torch.testing.assert_close(out["image"], expected["image"])
+    for key in ("targets", "label_mask", "allowed"):
+        for name, value in expected[key].items():
+            torch.testing.assert_close(out[key][name], value, msg=f"{key}.{name}")
+    assert not out["label_mask"]["text"].any()  # hflip=mask
+    skip = TaskSpec("side", "multiclass", ["left", "right", "middle"], masked=True, hflip="skip")
+    out = Augmentation(hflip=1.0, where="device", tasks=[skip]).batch(collate(samples))
+    mirrored = [not torch.equal(out["image"][i], samples[i]["image"]) for i in range(8)]
+    assert mirrored == [not bool(s["label_mask"]["side"]) for s in samples]  # labelled samples keep their side
+
+
+def test_batch_crops_are_shifted_windows_of_the_reflect_padded_image():
+    images = torch.rand(6, 3, 8, 10)
+    flip = torch.tensor([True, False, True, False, False, True])
+    out = Augmentation(crop="pad", padding=2, hflip=0.5, where="device").batch  # noqa: F841 (the options are valid)
+    from mhc.data.augment import shifted_crops
+
+    crops = shifted_crops(images, 2, flip)
+    padded = torch.nn.functional.pad(images, (2, 2, 2, 2), mode="reflect")
+    for i in range(6):
+        windows = [padded[i, :, y:y + 8, x:x + 10] for y in range(5) for x in range(5)]
+        if flip[i]:
+            windows = [w.flip(-1) for w in windows]
+        assert any(torch.equal(crops[i], w) for w in windows), i
+
+
+def test_batch_resized_crops_and_erasing_per_sample():
+    from mhc.data.augment import erase_boxes, resized_crops
+
+    ramp = torch.linspace(0, 1, 16).expand(4, 3, 16, 16).contiguous()
+    flip = torch.tensor([True, False, True, False])
+    out = resized_crops(ramp, (0.3, 1.0), flip)
+    assert out.shape == ramp.shape
+    steps = out[:, 0, 8].diff()
+    assert (steps[flip] <= 1e-6).all() and (steps[~flip] >= -1e-6).all()  # mirrored ramps fall
+    assert not torch.equal(out[1], out[3])  # each sample its own crop
+    images = torch.ones(64, 3, 20, 20)
+    chosen = torch.arange(64) % 2 == 0
+    erased = erase_boxes(images, chosen)
+    area = (erased[:, 0] == 0).float().mean((1, 2))
+    assert (area[~chosen] == 0).all()
+    assert ((area[chosen] > 0.01) & (area[chosen] < 0.4)).all()
+
+
+def test_device_augmentation_runs_on_training_batches_only(tmp_path, monkeypatch):
+    from mhc.api import train
+    from tests.api.conftest import compose_config as tiny_config
+
+    seen = []
+    original = Augmentation.batch
+
+    def spy(self, batch):
+        seen.append(batch["image"].shape[0])
+        return original(self, batch)
+
+    monkeypatch.setattr(Augmentation, "batch", spy)
+    train(tiny_config("train", tmp_path, "augment=standard", "augment.where=device", "augment.erasing=0.5", "test=false"))
+    assert seen == [32, 32, 32]  # the three training batches; validation is never augmented
+    with pytest.raises(ConfigError, match="TrivialAugmentWide.*runs per sample in the loader; set augment.where=loader"):
+        build_augmentation(compose_config("train", ["augment=strong", "augment.where=device"], output_dir=tmp_path), [SHAPE])

@@ -291,3 +291,45 @@ def test_corrupt_image_in_a_worker_is_a_data_error_without_traceback(folder: Pat
     assert "Traceback" not in message and "\n" not in message
     assert message.startswith(f"{train}: row 2, column 'image': image '")
     assert "bad.png" in message
+
+
+# -- the in-memory image cache ---------------------------------------------------------------------
+
+
+def test_the_image_cache_decodes_once_and_serves_the_same_pixels(folder: Path) -> None:
+    for i in range(4):  # stored at the model's size: the cache is exact
+        Image.fromarray(np.random.default_rng(i).integers(0, 256, (4, 4, 3), dtype=np.uint8)).save(folder / "img" / f"{i}.png")
+    train = write(folder, "train.csv", TRAIN)
+    plain, cached = data_module(train, cache="none"), data_module(train, cache="memory")
+    for dm in (plain, cached):
+        dm.setup("fit")
+    assert plain.splits["train"].cache is None and cached.splits["train"].cache.dtype == torch.uint8
+    for i in range(4):
+        assert torch.equal(plain.splits["train"][i]["image"], cached.splits["train"][i]["image"])
+    automatic = data_module(train)  # auto: four tiny images fit
+    automatic.setup("fit")
+    assert automatic.splits["train"].cache is not None
+    for path in (folder / "img").iterdir():  # decoded once: the files are not read again
+        path.unlink()
+    assert cached.splits["train"][3]["image"].shape == (3, 4, 4)
+
+
+def test_a_corrupt_image_met_while_caching_names_its_row(folder: Path) -> None:
+    (folder / "img" / "bad.png").write_bytes(b"not a png at all")
+    train = write(folder, "train.csv", "image,flag\nimg/0.png,0\nimg/bad.png,1\n")
+    with pytest.raises(DataError, match=rf"^{train}: row 2, column 'image': image '.*bad.png' could not be read"):
+        data_module(train, cache="memory").setup("fit")
+    with pytest.raises(ConfigError, match=r"data.cache must be one of \['auto', 'memory', 'none'\], got 'disk'"):
+        data_module(train, cache="disk")
+
+
+def test_ignored_columns_are_left_out_of_every_split(folder: Path) -> None:
+    train = write(folder, "train.csv", "image,flag,flag__allowed,note\nimg/0.png,0,0|1,a\nimg/1.png,1,1,b\n")
+    dm = ManifestDataModule(train, val=train, image_size=[4, 4], ignore_columns=["flag__allowed", "note"])
+    assert [t.name for t in dm.task_specs()] == ["flag"]
+    dm.setup("fit")
+    assert "allowed" not in dm.splits["val"][0]
+    with pytest.raises(ConfigError, match=r"data.ignore_columns names \['nothing'\], which .*train.csv does not have"):
+        ManifestDataModule(train, ignore_columns=["nothing"]).task_specs()
+    with pytest.raises(ConfigError, match="may not name an input column"):
+        ManifestDataModule(train, ignore_columns=["image"])

@@ -8,6 +8,7 @@ A backbone maps network input to pooled features ``[B, num_features]``. Its clas
 * ``capabilities``, each with the methods it promises:
 
   - ``feature_map``: ``forward_map(x) -> [B, D, h, w]`` and ``reduction`` (input pixels per cell);
+    the features are the map's ``global_pool`` (``avg``, or ``max``);
   - ``attention``: ``forward_tokens(x, need_weights) -> (tokens [B, L, D], padding [B, L] or
     None, per-layer weights [B, heads, L, L])``, ``encoder`` (an
     :class:`~mhc.model.backbones.attention.Encoder`, whose heads have gates) and
@@ -66,6 +67,7 @@ class Backbone(nn.Module):
     convolutional: ClassVar[bool] = False
     masked_modeling: ClassVar[tuple[str, ...]] = ()
     own_weights: ClassVar[tuple[str, ...]] = ()
+    global_pool: str = "avg"  # feature_map backbones: how the map becomes the features
     num_features: int
 
     def __init_subclass__(cls, **kwargs: object) -> None:
