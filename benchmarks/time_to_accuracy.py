@@ -32,6 +32,7 @@ import numpy as np
 import pandas as pd
 import torch
 import torch.nn.functional as F
+from omegaconf import OmegaConf
 from PIL import Image
 from torch import nn
 
@@ -55,8 +56,8 @@ def plain_loop(cfg, data: Path, epochs: int) -> tuple[float, dict[str, float]]:
     torch.manual_seed(cfg.seed)
     train_x, train_y, classes = read_split(data, "train")
     test_x, test_y, _ = read_split(data, "test", classes)
-    options = {k: v for k, v in dict(cfg.backbone).items() if k not in ("weights", "pretrained")}
-    body = create_backbone(options)
+    options = {k: v for k, v in OmegaConf.to_container(cfg.backbone).items() if k not in ("weights", "pretrained")}
+    body = create_backbone(**options)
     heads = nn.ModuleDict({t: nn.Linear(body.num_features, len(c)) for t, c in classes.items()})
     net = nn.ModuleDict({"body": body, "heads": heads}).to(memory_format=torch.channels_last)
     mean = torch.tensor(list(cfg.data.mean)).view(1, 3, 1, 1)
@@ -131,9 +132,10 @@ def main() -> None:
     cfg = compose_config("train", overrides)
     epochs = args.epochs or int(cfg.trainer.max_epochs)
     overrides.append(f"trainer.max_epochs={epochs}")
+    plain_seconds, plain_acc = plain_loop(cfg, data, epochs)
+    print(json.dumps({"plain": {"seconds": round(plain_seconds, 1), "test_acc": plain_acc}}), flush=True)
     with tempfile.TemporaryDirectory() as folder:
         mhc_seconds, mhc_acc = mhc_run(overrides, Path(folder) / "run")
-    plain_seconds, plain_acc = plain_loop(cfg, data, epochs)
     print(json.dumps({"epochs": epochs, "mhc": {"seconds": round(mhc_seconds, 1), "test_acc": mhc_acc},
                       "plain": {"seconds": round(plain_seconds, 1), "test_acc": plain_acc},
                       "ratio": round(mhc_seconds / plain_seconds, 3)}, indent=2))

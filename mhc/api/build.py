@@ -142,7 +142,10 @@ def config_tasks(cfg: DictConfig, provided: list[TaskSpec]) -> list[TaskSpec]:
     overrides = OmegaConf.to_container(cfg.tasks, resolve=True) if cfg.get("tasks") else {}
     with_defaults = [
         fill_defaults(t, {**head, "loss": loss[t.kind], "label_smoothing": loss["label_smoothing"],
-                          "focal_gamma": loss["focal_gamma"]})
+                          "focal_gamma": loss["focal_gamma"],
+                          # loss.class_weights / loss.pos_weight: e.g. balanced for every head of the kind
+                          **({"class_weights": loss.get("class_weights")} if t.kind == "multiclass"
+                             else {"pos_weight": loss.get("pos_weight")})})
         for t in provided
     ]
     return resolve_tasks(with_defaults, overrides)
@@ -227,7 +230,7 @@ def build_module(cfg: DictConfig, datamodule: Any) -> MultiHeadModule:
     datamodule.set_tasks(tasks)
     if any(BALANCED in (t.class_weights, t.pos_weight) for t in tasks):  # weights from the training counts
         datamodule.setup("train")
-        tasks = resolve_balanced(tasks, datamodule.splits["train"])
+        tasks = resolve_balanced(tasks, datamodule.splits["train"], cfg.loss.get("balanced_power", 1.0) if cfg.get("loss") else 1.0)
         datamodule.set_tasks(tasks)
     augmentation = build_augmentation(cfg, tasks) if cfg.get("augment") else None
     datamodule.use_augmentation(augmentation)

@@ -42,6 +42,9 @@ class LossDefaults:
     multilabel: str = "bce"
     label_smoothing: float = 0.0
     focal_gamma: float = 2.0
+    class_weights: Optional[str] = None
+    pos_weight: Optional[str] = None
+    balanced_power: float = 1.0
 
 
 @dataclass

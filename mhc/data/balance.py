@@ -9,7 +9,8 @@
   classes is drawn equally often (a sample weighs ``1 / n_c``); samples without the task's
   label keep the mean weight, so they are still seen.
 
-Weights are computed once, when training starts, and saved in the task's options.
+Weights are computed once, when training starts, and saved in the task's options;
+``loss.balanced_power`` (default 1) raises both kinds to a power, for a milder balance.
 """
 
 from __future__ import annotations
@@ -64,15 +65,21 @@ def balanced_pos_weight(task: TaskSpec, labels: np.ndarray) -> list[float]:
     return [float((len(labelled) - p) / p) if p else 1.0 for p in positive]
 
 
-def resolve_balanced(tasks: list[TaskSpec], dataset: Dataset) -> list[TaskSpec]:
-    """``tasks`` with ``balanced`` class or positive weights replaced by numbers from ``dataset``."""
+def resolve_balanced(tasks: list[TaskSpec], dataset: Dataset, power: float = 1.0) -> list[TaskSpec]:
+    """``tasks`` with ``balanced`` class or positive weights replaced by numbers from ``dataset``,
+    raised to ``power`` (``loss.balanced_power``: 1 balances fully, 0.5 takes the square root,
+    0 leaves every weight 1)."""
+    if not 0.0 <= float(power) <= 1.0:
+        raise ConfigError(f"loss.balanced_power must be in [0, 1], got {power!r}")
     resolved = []
     for task in tasks:
         changes: dict[str, Any] = {}
         if task.class_weights == BALANCED:
-            changes["class_weights"] = balanced_class_weights(task, encoded_labels(dataset, task.name))
+            weights = balanced_class_weights(task, encoded_labels(dataset, task.name))
+            changes["class_weights"] = [w ** float(power) for w in weights]
         if task.pos_weight == BALANCED:
-            changes["pos_weight"] = balanced_pos_weight(task, encoded_labels(dataset, task.name))
+            weights = balanced_pos_weight(task, encoded_labels(dataset, task.name))
+            changes["pos_weight"] = [w ** float(power) for w in weights]
         resolved.append(TaskSpec.from_dict({**task.to_dict(), **changes}) if changes else task)
     return resolved
 

@@ -480,7 +480,7 @@ class ManifestDataset(Dataset):
 
         def decode(index: int) -> None:
             try:
-                pixels = torch.from_numpy(read_image(self.files[index])).permute(2, 0, 1)
+                pixels = torch.from_numpy(np.array(read_image(self.files[index]))).permute(2, 0, 1)  # a writable copy
             except DataError as err:
                 raise DataError(f"{location(self.source, index, IMAGE_COLUMN)}: {err}") from None
             if tuple(pixels.shape[-2:]) != (height, width):  # resized as the processor does, back to 8 bits
@@ -539,10 +539,12 @@ class ManifestDataModule(TaskDataModule):
             classes, masked, parent, allowed_by_parent, ...); what is left out is inferred.
         image_size: ``[height, width]`` images are resized to.
         mean, std: per-channel normalisation the network applies.
-        tokenizer: text manifests: ``char`` (fitted on the training split's texts) or ``byte``.
+        tokenizer: text manifests: ``char`` or ``wordpiece`` (fitted on the training split's
+            texts) or ``byte``.
         max_length: text manifests: tokens per text (longer texts are cut).
-        min_count, max_size: ``char`` tokenizer: keep characters seen at least ``min_count``
-            times in training, at most ``max_size`` ids in all (reserved ids included).
+        min_count, max_size: ``char`` and ``wordpiece`` tokenizers: keep characters (subwords)
+            seen at least ``min_count`` times in training, at most ``max_size`` ids in all
+            (reserved ids included).
         **loader: :class:`TaskDataModule` options (``batch_size``, ``num_workers``, ...).
 
     Example::

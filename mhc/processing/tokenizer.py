@@ -11,6 +11,9 @@ from it with :func:`tokenizer_from_dict`; nothing is pickled and nothing is down
 * ``pretrained``: a model's own subword tokenizer (WordPiece, BPE, Unigram), the fast
   tokenizer of ``transformers.AutoTokenizer``, saved as its ``tokenizer.json`` text and run by
   the ``tokenizers`` library; special tokens ([CLS], [SEP], <s>) are added as the model expects.
+* ``wordpiece``: a WordPiece vocabulary (BERT's normalisation: lower case, accents stripped;
+  words split at whitespace and punctuation) trained by the ``tokenizers`` library on the
+  training texts (:func:`fit_wordpiece`), then held and saved as a ``pretrained`` one.
 
 ``char`` and ``byte`` reserve ``<pad>`` = 0, ``<unk>`` = 1 and ``<mask>`` = 2 (the mask token
 is for masked-token pretraining). Batches are right-padded with ``pad_id`` and truncated to
@@ -33,7 +36,8 @@ from mhc.errors import CheckpointError, ConfigError, DataError
 
 PAD, UNK, MASK = "<pad>", "<unk>", "<mask>"
 SPECIALS = (PAD, UNK, MASK)  # ids 0, 1, 2 of the char and byte tokenizers
-FITTED_KINDS = ("char", "byte")  # the kinds a data module builds from its training texts
+FITTED_KINDS = ("char", "byte", "wordpiece")  # the kinds a data module builds from its training texts
+WORDPIECE_SIZE = 16384  # tokenizer=wordpiece: the vocabulary size unless max_size says otherwise
 
 
 class Tokenizer:
@@ -306,10 +310,29 @@ class PretrainedTokenizer(Tokenizer):
         return tokenizer
 
 
+def fit_wordpiece(texts: Iterable[str], min_count: int = 1, max_size: int | None = None) -> PretrainedTokenizer:
+    """A WordPiece tokenizer trained on ``texts``: at most ``max_size`` tokens (default
+    :data:`WORDPIECE_SIZE`, the reserved ones included), each seen at least ``min_count`` times;
+    ``<pad>``, ``<unk>`` and ``<mask>`` are ids 0, 1 and 2 as in the char tokenizer."""
+    from tokenizers import Tokenizer as FastTokenizer
+    from tokenizers import decoders, models, normalizers, pre_tokenizers, trainers
+
+    fast = FastTokenizer(models.WordPiece(unk_token=UNK))
+    fast.normalizer = normalizers.BertNormalizer(lowercase=True, strip_accents=True)
+    fast.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    fast.decoder = decoders.WordPiece()
+    trainer = trainers.WordPieceTrainer(vocab_size=max_size or WORDPIECE_SIZE, min_frequency=min_count,
+                                        special_tokens=list(SPECIALS), show_progress=False)
+    fast.train_from_iterator(texts, trainer)
+    return PretrainedTokenizer(fast.to_str(), pad_id=0, unk_id=1, mask_id=2, name="wordpiece")
+
+
 def fit_tokenizer(kind: str, texts: Iterable[str], min_count: int = 1, max_size: int | None = None) -> Tokenizer:
-    """A ``char`` tokenizer fitted on ``texts`` (the training split), or the fixed ``byte`` one."""
+    """A ``char`` or ``wordpiece`` tokenizer fitted on ``texts`` (the training split), or the fixed ``byte`` one."""
     if kind == "char":
         return CharTokenizer.fit(texts, min_count=min_count, max_size=max_size)
+    if kind == "wordpiece":
+        return fit_wordpiece(texts, min_count=min_count, max_size=max_size)
     if kind == "byte":
         return ByteTokenizer()
     raise ConfigError(f"tokenizer must be one of {list(FITTED_KINDS)}, got '{kind}'")

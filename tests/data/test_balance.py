@@ -31,6 +31,18 @@ def test_balanced_pos_weight_is_negatives_over_positives_per_output():
     np.testing.assert_allclose(balanced_pos_weight(TAGS, labels), [1 / 3, 3 / 1, 1.0])  # c never positive: 1
 
 
+def test_balanced_power_softens_both_kinds_of_weights():
+    from mhc.data.balance import resolve_balanced
+
+    data = ArrayDataset(np.zeros((len(SKEWED), 4, 4, 3), np.uint8), {"species": SKEWED}, [SPECIES])
+    full = resolve_balanced([TaskSpec("species", "multiclass", ["cat", "dog", "eel"], masked=True, class_weights="balanced")], data)
+    root = resolve_balanced([TaskSpec("species", "multiclass", ["cat", "dog", "eel"], masked=True, class_weights="balanced")],
+                            data, power=0.5)
+    np.testing.assert_allclose(root[0].class_weights, np.sqrt(full[0].class_weights))
+    with pytest.raises(ConfigError, match=r"loss.balanced_power must be in \[0, 1\], got 2"):
+        resolve_balanced(full, data, power=2)
+
+
 def test_the_sampler_draws_each_class_equally_often():
     weights = torch.as_tensor(balancing_weights(SPECIES, SKEWED))
     draws = SKEWED[torch.multinomial(weights, 30000, replacement=True, generator=torch.Generator().manual_seed(0))]

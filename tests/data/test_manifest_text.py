@@ -91,6 +91,22 @@ def test_byte_tokenizer_option(train: Path) -> None:
     assert isinstance(dm.text_tokenizer(), ByteTokenizer) and dm.processor().to_dict()["tokenizer"] == {"kind": "byte"}
 
 
+def test_wordpiece_tokenizer_is_trained_on_the_training_texts_and_saved_as_data(train: Path) -> None:
+    from mhc.processing.tokenizer import PretrainedTokenizer, tokenizer_from_dict
+
+    dm = data_module(train, tokenizer="wordpiece", max_size=200)
+    tokenizer = dm.text_tokenizer()
+    assert isinstance(tokenizer, PretrainedTokenizer) and tokenizer.vocab_size <= 200
+    assert [tokenizer.fast.id_to_token(i) for i in range(3)] == ["<pad>", "<unk>", "<mask>"]
+    words = tokenizer.fast.encode("The PRINTER is on Fire").tokens
+    assert words == ["the", "printer", "is", "on", "fire"]  # lower-cased whole words seen in training
+    assert "zebra" not in tokenizer.fast.get_vocab()  # fitted on the training split only
+    tokens = dm.build_split("train")[0]["tokens"]
+    assert tokens.tolist()[:5] == tokenizer.encode("the printer is on fire", 16)[0].tolist()[:5]
+    rebuilt = tokenizer_from_dict(dm.processor().to_dict()["tokenizer"])
+    assert rebuilt.encode(["refund my invoice"], 8).tolist() == tokenizer.encode(["refund my invoice"], 8).tolist()
+
+
 def test_hydra_config_reads_a_text_manifest(train: Path) -> None:
     cfg = OmegaConf.load(CONF)
     cfg.train = str(train)
@@ -138,7 +154,7 @@ def test_image_manifest_for_a_text_checkpoint_is_a_data_error(tmp_path: Path) ->
 
 @pytest.mark.parametrize(
     "option, message",
-    [({"tokenizer": "bpe"}, r"data.tokenizer must be one of \['char', 'byte'\], got 'bpe'"),
+    [({"tokenizer": "bpe"}, r"data.tokenizer must be one of \['char', 'byte', 'wordpiece'\], got 'bpe'"),
      ({"max_length": 0}, "data.max_length must be at least 1, got 0")],
 )
 def test_bad_text_options_are_config_errors(train: Path, option: dict, message: str) -> None:

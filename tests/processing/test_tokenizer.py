@@ -107,5 +107,5 @@ def test_bad_description_is_a_checkpoint_error(description, message):
 def test_fit_tokenizer_by_kind():
     assert fit_tokenizer("char", ["ab"]).vocab[3:] == ["a", "b"]
     assert isinstance(fit_tokenizer("byte", ["ab"]), ByteTokenizer)
-    with pytest.raises(ConfigError, match=r"tokenizer must be one of \['char', 'byte'\], got 'word'"):
+    with pytest.raises(ConfigError, match=r"tokenizer must be one of \['char', 'byte', 'wordpiece'\], got 'word'"):
         fit_tokenizer("word", ["ab"])
