@@ -55,7 +55,7 @@ def main() -> None:
     start = time.perf_counter()
     train, val, test = (read(args.data, s) for s in ("train", "val", "test"))
     vectorizer = TfidfVectorizer(sublinear_tf=True, ngram_range=(1, 2), min_df=2)
-    features = {"train": vectorizer.fit_transform(train["text"])}
+    vectorizer.fit(train["text"])
     results = {}
     for task in [c for c in train.columns if c != "text" and not c.endswith("__allowed")]:
         multilabel = train[task].str.contains("|", regex=False).any()
