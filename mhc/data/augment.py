@@ -111,7 +111,6 @@ class Augmentation:
                 sample = flip_labels(sample, task, self.flips[task.name])
         return sample
 
-
     # -- whole batches on their device (where=device) ----------------------------------------------
     def batch(self, batch: dict[str, Any]) -> dict[str, Any]:
         """A training batch augmented as a whole where it is: each sample's crop, flip (its labels
