@@ -466,8 +466,12 @@ class ManifestDataset(Dataset):
         """Float [3, H, W] in [0, 1] at the processor's size; an unreadable file names its row."""
         if self.cache is not None:
             return self.cache[index].float() / 255  # as image_tensor reads 8-bit pixels
+        return self.read_row(index, self.processor.load)
+
+    def read_row(self, index: int, reader: Any) -> Any:
+        """``reader(path)`` of row ``index``'s image file; an unreadable file names its row."""
         try:
-            return self.processor.load(self.files[index])
+            return reader(self.files[index])
         except DataError as err:
             raise DataError(f"{location(self.source, index, IMAGE_COLUMN)}: {err}") from None
 
@@ -479,10 +483,7 @@ class ManifestDataset(Dataset):
         cache = torch.empty(len(self.files), 3, height, width, dtype=torch.uint8)
 
         def decode(index: int) -> None:
-            try:
-                pixels = torch.from_numpy(np.array(read_image(self.files[index]))).permute(2, 0, 1)  # a writable copy
-            except DataError as err:
-                raise DataError(f"{location(self.source, index, IMAGE_COLUMN)}: {err}") from None
+            pixels = torch.from_numpy(np.array(self.read_row(index, read_image))).permute(2, 0, 1)  # a writable copy
             if tuple(pixels.shape[-2:]) != (height, width):  # resized as the processor does, back to 8 bits
                 pixels = self.processor.resize(pixels.float() / 255).mul(255).round_().clamp_(0, 255).to(torch.uint8)  # type: ignore[attr-defined]
             cache[index] = pixels

@@ -110,13 +110,13 @@ def mix_labels(batch: Mapping[str, Any], lam: float, tasks: Mapping[str, TaskSpe
     allowed = batch_allowed(tasks, matrices, targets, label_mask, batch.get("allowed"))
     soft, hard = {}, {}
     for name, task in tasks.items():
-        own, other = targets[name], targets[name].flip(0)
+        target = targets[name]
         if task.kind == "multiclass":
-            own_p, other_p = (torch.nn.functional.one_hot(t.long().clamp(min=0), task.num_classes).float() for t in (own, other))
-            soft[name] = lam * own_p + (1.0 - lam) * other_p
+            probs = torch.nn.functional.one_hot(target.long().clamp(min=0), task.num_classes).float()
         else:
-            soft[name] = lam * own.float().clamp(min=0) + (1.0 - lam) * other.float().clamp(min=0)
-        hard[name] = own if lam >= 0.5 else other
+            probs = target.float().clamp(min=0)
+        soft[name] = probs.lerp(probs.flip(0), 1.0 - lam)
+        hard[name] = target if lam >= 0.5 else target.flip(0)
     return {
         **batch,
         "targets": hard,
