@@ -182,17 +182,27 @@ class MultiHeadModule(pl.LightningModule):
                      sync_dist=stage != "train")
         return total
 
-    def _record(self, stage: str, batch: Mapping[str, Any], logits: Mapping[str, Tensor], losses: Mapping[str, Tensor],
-                auxiliary: Tensor | float) -> None:
-        """Metrics, and ``<stage>/loss``: the static-weighted loss plus the auxiliary losses."""
+    def _update_metrics(self, stage: str, batch: Mapping[str, Any], logits: Mapping[str, Tensor],
+                        losses: Mapping[str, Tensor]) -> None:
         views = self.views(batch_inputs(batch), {k: v.detach() for k, v in logits.items()}, training=stage == "train")
         probs = self.decoder.probabilities(views, batch.get("allowed"))
         # Per-task losses are averaged over each task's labelled samples by the stage metrics.
         self.stage_metrics(stage).update(probs, batch["targets"], batch["label_mask"], losses)
+
+    def _record(self, stage: str, batch: Mapping[str, Any], logits: Mapping[str, Tensor], losses: Mapping[str, Tensor],
+                auxiliary: Tensor | float) -> None:
+        """Metrics, and ``<stage>/loss``: the static-weighted loss plus the auxiliary losses."""
+        self._update_metrics(stage, batch, logits, losses)
         total = static_loss(self.tasks, {k: v.detach() for k, v in losses.items()}) + auxiliary
         training = stage == "train"
         self.log(f"{stage}/loss", torch.as_tensor(total, device=self.device).detach(), prog_bar=True, on_step=training,
                  on_epoch=True, batch_size=next(iter(logits.values())).shape[0], sync_dist=not training)
+
+    def measure(self, batch: Mapping[str, Any], stage: str) -> None:
+        """Add ``batch`` to ``stage``'s metrics, logging nothing (how weight averaging validates
+        its copy of this module beside it)."""
+        logits = self.net(batch_inputs(batch))
+        self._update_metrics(stage, batch, logits, self.step.losses(self.net, logits, batch))
 
     def _shared_step(self, batch: Mapping[str, Any], stage: str) -> None:
         inputs = batch_inputs(batch)
@@ -251,16 +261,23 @@ class MultiHeadModule(pl.LightningModule):
         counts = self.stage_metrics(stage).labelled_counts().to(self.device)
         return self.trainer.strategy.reduce(counts, reduce_op="sum") if self._trainer is not None else counts
 
-    def _log_epoch_metrics(self, stage: str) -> None:
-        results = self.stage_metrics(stage).compute(self.labelled_counts(stage))
-        self.last_results[stage] = results
+    def epoch_scores(self, stage: str, counts: Tensor | None = None) -> tuple[dict[str, dict[str, float]], dict[str, float]]:
+        """``stage``'s results per task, and what is logged of them: ``{stage/task/metric: value}``,
+        the means over tasks and, with a baseline, ``stage/delta_m``. ``counts``: the labelled
+        samples per task over all processes, when known."""
+        results = self.stage_metrics(stage).compute(self.labelled_counts(stage) if counts is None else counts)
         flat = flatten_results(results, stage)
+        if self.baseline and stage != "train":
+            flat[f"{stage}/delta_m"] = delta_m(results, self.baseline, self.baseline_metric)
+        return results, flat
+
+    def _log_epoch_metrics(self, stage: str) -> None:
+        results, flat = self.epoch_scores(stage)
+        self.last_results[stage] = results
         headline = f"{stage}/mean/acc"
         self.log_dict({k: v for k, v in flat.items() if k != headline})
         if headline in flat:
             self.log(headline, flat[headline], prog_bar=stage == "val")
-        if self.baseline and stage != "train":
-            self.log(f"{stage}/delta_m", delta_m(results, self.baseline, self.baseline_metric))
 
     def on_train_epoch_end(self) -> None:
         self._log_epoch_metrics("train")
