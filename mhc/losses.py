@@ -65,7 +65,8 @@ def multiclass_loss(
 
 
 def sigmoid_loss(task: TaskSpec, logits: Tensor, target: Tensor, label_mask: Tensor | None = None) -> Tensor:
-    """BCE-with-logits (pos_weight) or sigmoid focal loss, for binary [B] / [B, 1] and multilabel [B, C]."""
+    """BCE-with-logits (pos_weight) or sigmoid focal loss, for binary [B] / [B, 1] and multilabel
+    [B, C]: a sample's loss is the mean or (``label_reduction=sum``) the sum over its labels."""
     logits = logits.float().reshape(target.shape[0], -1)
     target = target.float().reshape(logits.shape)
     pos_weight = None if task.pos_weight is None else logits.new_tensor(task.pos_weight)
@@ -74,7 +75,7 @@ def sigmoid_loss(task: TaskSpec, logits: Tensor, target: Tensor, label_mask: Ten
         p = torch.sigmoid(logits)
         p_true = p * target + (1 - p) * (1 - target)
         per_element = (1.0 - p_true).pow(task.focal_gamma) * per_element
-    per_sample = per_element.mean(dim=1)
+    per_sample = per_element.sum(dim=1) if task.label_reduction == "sum" else per_element.mean(dim=1)
     return weighted_mean(per_sample, torch.ones_like(per_sample), label_mask)
 
 

@@ -62,6 +62,8 @@ def _class_map(value: Any) -> dict[str, list[str]]:
 
 
 FLIP_RULES = ("invariant", "mask", "skip")
+LABEL_REDUCTIONS = ("mean", "sum")
+BIAS_INITS = ("default", "prior")
 
 
 def _flip_rule(value: Any) -> str | dict[str, str]:
@@ -108,6 +110,11 @@ class TaskSpec:
             (from the training counts, :mod:`mhc.data.balance`).
         pos_weight: positive-class weight per output (binary/multilabel ``bce``), or ``balanced``.
         focal_gamma: focusing parameter of the focal loss (Lin et al. 2017).
+        label_reduction: how a multilabel sample's loss combines its labels: ``mean`` or ``sum``
+            (each label then weighs as one binary task, so many rare labels still learn).
+        bias_init: ``default`` (PyTorch's) or ``prior``: the head's output biases start at the
+            log prior (multiclass) or log prior odds (binary, multilabel) of the labelled training
+            samples, so training starts from the base rates (Lin et al. 2017; set when training starts).
         hflip: how a horizontal flip (training augmentation) changes this task's label:
             ``invariant`` (it does not), a class map ``{left: right}`` (completed both ways, as a
             flip undoes itself), ``mask`` (the flipped sample's label is left out) or ``skip``
@@ -132,6 +139,8 @@ class TaskSpec:
         default=None, metadata=_option(Any, _weights, "a list of numbers or balanced"))
     pos_weight: list[float] | str | None = field(default=None, metadata=_option(Any, _weights, "a list of numbers or balanced"))
     focal_gamma: float = field(default=2.0, metadata=_option(float, float, "a number"))
+    label_reduction: str = field(default="mean", metadata=_option(str, str, "mean or sum"))
+    bias_init: str = field(default="default", metadata=_option(str, str, "default or prior"))
     hflip: str | dict[str, str] = field(
         default="invariant", metadata=_option(Any, _flip_rule, "invariant, mask, skip or a class map {class: class}"))
 
@@ -191,6 +200,10 @@ class TaskSpec:
             raise ConfigError(f"{where}: pos_weight applies to binary and multilabel tasks; use class_weights")
         if self.focal_gamma < 0:
             raise ConfigError(f"{where}: focal_gamma must be >= 0, got {self.focal_gamma}")
+        if self.label_reduction not in LABEL_REDUCTIONS:
+            raise ConfigError(f"{where}: label_reduction must be one of {', '.join(LABEL_REDUCTIONS)}, got '{self.label_reduction}'")
+        if self.bias_init not in BIAS_INITS:
+            raise ConfigError(f"{where}: bias_init must be one of {', '.join(BIAS_INITS)}, got '{self.bias_init}'")
         if any(h <= 0 for h in self.hidden):
             raise ConfigError(f"{where}: hidden layer widths must be positive, got {self.hidden}")
         if isinstance(self.class_weights, list) and len(self.class_weights) != self.num_classes:

@@ -2,6 +2,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from mhc.errors import ConfigError
 from mhc.losses import task_loss
 from mhc.tasks import TaskSpec
 
@@ -43,6 +44,17 @@ def test_masked_bce_equals_subset_with_pos_weight():
     task = TaskSpec("t", "multilabel", list("abc"), masked=True, pos_weight=[1.0, 3.0, 0.5])
     expected = F.binary_cross_entropy_with_logits(logits[mask], target[mask], pos_weight=torch.tensor([1.0, 3.0, 0.5]))
     assert torch.allclose(task_loss(task, logits, target, mask), expected, atol=1e-6)
+
+
+def test_label_reduction_sum_adds_a_samples_labels():
+    torch.manual_seed(2)
+    logits, target, mask = torch.randn(10, 4), (torch.rand(10, 4) < 0.3).float(), torch.rand(10) < 0.7
+    task = TaskSpec("t", "multilabel", list("abcd"), masked=True, label_reduction="sum", pos_weight=[2.0, 1.0, 1.0, 4.0])
+    expected = F.binary_cross_entropy_with_logits(logits[mask], target[mask], pos_weight=torch.tensor([2.0, 1.0, 1.0, 4.0]),
+                                                  reduction="sum") / mask.sum()
+    assert torch.allclose(task_loss(task, logits, target, mask), expected, atol=1e-6)
+    with pytest.raises(ConfigError, match="task 't': label_reduction must be one of mean, sum, got 'max'"):
+        TaskSpec("t", "multilabel", list("ab"), label_reduction="max")
 
 
 def test_focal_with_gamma_zero_is_ce(batch):

@@ -18,13 +18,14 @@ from typing import Any, Mapping
 from urllib.parse import urlparse
 
 import hydra
+import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig, MissingMandatoryValue, OmegaConf
 
 from mhc.config import config_dir
 from mhc.data.augment import Augmentation
-from mhc.data.balance import BALANCED, resolve_balanced
+from mhc.data.balance import BALANCED, encoded_labels, prior_logits, resolve_balanced
 from mhc.data.mixing import BatchMixing
 from mhc.errors import ConfigError, MhcError
 from mhc.io import read_checkpoint
@@ -142,7 +143,7 @@ def config_tasks(cfg: DictConfig, provided: list[TaskSpec]) -> list[TaskSpec]:
     overrides = OmegaConf.to_container(cfg.tasks, resolve=True) if cfg.get("tasks") else {}
     with_defaults = [
         fill_defaults(t, {**head, "loss": loss[t.kind], "label_smoothing": loss["label_smoothing"],
-                          "focal_gamma": loss["focal_gamma"],
+                          "focal_gamma": loss["focal_gamma"], "label_reduction": loss.get("label_reduction", "mean"),
                           # loss.class_weights / loss.pos_weight: e.g. balanced for every head of the kind
                           **({"class_weights": loss.get("class_weights")} if t.kind == "multiclass"
                              else {"pos_weight": loss.get("pos_weight")})})
@@ -246,7 +247,7 @@ def build_module(cfg: DictConfig, datamodule: Any) -> MultiHeadModule:
     if baseline is not None:
         baseline = baseline_metrics(OmegaConf.to_container(baseline) if isinstance(baseline, DictConfig) else str(baseline),
                                     cfg.delta_m.metric)
-    return MultiHeadModule(net_config, optimizer=optimizer, scheduler=scheduler, auxiliary=auxiliary_tasks(cfg),
+    module = MultiHeadModule(net_config, optimizer=optimizer, scheduler=scheduler, auxiliary=auxiliary_tasks(cfg),
                            weighting=weighting, accumulate_grad_batches=trainer.get("accumulate_grad_batches") or 1,
                            gradient_clip_val=trainer.get("gradient_clip_val"), backbone_lr_scale=cfg.backbone_lr_scale,
                            layer_decay=layer_decay, backbone_freeze=cfg.backbone_freeze,
@@ -254,6 +255,13 @@ def build_module(cfg: DictConfig, datamodule: Any) -> MultiHeadModule:
                            augmentation=on_device, mixing=build_mixing(cfg),
                            run_config=OmegaConf.to_container(cfg, resolve=True),
                            speed=OmegaConf.to_container(cfg.perf) if cfg.get("perf") else None)
+    for task in tasks:  # bias_init=prior: the heads start at the training base rates
+        if task.bias_init == "prior":
+            datamodule.setup("train")
+            logits = prior_logits(task, encoded_labels(datamodule.splits["train"], task.name))
+            with torch.no_grad():
+                module.net.heads[task.name].output.bias.copy_(torch.tensor(logits))
+    return module
 
 
 # augment options that mix the training batch (mhc.data.mixing), and their BatchMixing names

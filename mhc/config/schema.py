@@ -31,6 +31,7 @@ class HeadDefaults:
 
     hidden: List[int] = field(default_factory=list)
     dropout: float = 0.0
+    bias_init: str = "default"
 
 
 @dataclass
@@ -45,6 +46,7 @@ class LossDefaults:
     class_weights: Optional[str] = None
     pos_weight: Optional[str] = None
     balanced_power: float = 1.0
+    label_reduction: str = "mean"
 
 
 @dataclass

@@ -11,6 +11,8 @@
 
 Weights are computed once, when training starts, and saved in the task's options;
 ``loss.balanced_power`` (default 1) raises both kinds to a power, for a milder balance.
+``tasks.<name>.bias_init=prior`` starts a head's output biases at the training labels' log
+prior (:func:`prior_logits`).
 """
 
 from __future__ import annotations
@@ -63,6 +65,20 @@ def balanced_pos_weight(task: TaskSpec, labels: np.ndarray) -> list[float]:
         raise ConfigError(f"task '{task.name}': pos_weight=balanced needs labelled training samples; there are none")
     positive = labelled.sum(axis=0)
     return [float((len(labelled) - p) / p) if p else 1.0 for p in positive]
+
+
+def prior_logits(task: TaskSpec, labels: np.ndarray) -> list[float]:
+    """The logits of the training base rates, with one pseudo-count per outcome (so a class never
+    seen gets a finite logit): ``log p_c`` per class of a multiclass task (a softmax of them gives
+    the class frequencies), ``log(p / (1 - p))`` per output of a binary or multilabel task."""
+    if task.kind == "multiclass":
+        labelled = labels[labels != MISSING]
+        counts = np.bincount(labelled.astype(np.int64), minlength=task.num_classes) + 1.0
+        return [float(v) for v in np.log(counts / counts.sum())]
+    rows = labels.reshape(len(labels), -1)
+    labelled = rows[(rows != MISSING).all(axis=1)].astype(np.float64)
+    positive = (labelled.sum(axis=0) + 1.0) / (len(labelled) + 2.0)
+    return [float(v) for v in np.log(positive / (1.0 - positive))]
 
 
 def resolve_balanced(tasks: list[TaskSpec], dataset: Dataset, power: float = 1.0) -> list[TaskSpec]:

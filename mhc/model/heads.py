@@ -29,6 +29,11 @@ class ClassificationHead(nn.Module):
         return self.layers[1] if len(self.layers) == 2 else None
 
     @property
+    def output(self) -> nn.Linear:
+        """The last linear layer, whose outputs are the logits."""
+        return self.layers[-1]
+
+    @property
     def dropout(self) -> float:
         return self.layers[0].p
 

@@ -9,7 +9,7 @@ import torch
 
 import mhc
 from mhc.api import compose_config, train
-from mhc.data.balance import balanced_class_weights, balanced_pos_weight, balancing_weights, encoded_labels
+from mhc.data.balance import balanced_class_weights, balanced_pos_weight, balancing_weights, encoded_labels, prior_logits
 from mhc.data.labels import ArrayDataset
 from mhc.errors import ConfigError
 from mhc.tasks import TaskSpec
@@ -29,6 +29,36 @@ def test_balanced_class_weights_are_n_over_classes_times_count():
 def test_balanced_pos_weight_is_negatives_over_positives_per_output():
     labels = np.array([[1, 0, 0], [1, 1, 0], [0, 0, 0], [1, 0, 0], [-1, -1, -1]])
     np.testing.assert_allclose(balanced_pos_weight(TAGS, labels), [1 / 3, 3 / 1, 1.0])  # c never positive: 1
+
+
+def test_prior_logits_give_back_the_smoothed_base_rates():
+    multiclass = torch.tensor(prior_logits(SPECIES, SKEWED))
+    torch.testing.assert_close(multiclass.softmax(0), torch.tensor([81 / 103, 16 / 103, 6 / 103]))
+    labels = np.array([[1, 0, 0], [1, 1, 0], [0, 0, 0], [1, 0, 0], [-1, -1, -1]])
+    multilabel = torch.tensor(prior_logits(TAGS, labels))
+    torch.testing.assert_close(multilabel.sigmoid(), torch.tensor([4 / 6, 2 / 6, 1 / 6]))  # c never positive: finite
+    binary = TaskSpec("b", "binary", ["no", "yes"], masked=True)
+    assert torch.tensor(prior_logits(binary, np.array([1, 0, 0, 0, -1]))).sigmoid().item() == pytest.approx(2 / 6)
+
+
+def test_bias_init_prior_starts_the_heads_at_the_training_base_rates(tmp_path):
+    from mhc.api.build import build_datamodule, build_module
+
+    cfg = compose_config("train", ["data.num_train=64", "data.num_val=8", "data.num_test=8", "backbone.widths=[8,16]",
+                                   "head.bias_init=prior"], output_dir=tmp_path)
+    datamodule = build_datamodule(cfg)
+    module = build_module(cfg, datamodule)
+    train_set = datamodule.splits["train"]
+    for name, task in module.tasks.items():
+        samples = [train_set[i] for i in range(len(train_set))]
+        targets = np.stack([np.asarray(s["targets"][name]) for s in samples if s["label_mask"][name]])
+        bias = module.net.heads[name].output.bias.detach()
+        if task.kind == "multiclass":
+            counts = np.bincount(targets, minlength=task.num_classes) + 1.0
+            np.testing.assert_allclose(bias.softmax(0).numpy(), counts / counts.sum(), rtol=1e-5)
+        else:
+            rate = (targets.reshape(len(targets), -1).sum(0) + 1.0) / (len(targets) + 2.0)
+            np.testing.assert_allclose(bias.sigmoid().numpy(), rate, rtol=1e-5)
 
 
 def test_balanced_power_softens_both_kinds_of_weights():

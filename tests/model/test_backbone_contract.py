@@ -40,6 +40,7 @@ SMALL = {
     "vit_small": {"image_size": 32, "dim": 32, "depth": 2, "num_heads": 4},
     "seq_tiny": {"vocab_size": 20, "max_length": 12, "dim": 32, "depth": 2, "num_heads": 2},
     "seq_small": {"vocab_size": 20, "max_length": 12, "dim": 32, "depth": 1, "num_heads": 4, "pool": "cls"},
+    "textcnn": {"vocab_size": 20, "max_length": 12, "dim": 16, "kernel_sizes": [1, 3], "filters": 8},
     "timm": {"model": "test_resnet", "pretrained": False},
     "timm_vit": {"name": "timm", "model": "test_vit", "image_size": [32, 32]},  # a second timm model: attention
     "hf": {"config": {"model_type": "bert", "vocab_size": 20, "hidden_size": 16, "num_hidden_layers": 2, "num_attention_heads": 2,
@@ -108,6 +109,15 @@ def test_forward_gives_pooled_features(name):
     with torch.no_grad():
         features = backbone(inputs)
     assert features.shape == (len(inputs), backbone.num_features) and torch.isfinite(features).all()
+
+
+@pytest.mark.parametrize("name", [n for n in NAMES if build(n).modality == TOKENS])
+def test_padding_changes_no_feature(name):
+    backbone = build(name)
+    ids = example(backbone)[:1, : backbone.max_length // 2]
+    padded = torch.cat([ids, torch.full_like(ids, backbone.pad_id)], dim=1)
+    with torch.no_grad():
+        torch.testing.assert_close(backbone(padded), backbone(ids), rtol=1e-5, atol=1e-5)
 
 
 @pytest.mark.parametrize("name", NAMES)
