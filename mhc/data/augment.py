@@ -34,6 +34,7 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.utils.data import Dataset
 
+from mhc.data.labels import batch_of, sample_of
 from mhc.errors import ConfigError
 from mhc.tasks import TaskSpec
 
@@ -103,13 +104,9 @@ class Augmentation:
         labelled = sample.get("label_mask", {})
         if any(t.hflip == "skip" and bool(labelled.get(t.name, False)) for t in self.tasks):
             return sample
-        sample = {**sample, "image": sample["image"].flip(-1)}
-        for task in self.tasks:
-            if task.hflip == "mask" and task.name in labelled:
-                sample["label_mask"] = {**sample["label_mask"], task.name: torch.zeros((), dtype=torch.bool)}
-            elif task.name in self.flips:
-                sample = flip_labels(sample, task, self.flips[task.name])
-        return sample
+        labels = batch_of({key: sample[key] for key in ("targets", "label_mask", "allowed") if key in sample})
+        moved = sample_of(flip_batch_labels(labels, torch.ones(1, dtype=torch.bool), self.tasks, self.flips))
+        return {**sample, **moved, "image": sample["image"].flip(-1)}
 
     # -- whole batches on their device (where=device) ----------------------------------------------
     def batch(self, batch: dict[str, Any]) -> dict[str, Any]:
@@ -206,23 +203,6 @@ def flip_batch_labels(batch: dict[str, Any], flip: Tensor, tasks: Sequence[TaskS
     if allowed:
         out["allowed"] = allowed
     return out
-
-
-def flip_labels(sample: dict[str, Any], task: TaskSpec, flipped: torch.Tensor) -> dict[str, Any]:
-    """``sample`` with ``task``'s target and allowed set moved to the flipped classes."""
-    targets = dict(sample["targets"])
-    target = targets[task.name]
-    if task.kind == "multiclass":
-        targets[task.name] = flipped[target] if int(target) >= 0 else target
-    elif task.kind == "binary":
-        targets[task.name] = target if flipped[0] == 0 else 1.0 - target
-    else:  # multilabel: class c is present after the flip where its image was
-        targets[task.name] = target[torch.argsort(flipped)]
-    sample = {**sample, "targets": targets}
-    if task.name in sample.get("allowed", {}):
-        allowed = sample["allowed"][task.name]
-        sample["allowed"] = {**sample["allowed"], task.name: allowed[torch.argsort(flipped)]}
-    return sample
 
 
 class AugmentedDataset(Dataset):

@@ -18,7 +18,7 @@ from torch.utils.data.distributed import DistributedSampler
 from mhc.data import generated
 from mhc.data.augment import Augmentation, AugmentedDataset
 from mhc.data.balance import balancing_weights, encoded_labels
-from mhc.data.labels import ArrayDataset
+from mhc.data.labels import ArrayDataset, GatheredBatches, collate
 from mhc.errors import ConfigError
 from mhc.processing.processors import TEXT, ImageProcessor, Processor
 from mhc.tasks import TaskSpec
@@ -197,6 +197,8 @@ class TaskDataModule(pl.LightningDataModule):
             sampler = PaddedEvalSampler(dataset)
         if shuffle and self.balance:
             sampler = WeightedRandomSampler(self.balancing_weights(dataset).tolist(), len(dataset), replacement=True)
+        if GatheredBatches.supported(dataset):
+            dataset = GatheredBatches(dataset)
         return DataLoader(
             dataset,
             batch_size=self.batch_size if shuffle else self.eval_batch_size,
@@ -206,6 +208,7 @@ class TaskDataModule(pl.LightningDataModule):
             pin_memory=self.pin_memory,
             persistent_workers=self.persistent_workers,
             drop_last=False,
+            collate_fn=collate,
         )
 
     def balancing_weights(self, dataset: Dataset) -> Any:

@@ -98,23 +98,65 @@ def validate_labels(
                 )
 
 
-def encode_sample(tasks: Sequence[TaskSpec], labels: Mapping[str, np.ndarray], index: int) -> tuple[dict, dict]:
-    """Targets and label mask of one sample, as tensors ready for collation."""
+def encode_batch(tasks: Sequence[TaskSpec], labels: Mapping[str, np.ndarray], indices: Sequence[int]) -> tuple[dict, dict]:
+    """Targets and label masks of the samples at ``indices``, collated: class indices (long [B]),
+    binary targets (float [B]), multilabel targets (float [B, C]) and label masks (bool [B])."""
     targets: dict[str, Tensor] = {}
     label_mask: dict[str, Tensor] = {}
     for task in tasks:
-        value = labels[task.name][index]
-        if task.kind == "multilabel":
-            present = bool(value[0] != MISSING)
-            targets[task.name] = torch.from_numpy(np.clip(value, 0, 1).astype(np.float32))
-        elif task.kind == "binary":
-            present = bool(value != MISSING)
-            targets[task.name] = torch.tensor(float(max(value, 0)))
-        else:
-            present = bool(value != MISSING)
-            targets[task.name] = torch.tensor(int(max(value, 0)), dtype=torch.long)
-        label_mask[task.name] = torch.tensor(present)
+        values = np.asarray(labels[task.name])[np.asarray(indices, dtype=np.int64)]
+        label_mask[task.name] = torch.from_numpy(label_present(task, values))
+        dtype = np.int64 if task.kind == "multiclass" else np.float32
+        targets[task.name] = torch.from_numpy(np.clip(values, 0, 1 if task.kind != "multiclass" else None).astype(dtype))
     return targets, label_mask
+
+
+def sample_of(batch: Mapping[str, Any], row: int = 0) -> dict[str, Any]:
+    """Row ``row`` of a collated batch: what ``__getitem__`` gives, so that one code path builds
+    both a sample and a whole batch (a dataset's ``gather``)."""
+    return {key: sample_of(value, row) if isinstance(value, Mapping) else value[row] for key, value in batch.items()}
+
+
+def batch_of(sample: Mapping[str, Any]) -> dict[str, Any]:
+    """``sample`` as a batch of one (the inverse of :func:`sample_of`)."""
+    return {key: batch_of(value) if isinstance(value, Mapping) else value.unsqueeze(0) for key, value in sample.items()}
+
+
+class GatheredBatches(torch.utils.data.Dataset):
+    """``dataset`` (or a ``Subset`` of it) for a DataLoader that fetches whole batches with the
+    dataset's ``gather(indices)``: one gather of the pixels, tokens and labels per batch rather
+    than a sample at a time and a collation (30 ms against 0.6 ms for 256 CIFAR samples). Its
+    loader's ``collate_fn`` is :func:`collate`."""
+
+    def __init__(self, dataset: torch.utils.data.Dataset) -> None:
+        self.dataset = dataset
+        inner = dataset.dataset if isinstance(dataset, torch.utils.data.Subset) else dataset
+        self.rows = list(dataset.indices) if isinstance(dataset, torch.utils.data.Subset) else None
+        self.gather = inner.gather  # type: ignore[union-attr]
+
+    @staticmethod
+    def supported(dataset: torch.utils.data.Dataset) -> bool:
+        inner = dataset.dataset if isinstance(dataset, torch.utils.data.Subset) else dataset
+        return callable(getattr(inner, "gather", None))
+
+    def __len__(self) -> int:
+        return len(self.dataset)  # type: ignore[arg-type]
+
+    def __getattr__(self, name: str) -> Any:  # the loader's dataset reads as the split's (tokens, inputs, ...)
+        if name in ("dataset", "rows", "gather"):  # not set yet (unpickling in a worker)
+            raise AttributeError(name)
+        return getattr(self.dataset, name)
+
+    def __getitem__(self, index: int) -> Any:
+        return self.dataset[index]
+
+    def __getitems__(self, indices: Sequence[int]) -> dict[str, Any]:
+        return self.gather(indices if self.rows is None else [self.rows[i] for i in indices])
+
+
+def collate(samples: Any) -> Any:
+    """``default_collate``, passing on a batch gathered whole (:class:`GatheredBatches`)."""
+    return samples if isinstance(samples, Mapping) else torch.utils.data.default_collate(samples)
 
 
 class ArrayDataset(torch.utils.data.Dataset):
@@ -137,10 +179,17 @@ class ArrayDataset(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return len(self.images)
 
-    def __getitem__(self, index: int) -> dict[str, Any]:
-        image = torch.from_numpy(np.ascontiguousarray(self.images[index])).permute(2, 0, 1).float().div_(255)
-        targets, label_mask = encode_sample(self.tasks, self.labels, index)
-        sample: dict[str, Any] = {"image": image, "targets": targets, "label_mask": label_mask}
+    def gather(self, indices: Sequence[int]) -> dict[str, Any]:
+        """The samples at ``indices``, collated in one gather (:class:`~mhc.data.labels.GatheredBatches`)."""
+        rows = np.asarray(indices, dtype=np.int64)
+        # an array, or an object indexable like one a row at a time (lazily read files)
+        pixels = self.images[rows] if isinstance(self.images, np.ndarray) else np.stack([self.images[i] for i in rows])
+        images = torch.from_numpy(np.ascontiguousarray(pixels))
+        batch: dict[str, Any] = {"image": images.permute(0, 3, 1, 2).float().div_(255)}
+        batch["targets"], batch["label_mask"] = encode_batch(self.tasks, self.labels, indices)
         if self.allowed:
-            sample["allowed"] = {t: torch.from_numpy(m[index]) for t, m in self.allowed.items()}
-        return sample
+            batch["allowed"] = {t: torch.from_numpy(m[rows]) for t, m in self.allowed.items()}
+        return batch
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        return sample_of(self.gather([index]))

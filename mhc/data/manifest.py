@@ -62,7 +62,7 @@ from torch import Tensor
 from torch.utils.data import Dataset
 
 from mhc.data.datamodule import TaskDataModule, check_count, check_image_size
-from mhc.data.labels import MISSING, encode_sample, validate_labels
+from mhc.data.labels import MISSING, encode_batch, sample_of, validate_labels
 from mhc.errors import ConfigError, DataError
 from mhc.processing.images import read_image
 from mhc.processing.processors import ImageProcessor, Processor, TextProcessor
@@ -462,11 +462,11 @@ class ManifestDataset(Dataset):
     def __len__(self) -> int:
         return len(self.inputs)
 
-    def load_image(self, index: int) -> Tensor:
-        """Float [3, H, W] in [0, 1] at the processor's size; an unreadable file names its row."""
+    def load_images(self, indices: Sequence[int]) -> Tensor:
+        """Float [B, 3, H, W] in [0, 1] at the processor's size; an unreadable file names its row."""
         if self.cache is not None:
-            return self.cache[index].float() / 255  # as image_tensor reads 8-bit pixels
-        return self.read_row(index, self.processor.load)
+            return self.cache[list(indices)].float() / 255  # as image_tensor reads 8-bit pixels
+        return torch.stack([self.read_row(index, self.processor.load) for index in indices])
 
     def read_row(self, index: int, reader: Any) -> Any:
         """``reader(path)`` of row ``index``'s image file; an unreadable file names its row."""
@@ -493,15 +493,19 @@ class ManifestDataset(Dataset):
                 pass
         self.cache = cache
 
-    def __getitem__(self, index: int) -> dict[str, Any]:
-        targets, label_mask = encode_sample(self.tasks, self.labels, index)
-        sample: dict[str, Any] = (
-            {"tokens": self.tokens[index]} if self.input_column == TEXT_COLUMN else {"image": self.load_image(index)}
+    def gather(self, indices: Sequence[int]) -> dict[str, Any]:
+        """The samples at ``indices``, collated in one gather (:class:`~mhc.data.labels.GatheredBatches`)."""
+        batch: dict[str, Any] = (
+            {"tokens": self.tokens[list(indices)]} if self.input_column == TEXT_COLUMN else {"image": self.load_images(indices)}
         )
-        sample.update(targets=targets, label_mask=label_mask)
+        batch["targets"], batch["label_mask"] = encode_batch(self.tasks, self.labels, indices)
         if self.allowed:
-            sample["allowed"] = {name: torch.from_numpy(mask[index]) for name, mask in self.allowed.items()}
-        return sample
+            rows = np.asarray(indices, dtype=np.int64)
+            batch["allowed"] = {name: torch.from_numpy(mask[rows]) for name, mask in self.allowed.items()}
+        return batch
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        return sample_of(self.gather([index]))
 
 
 def available_memory() -> int | None:

@@ -18,14 +18,14 @@ ordered   binary      no, yes  does ``X`` come before ``Y``                     
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
 import torch
 from torch.utils.data import Dataset
 
 from mhc.data.datamodule import TaskDataModule
-from mhc.data.labels import encode_sample, validate_labels
+from mhc.data.labels import encode_batch, sample_of, validate_labels
 from mhc.processing.processors import TextProcessor
 from mhc.processing.tokenizer import WordTokenizer
 from mhc.tasks import TaskSpec
@@ -102,9 +102,13 @@ class TokenDataset(Dataset):
     def __len__(self) -> int:
         return len(self.ids)
 
+    def gather(self, indices: Sequence[int]) -> dict[str, Any]:
+        """The samples at ``indices``, collated in one gather (:class:`~mhc.data.labels.GatheredBatches`)."""
+        targets, label_mask = encode_batch(self.tasks, self.labels, indices)
+        return {"tokens": self.ids[list(indices)], "targets": targets, "label_mask": label_mask}
+
     def __getitem__(self, index: int) -> dict[str, Any]:
-        targets, label_mask = encode_sample(self.tasks, self.labels, index)
-        return {"tokens": self.ids[index], "targets": targets, "label_mask": label_mask}
+        return sample_of(self.gather([index]))
 
 
 class SequencesDataModule(TaskDataModule):

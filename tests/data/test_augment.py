@@ -144,7 +144,6 @@ def test_a_batch_flip_moves_labels_as_the_per_sample_flip_does():
 def test_batch_crops_are_shifted_windows_of_the_reflect_padded_image():
     images = torch.rand(6, 3, 8, 10)
     flip = torch.tensor([True, False, True, False, False, True])
-    out = Augmentation(crop="pad", padding=2, hflip=0.5, where="device").batch  # noqa: F841 (the options are valid)
     from mhc.data.augment import shifted_crops
 
     crops = shifted_crops(images, 2, flip)

@@ -9,7 +9,13 @@ import torch
 
 import mhc
 from mhc.api import compose_config, train
-from mhc.data.balance import balanced_class_weights, balanced_pos_weight, balancing_weights, encoded_labels, prior_logits
+from mhc.data.balance import (
+    balanced_class_weights,
+    balanced_pos_weight,
+    balancing_weights,
+    encoded_labels,
+    prior_logits,
+)
 from mhc.data.labels import ArrayDataset
 from mhc.errors import ConfigError
 from mhc.tasks import TaskSpec

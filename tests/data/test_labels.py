@@ -41,3 +41,20 @@ def test_child_label_must_fit_under_parent_label():
     labels = {"coarse": np.array([0, 1, 0]), "fine": np.array([0, -1, 1])}
     with pytest.raises(DataError, match="sample 2 has label 'b1' for task 'fine', which is not allowed under coarse='a'"):
         validate_labels([coarse, fine], labels, "data")
+
+
+@pytest.mark.parametrize("module", ["scenes", "sequences"])
+def test_generated_batches_gathered_whole_equal_their_samples_collated(module):
+    import torch
+    from torch.utils.data import default_collate
+
+    from mhc.data import ScenesDataModule, SequencesDataModule
+    from tests.data.test_manifest import assert_same_batch
+
+    dm = (ScenesDataModule if module == "scenes" else SequencesDataModule)(num_train=16, num_val=4, num_test=4)
+    dm.set_tasks(dm.task_specs())
+    dm.setup("fit")
+    dataset = dm.splits["train"]
+    rows = [5, 1, 9, 0]
+    assert_same_batch(dataset.gather(rows), default_collate([dataset[i] for i in rows]))
+    assert all(isinstance(v, torch.Tensor) for v in dataset[3]["targets"].values())

@@ -333,3 +333,27 @@ def test_ignored_columns_are_left_out_of_every_split(folder: Path) -> None:
         ManifestDataModule(train, ignore_columns=["nothing"]).task_specs()
     with pytest.raises(ConfigError, match="may not name an input column"):
         ManifestDataModule(train, ignore_columns=["image"])
+
+
+def assert_same_batch(batched, expected) -> None:
+    assert batched.keys() == expected.keys()
+    for key, value in expected.items():
+        if isinstance(value, dict):
+            assert_same_batch(batched[key], value)
+        else:
+            assert batched[key].dtype == value.dtype and torch.equal(batched[key], value), key
+
+
+@pytest.mark.parametrize("cache", ["none", "memory"])
+def test_a_batch_gathered_whole_equals_its_samples_collated(train: Path, cache: str) -> None:
+    from torch.utils.data import default_collate
+
+    from mhc.data.labels import collate
+
+    dm = data_module(train, cache=cache)
+    dm.setup("fit")
+    dataset = dm.splits["train"]
+    rows = [3, 0, 2]
+    assert_same_batch(collate(dataset.gather(rows)), default_collate([dataset[i] for i in rows]))
+    loaded = next(iter(dm.loader("train")))  # the loader gathers whole batches
+    assert_same_batch(loaded, default_collate([dataset[0], dataset[1]]))
