@@ -1,6 +1,6 @@
 """A convolutional network over token ids (Kim 2014): parallel 1-D convolutions of several widths
-over the token embeddings, max-pooled over time. On short texts trained from scratch it learns
-faster than a transformer and is as accurate (docs/recipes.md).
+over the token embeddings, max-pooled over time. Trained from scratch on GoEmotions it scored
+higher than a two-layer sequence transformer in less time (docs/recipes.md).
 
 Padding never changes any output: padded tokens embed to zero, every window reads zeros past
 the text's end however much padding follows, and only windows starting on a real token are pooled.
