@@ -373,7 +373,7 @@ class OnnxModel:
         outputs = self.session.run(self.output_names, {INPUT_NAME: batch.cpu().numpy()})
         return {name: torch.from_numpy(out) for name, out in zip(self.output_names, outputs)}
 
-    def predict(self, inputs: Any, batch_size: int = 64, threshold: float = 0.5,
+    def predict(self, inputs: Any, batch_size: int = 64, threshold: float | None = None,
                 tta: str | None = None) -> dict[str, TaskPrediction]:
         """Class names and probabilities per task, for the inputs (and ``tta``) :meth:`MultiHeadNet.predict` takes."""
         return self.predictor.predict(inputs, batch_size, threshold, tta)

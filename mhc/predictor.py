@@ -99,6 +99,8 @@ class OutputDecoder:
         """One task's probabilities from its logits, under the allowed set ``mask`` [B, C] and, for a
         child task, its parent's predicted class (the parent's entry of ``probs``)."""
         out = logits.float()
+        if task.temperature is not None:  # calibrated (mhc.calibration): before the mask and the softmax
+            out = out / out.new_tensor(task.temperature if task.kind == "multilabel" else task.temperature[0])
         if task.kind == "binary":
             return torch.sigmoid(out.squeeze(-1))
         if task.kind == "multilabel":
@@ -115,16 +117,20 @@ class OutputDecoder:
                 mask = torch.where(both.any(-1, keepdim=True), both, mask)
         return torch.softmax(apply_output_mask(out, mask), dim=-1)
 
-    def decode(self, probs: Mapping[str, Tensor], threshold: float = 0.5) -> dict[str, TaskPrediction]:
-        """Class names from :meth:`probabilities`; a binary task's probabilities become [B, 2]."""
+    def decode(self, probs: Mapping[str, Tensor], threshold: float | None = None) -> dict[str, TaskPrediction]:
+        """Class names from :meth:`probabilities`; a binary task's probabilities become [B, 2]. A
+        binary or multilabel output is predicted at or above its task's threshold
+        (:meth:`TaskSpec.decision_thresholds`), or ``threshold`` for every one when given."""
         out: dict[str, TaskPrediction] = {}
         for task in self.tasks.values():
             p = probs[task.name]
+            if task.kind != "multiclass":
+                cut = p.new_tensor([threshold] * task.num_outputs if threshold is not None else task.decision_thresholds())
             if task.kind == "binary":
+                labels: list[Any] = [task.classes[int(v)] for v in (p >= cut[0]).tolist()]
                 p = torch.stack([1 - p, p], dim=-1)
-            if task.kind == "multilabel":
-                labels: list[Any] = [[task.classes[j] for j in torch.nonzero(row >= threshold).flatten().tolist()]
-                                     for row in p]
+            elif task.kind == "multilabel":
+                labels = [[task.classes[j] for j in torch.nonzero(row >= cut).flatten().tolist()] for row in p]
             else:
                 labels = [task.classes[j] for j in p.argmax(-1).tolist()]
             out[task.name] = TaskPrediction(classes=list(task.classes), labels=labels, probs=p)
@@ -170,7 +176,7 @@ class Predictor:
         batch = self.processor.batch(items)
         return batch if self.device is None else batch.to(self.device)
 
-    def predict(self, inputs: Any, batch_size: int = 64, threshold: float = 0.5,
+    def predict(self, inputs: Any, batch_size: int = 64, threshold: float | None = None,
                 tta: str | None = None) -> dict[str, TaskPrediction]:
         """Class names and probabilities per task for raw inputs (see the processor for what it reads)."""
         return self.decoder.decode(self.probabilities(inputs, batch_size, tta), threshold)

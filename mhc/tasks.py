@@ -110,6 +110,13 @@ class TaskSpec:
             (from the training counts, :mod:`mhc.data.balance`).
         pos_weight: positive-class weight per output (binary/multilabel ``bce``), or ``balanced``.
         focal_gamma: focusing parameter of the focal loss (Lin et al. 2017).
+        temperature: the fitted temperature(s) that divide the logits before the softmax or
+            sigmoid (:mod:`mhc.calibration`): one for a multiclass or binary head, one per class
+            for a multilabel head; ``None``: uncalibrated.
+        threshold: how a binary or multilabel head's thresholds are chosen on validation:
+            ``f1``, ``precision@P``, ``recall@R`` or ``fixed:T`` (default ``fixed:0.5``).
+        thresholds: the fitted threshold per output (a class is predicted at or above it);
+            ``None``: 0.5, or the ``fixed`` value.
         label_reduction: how a multilabel sample's loss combines its labels: ``mean`` or ``sum``
             (each label then weighs as one binary task, so many rare labels still learn).
         bias_init: ``default`` (PyTorch's) or ``prior``: the head's output biases start at the
@@ -139,6 +146,9 @@ class TaskSpec:
         default=None, metadata=_option(Any, _weights, "a list of numbers or balanced"))
     pos_weight: list[float] | str | None = field(default=None, metadata=_option(Any, _weights, "a list of numbers or balanced"))
     focal_gamma: float = field(default=2.0, metadata=_option(float, float, "a number"))
+    temperature: list[float] | None = field(default=None, metadata=_option(Any, _numbers, "a list of numbers"))
+    threshold: str = field(default="fixed:0.5", metadata=_option(str, str, "f1, precision@P, recall@R or fixed:T"))
+    thresholds: list[float] | None = field(default=None, metadata=_option(Any, _numbers, "a list of numbers"))
     label_reduction: str = field(default="mean", metadata=_option(str, str, "mean or sum"))
     bias_init: str = field(default="default", metadata=_option(str, str, "default or prior"))
     hflip: str | dict[str, str] = field(
@@ -200,6 +210,17 @@ class TaskSpec:
             raise ConfigError(f"{where}: pos_weight applies to binary and multilabel tasks; use class_weights")
         if self.focal_gamma < 0:
             raise ConfigError(f"{where}: focal_gamma must be >= 0, got {self.focal_gamma}")
+        if self.temperature is not None:
+            width = self.num_classes if self.kind == "multilabel" else 1
+            if len(self.temperature) != width or any(not t > 0 for t in self.temperature):
+                raise ConfigError(f"{where}: temperature must be {width} positive number(s), got {self.temperature}")
+        threshold_objective(self.threshold, where)
+        if self.thresholds is not None:
+            if self.kind == "multiclass":
+                raise ConfigError(f"{where}: thresholds apply to binary and multilabel tasks; a multiclass head "
+                                  "predicts its most probable class")
+            if len(self.thresholds) != self.num_outputs or any(not 0.0 <= t <= 1.0 for t in self.thresholds):
+                raise ConfigError(f"{where}: thresholds must be {self.num_outputs} number(s) in [0, 1], got {self.thresholds}")
         if self.label_reduction not in LABEL_REDUCTIONS:
             raise ConfigError(f"{where}: label_reduction must be one of {', '.join(LABEL_REDUCTIONS)}, got '{self.label_reduction}'")
         if self.bias_init not in BIAS_INITS:
@@ -238,6 +259,13 @@ class TaskSpec:
         mapping = self.hflip if isinstance(self.hflip, dict) else {}
         return [self.classes.index(mapping.get(name, name)) for name in self.classes]
 
+    def decision_thresholds(self) -> list[float]:
+        """Each output's threshold: the fitted ones, else the ``fixed`` objective's value, else 0.5."""
+        if self.thresholds is not None:
+            return list(self.thresholds)
+        kind, value = threshold_objective(self.threshold)
+        return [value if kind == "fixed" else 0.5] * self.num_outputs
+
     def class_index(self, name: str) -> int:
         try:
             return self.classes.index(name)
@@ -254,6 +282,25 @@ class TaskSpec:
         if unknown:
             raise ConfigError(f"task '{data.get('name', '?')}': unknown option(s) {unknown}; expected some of {sorted(known)}")
         return cls(**dict(data))
+
+
+def threshold_objective(objective: str, where: str = "threshold") -> tuple[str, float]:
+    """``f1``, ``precision@P``, ``recall@R`` or ``fixed:T`` as (kind, value); anything else is a
+    :class:`ConfigError` naming ``where``."""
+    text = str(objective).strip()
+    if text == "f1":
+        return "f1", 0.0
+    for kind, separator in (("precision", "@"), ("recall", "@"), ("fixed", ":")):
+        if text.startswith(kind + separator):
+            try:
+                value = float(text[len(kind) + 1:])
+            except ValueError:
+                break
+            if 0.0 <= value <= 1.0:
+                return kind, value
+            break
+    raise ConfigError(f"{where}: the threshold objective must be f1, precision@P, recall@R or fixed:T with P, R, T "
+                      f"in [0, 1], got {objective!r}")
 
 
 def valid_task_name(name: Any) -> bool:

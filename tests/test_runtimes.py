@@ -33,11 +33,18 @@ def image_model(tasks, backbone: dict | None = None) -> MultiHeadNet:
     return MultiHeadNet(backbone or {"name": "cnn", "widths": [8, 16], "stem_stride": 2}, tasks).eval()
 
 
-def text_model() -> MultiHeadNet:
+# The text tasks calibrated (mhc.calibration): temperatures and thresholds every runtime applies.
+CALIBRATED_TASKS = [TaskSpec("topic", "multiclass", ["billing", "hardware", "other"], temperature=[0.5]),
+                    TaskSpec("urgent", "binary", ["no", "yes"], masked=True, temperature=[0.3], thresholds=[0.55]),
+                    TaskSpec("tags", "multilabel", ["a", "b", "c"], masked=True, temperature=[0.2, 1.0, 3.0],
+                             thresholds=[0.6, 0.45, 0.52])]
+
+
+def text_model(tasks: list[TaskSpec] = TEXT_TASKS) -> MultiHeadNet:
     torch.manual_seed(0)
     tokenizer = CharTokenizer.fit(TEXTS[:2])
     backbone = {"name": "seq_tiny", "vocab_size": len(tokenizer), "max_length": 16, "dim": 16, "depth": 1, "num_heads": 2}
-    return MultiHeadNet(backbone, TEXT_TASKS, TextProcessor(tokenizer, 16)).eval()
+    return MultiHeadNet(backbone, tasks, TextProcessor(tokenizer, 16)).eval()
 
 
 def pretrained_text_model(folder) -> MultiHeadNet:
@@ -93,9 +100,11 @@ def from_table(path, expected: dict) -> tuple[dict, dict]:
     return labels, probs
 
 
-@pytest.mark.parametrize("kind", ["image", "timm_image", "text", "pretrained_text"])
+@pytest.mark.parametrize("kind", ["image", "timm_image", "text", "calibrated_text", "pretrained_text"])
 def test_four_runtimes_agree(kind, tasks, tmp_path, request):
-    if kind == "pretrained_text":
+    if kind == "calibrated_text":
+        net = text_model(CALIBRATED_TASKS)
+    elif kind == "pretrained_text":
         net = pretrained_text_model(request.getfixturevalue("bert_folder"))
     elif kind == "timm_image":
         net = image_model(tasks, {"name": "timm", "model": "test_resnet"})
@@ -119,6 +128,11 @@ def test_four_runtimes_agree(kind, tasks, tmp_path, request):
     table = mhc.predict(["data=manifest", f"data.predict={tmp_path / 'inputs.csv'}"], ckpt=ckpt,
                         output=tmp_path / "predictions.csv", output_dir=tmp_path / "run")
     assert_same(expected, *from_table(table, expected))
+    if kind == "calibrated_text":  # the calibration travelled, and decides: not the plain model's answers
+        plain = mhc.load(export_model(text_model(), tmp_path / "plain", ["safetensors"])).predict(inputs)
+        assert any(not np.allclose(plain[t].probs.numpy(), expected[t].probs.numpy()) for t in expected)
+        urgent = expected["urgent"]
+        assert urgent.labels == ["yes" if p >= 0.55 else "no" for p in urgent.probs[:, 1].tolist()]
     if kind.endswith("image"):  # a child is decoded under its parent's prediction everywhere
         for coarse, fine in zip(expected["coarse"].labels, expected["fine"].labels):
             assert fine in net.tasks["fine"].allowed_by_parent[coarse]

@@ -130,7 +130,7 @@ class MultiHeadNet(nn.Module):
         return getattr(self, f"allowed_{task}")
 
     @torch.no_grad()
-    def predict(self, inputs: Any, batch_size: int = 64, threshold: float = 0.5,
+    def predict(self, inputs: Any, batch_size: int = 64, threshold: float | None = None,
                 tta: str | None = None) -> dict[str, TaskPrediction]:
         """Class names and probabilities per task for raw inputs: images (paths, PIL images,
         arrays or tensors), or for a text model, texts (a string or a list) or token ids.
