@@ -30,16 +30,6 @@ BINS = 15
 TEMPERATURE_RANGE = (0.05, 20.0)  # outside it a temperature says more about the split than the model
 
 
-def scaled_logits(task: TaskSpec, logits: Tensor, temperature: list[float] | None, allowed: Tensor | None = None) -> Tensor:
-    """``logits`` divided by the task's temperature(s), then the output mask applied (a multiclass
-    head's disallowed classes get the lowest logit: probability 0)."""
-    out = logits.float()
-    if temperature is not None:
-        scale = out.new_tensor(temperature)
-        out = out / (scale if task.kind != "binary" else scale.reshape(-1)[0])
-    return apply_output_mask(out, allowed) if task.kind == "multiclass" else out
-
-
 def fit_temperature(task: TaskSpec, logits: Tensor, targets: Tensor, label_mask: Tensor,
                     allowed: Tensor | None = None, max_iter: int = 100) -> list[float]:
     """The temperature(s) of ``task`` minimising the NLL of its labelled samples: one value for a
