@@ -129,6 +129,6 @@ def calibration_scores(task: TaskSpec, probs: Tensor, targets: Tensor, label_mas
         brier = (p - F.one_hot(y.long(), task.num_classes).float()).pow(2).sum(-1).mean()
         return {"ece": float(ece), "brier": float(brier)}
     p, y = p.reshape(len(p), -1), y.reshape(len(p), -1).float()
-    ece = torch.stack([binary_calibration_error(p[:, c], y[:, c].long(), n_bins=BINS, norm="l1")
+    ece = torch.stack([binary_calibration_error(p[:, c].contiguous(), y[:, c].long(), n_bins=BINS, norm="l1")
                        for c in range(p.shape[1])]).mean()
     return {"ece": float(ece), "brier": float((p - y).pow(2).mean())}
