@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from mhc.masks import apply_output_mask, batch_allowed
+from mhc.masks import apply_output_mask, labelled_batch_allowed
 from mhc.tasks import TaskSpec
 
 
@@ -99,9 +99,7 @@ def batch_losses(
     if "soft_targets" in batch:  # a mixed batch (mhc.data.mixing) carries its complete output masks
         targets, allowed = batch["soft_targets"], dict(batch.get("allowed") or {})
     else:
-        matrices = {name: hierarchy(name) for name, t in tasks.items() if t.parent is not None}
-        targets = batch["targets"]
-        allowed = batch_allowed(tasks, matrices, targets, batch["label_mask"], batch.get("allowed"))
+        targets, allowed = batch["targets"], labelled_batch_allowed(tasks, hierarchy, batch)
     return {
         name: task_loss(task, logits[name], targets[name], batch["label_mask"][name], allowed.get(name))
         for name, task in tasks.items()

@@ -6,7 +6,7 @@ class can never be predicted and never receives probability mass.
 
 from __future__ import annotations
 
-from typing import Mapping
+from typing import Any, Callable, Mapping
 
 import torch
 from torch import Tensor
@@ -65,3 +65,11 @@ def batch_allowed(
         if mask is not None:
             allowed[name] = mask
     return allowed
+
+
+def labelled_batch_allowed(tasks: Mapping[str, TaskSpec], hierarchy: Callable[[str], Tensor],
+                           batch: Mapping[str, Any]) -> dict[str, Tensor]:
+    """A labelled batch's allowed-class masks: each child task's from its parent's label
+    (``hierarchy(name)``: its [parent classes, classes] matrix), and the data's own."""
+    matrices = {name: hierarchy(name) for name, t in tasks.items() if t.parent is not None}
+    return batch_allowed(tasks, matrices, batch["targets"], batch["label_mask"], batch.get("allowed"))

@@ -26,7 +26,7 @@ import torch
 from torch import Tensor
 
 from mhc.errors import ConfigError
-from mhc.masks import batch_allowed
+from mhc.masks import labelled_batch_allowed
 from mhc.tasks import TaskSpec
 
 
@@ -106,8 +106,7 @@ def mix_labels(batch: Mapping[str, Any], lam: float, tasks: Mapping[str, TaskSpe
     """Targets, label masks and output masks of each sample mixed with its partner's (the batch
     reversed) with weight ``lam``; see the module docstring."""
     targets, label_mask = batch["targets"], batch["label_mask"]
-    matrices = {name: hierarchy(name) for name, t in tasks.items() if t.parent is not None}
-    allowed = batch_allowed(tasks, matrices, targets, label_mask, batch.get("allowed"))
+    allowed = labelled_batch_allowed(tasks, hierarchy, batch)
     soft, hard = {}, {}
     for name, task in tasks.items():
         target = targets[name]
