@@ -5,7 +5,8 @@ fastest known CIFAR-10 trainer."""
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from functools import partial
+from typing import Callable, Sequence
 
 from torch import Tensor, nn
 
@@ -55,11 +56,18 @@ def cnn(widths: Sequence[int] = (32, 64, 128, 128), in_chans: int = 3, stem_stri
     return CompactCNN(widths=tuple(widths), in_chans=in_chans, stem_stride=stem_stride)
 
 
-def conv_pool_bn_relu(in_ch: int, out_ch: int, pool: bool = False) -> nn.Sequential:
+def conv_pool_bn(in_ch: int, out_ch: int, pool: bool = False,
+                 activation: Callable[[], nn.Module] = partial(nn.ReLU, inplace=True)) -> list[nn.Module]:
+    """3x3 convolution (no bias), an optional 2x2 max-pool, batch norm and ``activation``: the unit
+    of ResNet-9 and of airbench."""
     layers: list[nn.Module] = [nn.Conv2d(in_ch, out_ch, 3, padding=1, bias=False)]
     if pool:
         layers.append(nn.MaxPool2d(2))
-    return nn.Sequential(*layers, nn.BatchNorm2d(out_ch), nn.ReLU(inplace=True))
+    return [*layers, nn.BatchNorm2d(out_ch), activation()]
+
+
+def conv_pool_bn_relu(in_ch: int, out_ch: int, pool: bool = False) -> nn.Sequential:
+    return nn.Sequential(*conv_pool_bn(in_ch, out_ch, pool))
 
 
 class Residual(nn.Sequential):
@@ -114,13 +122,6 @@ def resnet9(widths: Sequence[int] = (64, 128, 256, 512), in_chans: int = 3, pool
     return ResNet9(widths=tuple(widths), in_chans=in_chans, pool=pool)
 
 
-def conv_pool_bn_gelu(in_ch: int, out_ch: int, pool: bool = False) -> list[nn.Module]:
-    layers: list[nn.Module] = [nn.Conv2d(in_ch, out_ch, 3, padding=1, bias=False)]
-    if pool:
-        layers.append(nn.MaxPool2d(2))
-    return [*layers, nn.BatchNorm2d(out_ch), nn.GELU()]
-
-
 class AirbenchNet(Backbone):
     """The airbench network (Jordan 2024, "94% on CIFAR-10 in 3.29 seconds"): a 2x2 stem
     convolution, three blocks of conv, max-pool by 2, BN, GELU, conv, BN, GELU, and global max
@@ -144,8 +145,8 @@ class AirbenchNet(Backbone):
         layers: list[nn.Module] = [nn.ZeroPad2d((0, 1, 0, 1)), nn.Conv2d(in_chans, stem, 2), nn.GELU()]
         previous = stem
         for width in widths:
-            layers += [nn.Sequential(*conv_pool_bn_gelu(previous, int(width), pool=True),
-                                     *conv_pool_bn_gelu(int(width), int(width)))]
+            layers += [nn.Sequential(*conv_pool_bn(previous, int(width), pool=True, activation=nn.GELU),
+                                     *conv_pool_bn(int(width), int(width), activation=nn.GELU))]
             previous = int(width)
         self.features = nn.Sequential(*layers)
         self.pool = nn.AdaptiveMaxPool2d(1)
