@@ -581,6 +581,7 @@ class ManifestDataModule(TaskDataModule):
         if cache not in CACHES:
             raise ConfigError(f"data.cache must be one of {list(CACHES)}, got {cache!r}")
         self.cache = cache
+        self.decoded: dict[tuple[str, tuple[int, ...]], Tensor] = {}  # (split, size) -> its cached pixels
         self.ignore_columns = [str(c) for c in _plain(ignore_columns) or ()]
         if set(self.ignore_columns) & set(INPUT_COLUMNS):
             raise ConfigError(f"data.ignore_columns may not name an input column {list(INPUT_COLUMNS)}; got {self.ignore_columns}")
@@ -661,7 +662,12 @@ class ManifestDataModule(TaskDataModule):
         # Without tasks (pretraining: labels ignored) label columns are ignored, as when predicting.
         dataset = ManifestDataset(manifest, tasks, self.processor(), labelled=split != "predict" and bool(tasks))
         if split != "predict" and manifest.input_column == IMAGE_COLUMN and self.caches(len(dataset)):
-            dataset.cache_images(threads=min(8, os.cpu_count() or 1))
+            # decoded once per split and size: a split rebuilt for new task options keeps its pixels
+            key = (split, tuple(dataset.processor.size))  # type: ignore[attr-defined]
+            if key not in self.decoded:
+                dataset.cache_images(threads=min(8, os.cpu_count() or 1))
+                self.decoded[key] = dataset.cache  # type: ignore[assignment]
+            dataset.cache = self.decoded[key]
         return dataset
 
     def caches(self, count: int) -> bool:

@@ -296,7 +296,7 @@ def test_corrupt_image_in_a_worker_is_a_data_error_without_traceback(folder: Pat
 # -- the in-memory image cache ---------------------------------------------------------------------
 
 
-def test_the_image_cache_decodes_once_and_serves_the_same_pixels(folder: Path) -> None:
+def test_the_image_cache_decodes_once_and_serves_the_same_pixels(folder: Path, monkeypatch) -> None:
     for i in range(4):  # stored at the model's size: the cache is exact
         Image.fromarray(np.random.default_rng(i).integers(0, 256, (4, 4, 3), dtype=np.uint8)).save(folder / "img" / f"{i}.png")
     train = write(folder, "train.csv", TRAIN)
@@ -306,6 +306,13 @@ def test_the_image_cache_decodes_once_and_serves_the_same_pixels(folder: Path) -
     assert plain.splits["train"].cache is None and cached.splits["train"].cache.dtype == torch.uint8
     for i in range(4):
         assert torch.equal(plain.splits["train"][i]["image"], cached.splits["train"][i]["image"])
+    decodes = []
+    monkeypatch.setattr(ManifestDataset, "cache_images", lambda self, threads=4: decodes.append(self))
+    pixels = cached.splits["train"][3]["image"]
+    cached.set_tasks(cached.task_specs())  # new task options rebuild the split, from the pixels decoded before
+    cached.setup("fit")
+    assert not decodes and torch.equal(cached.splits["train"][3]["image"], pixels)
+    monkeypatch.undo()
     automatic = data_module(train)  # auto: four tiny images fit
     automatic.setup("fit")
     assert automatic.splits["train"].cache is not None
