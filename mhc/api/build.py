@@ -255,9 +255,10 @@ def build_module(cfg: DictConfig, datamodule: Any) -> MultiHeadModule:
                            augmentation=on_device, mixing=build_mixing(cfg),
                            run_config=OmegaConf.to_container(cfg, resolve=True),
                            speed=OmegaConf.to_container(cfg.perf) if cfg.get("perf") else None)
-    for task in tasks:  # bias_init=prior: the heads start at the training base rates
-        if task.bias_init == "prior":
-            datamodule.setup("train")
+    priors = [task for task in tasks if task.bias_init == "prior"]  # the heads start at the training base rates
+    if priors:
+        datamodule.setup("train")
+        for task in priors:
             logits = prior_logits(task, encoded_labels(datamodule.splits["train"], task.name))
             with torch.no_grad():
                 module.net.heads[task.name].output.bias.copy_(torch.tensor(logits))
