@@ -189,26 +189,25 @@ class MultiHeadModule(pl.LightningModule):
         # Per-task losses are averaged over each task's labelled samples by the stage metrics.
         self.stage_metrics(stage).update(probs, batch["targets"], batch["label_mask"], losses)
 
-    def _record(self, stage: str, batch: Mapping[str, Any], logits: Mapping[str, Tensor], losses: Mapping[str, Tensor],
-                auxiliary: Tensor | float) -> None:
-        """Metrics, and ``<stage>/loss``: the static-weighted loss plus the auxiliary losses."""
-        self._update_metrics(stage, batch, logits, losses)
+    def _log_loss(self, stage: str, logits: Mapping[str, Tensor], losses: Mapping[str, Tensor],
+                  auxiliary: Tensor | float) -> None:
+        """``<stage>/loss``: the static-weighted loss plus the auxiliary losses."""
         total = static_loss(self.tasks, {k: v.detach() for k, v in losses.items()}) + auxiliary
         training = stage == "train"
         self.log(f"{stage}/loss", torch.as_tensor(total, device=self.device).detach(), prog_bar=True, on_step=training,
                  on_epoch=True, batch_size=next(iter(logits.values())).shape[0], sync_dist=not training)
 
-    def measure(self, batch: Mapping[str, Any], stage: str) -> None:
-        """Add ``batch`` to ``stage``'s metrics, logging nothing (how weight averaging validates
-        its copy of this module beside it)."""
+    def measure(self, batch: Mapping[str, Any], stage: str) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
+        """Add ``batch`` to ``stage``'s metrics, logging nothing (weight averaging validates its copy
+        of this module with it); the logits and per-task losses."""
         logits = self.net(batch_inputs(batch))
-        self._update_metrics(stage, batch, logits, self.step.losses(self.net, logits, batch))
+        losses = self.step.losses(self.net, logits, batch)
+        self._update_metrics(stage, batch, logits, losses)
+        return logits, losses
 
     def _shared_step(self, batch: Mapping[str, Any], stage: str) -> None:
-        inputs = batch_inputs(batch)
-        logits = self.net(inputs)
-        losses = self.step.losses(self.net, logits, batch)
-        self._record(stage, batch, logits, losses, self._auxiliary_loss(inputs, stage))
+        logits, losses = self.measure(batch, stage)
+        self._log_loss(stage, logits, losses, self._auxiliary_loss(batch_inputs(batch), stage))
 
     def training_step(self, batch: Mapping[str, Any], batch_idx: int) -> Tensor | None:
         if self.augmentation is not None and "image" in batch:  # augment.where=device
@@ -226,7 +225,8 @@ class MultiHeadModule(pl.LightningModule):
                 self.step.update(self, None, batch_idx)
             return None
         objective = step.objective + auxiliary
-        self._record("train", batch, step.logits, step.losses, torch.as_tensor(auxiliary).detach())
+        self._update_metrics("train", batch, step.logits, step.losses)
+        self._log_loss("train", step.logits, step.losses, torch.as_tensor(auxiliary).detach())
         self.step.log(self, step)
         if self.automatic_optimization:
             return objective
