@@ -28,6 +28,7 @@ __all__ = [
     "TaskPrediction",
     "TaskSpec",
     "analyze",
+    "calibrate",
     "compose_config",
     "evaluate",
     "export",
@@ -40,7 +41,7 @@ __all__ = [
 ]
 __version__ = "0.1.0"
 
-API = ("analyze", "compose_config", "evaluate", "export", "predict", "pretrain", "prune", "train")
+API = ("analyze", "calibrate", "compose_config", "evaluate", "export", "predict", "pretrain", "prune", "train")
 
 
 def __getattr__(name: str) -> object:

@@ -181,12 +181,14 @@ def export_model(
     metrics: Mapping[str, Mapping[str, float]] | None = None,
     run_config: Mapping[str, Any] | None = None,
     source: str | Path | None = None,
+    calibration: Mapping[str, Any] | None = None,
 ) -> Path:
     """Write ``net`` to ``folder`` in ``formats`` with ``config.json`` and the model card; LoRA
-    adapters are merged into the exported weights.
+    adapters are merged into the exported weights. A ``calibration`` report
+    (:mod:`mhc.api.calibrate`) adds its tables to the card and its figures beside it.
 
-    Every file is replaced atomically; model files of formats not chosen this time are removed,
-    so the folder always matches its ``config.json``.
+    Every file is replaced atomically; model files of formats not chosen this time (and figures
+    of a calibration it no longer has) are removed, so the folder always matches its ``config.json``.
     """
     formats = parse_formats(formats)
     folder = Path(folder)
@@ -198,9 +200,10 @@ def export_model(
     was_training = net.training
     try:
         description = write_model_files(net.eval(), folder, formats, metrics, source)
+        description["files"] += write_calibration_figures(folder, calibration)
         save_export(net, folder, description, weights="safetensors" in formats)
         with atomic_path(folder / MODEL_CARD) as tmp:
-            tmp.write_text(model_card(net, description, metrics or {}, run_config), encoding="utf-8")
+            tmp.write_text(model_card(net, description, metrics or {}, run_config, calibration), encoding="utf-8")
     finally:
         net.train(was_training)
     return folder
@@ -236,7 +239,8 @@ def export_checkpoint(ckpt: str | Path, folder: str | Path, formats: Sequence[st
     net = net_from_description(checkpoint["mhc"].get("net"), ckpt)
     load_weights(net, net_state(checkpoint), ckpt)
     return export_model(net, folder, formats, metrics=checkpoint["mhc"].get("metrics"),
-                        run_config=checkpoint["mhc"].get("config"), source=ckpt)
+                        run_config=checkpoint["mhc"].get("config"), source=ckpt,
+                        calibration=checkpoint["mhc"].get("calibration"))
 
 
 def default_folder(ckpt: str | Path) -> Path:
@@ -254,8 +258,9 @@ def parameter_count(net: nn.Module) -> int:
 
 
 def model_card(net: MultiHeadNet, description: Mapping[str, Any], metrics: Mapping[str, Mapping[str, float]],
-               run_config: Mapping[str, Any] | None) -> str:
-    """``README.md`` of an export folder: tasks, validation metrics, input, data, files, usage, config."""
+               run_config: Mapping[str, Any] | None, calibration: Mapping[str, Any] | None = None) -> str:
+    """``README.md`` of an export folder: tasks, validation metrics, calibration and decisions (when
+    calibrated), input, data, files, usage, config."""
     backbone = net.backbone_config.get("name", "?")
     sections = [
         f"# Multi-head classifier: {len(net.tasks)} task{'s' if len(net.tasks) > 1 else ''} on a `{backbone}` backbone",
@@ -263,6 +268,7 @@ def model_card(net: MultiHeadNet, description: Mapping[str, Any], metrics: Mappi
         f"{description['parameters']:,} parameters in all, trained with `mhc`.",
         "## Tasks\n\n" + tasks_table(net),
         "## Validation metrics\n\n" + (metrics_table(metrics) if metrics else "The checkpoint records no validation metrics."),
+        *calibration_sections(net, calibration),
         "## Input\n\n" + input_text(net),
         "## Data\n\n" + data_text(run_config),
         "## Files\n\n" + "\n".join(f"- `{file}`" for file in description["files"]),
@@ -288,6 +294,85 @@ def metrics_table(metrics: Mapping[str, Mapping[str, float]]) -> str:
     for task, values in metrics.items():
         rows.append(f"| {task} | " + " | ".join(f"{values[m]:.4f}" if m in values else "-" for m in names) + " |")
     return "\n".join(rows)
+
+
+def write_calibration_figures(folder: Path, calibration: Mapping[str, Any] | None) -> list[str]:
+    """The calibration report's figures as PNG files in ``folder`` (stale ones removed); their names."""
+    from mhc.tracking import pyplot
+    from mhc.training.figures import CALIBRATION_FIGURES
+
+    written = []
+    for name, draw in CALIBRATION_FIGURES.items():
+        path = folder / f"{name}.png"
+        if not calibration or not calibration.get("tasks"):
+            path.unlink(missing_ok=True)
+            continue
+        figure = draw(calibration["tasks"])
+        with atomic_path(path) as tmp:
+            figure.savefig(tmp, dpi=100, format="png")
+        pyplot().close(figure)
+        written.append(path.name)
+    return written
+
+
+def calibration_sections(net: MultiHeadNet, calibration: Mapping[str, Any] | None) -> list[str]:
+    """The model card's calibration, thresholds and abstention sections (none when uncalibrated)."""
+    if not calibration or not calibration.get("tasks"):
+        return ["## Calibration\n\nUncalibrated: probabilities are the network's softmax and sigmoid outputs, and binary "
+                "and multilabel outputs are decided at their configured thresholds (0.5 unless set). `mhc-calibrate` "
+                "fits temperatures and thresholds on a validation split."]
+    split, tasks = calibration["split"], calibration["tasks"]
+    others = [k for k in calibration if k not in ("split", "method", "tasks")]
+    rows = ["| task | split | ECE before | ECE after | Brier before | Brier after | temperature |", "|---|---|---:|---:|---:|---:|---|"]
+    for name, entry in tasks.items():
+        temperature = ", ".join(f"{t:.3g}" for t in entry["fitted"]["temperature"] or []) or "1"
+        for where, scores in [(split, entry), *[(o, calibration[o][name]) for o in others if name in calibration[o]]]:
+            rows.append(f"| {name} | {where} | " + " | ".join(f"{scores[w][k]:.4f}" for k in ("ece", "brier") for w in ("before", "after"))
+                        + f" | {temperature} |")
+    sections = [f"## Calibration\n\nFitted on the `{split}` split by {calibration['method']} scaling (`mhc-calibrate`); "
+                "every runtime decodes with it. Expected calibration error (15 bins) and Brier score before and after:\n\n"
+                + "\n".join(rows) + "\n\n![reliability diagrams](reliability.png)"]
+    sections.append("## Decision thresholds\n\n" + thresholds_text(net, tasks, split))
+    sections.append("## Abstention\n\n" + abstention_text(net, tasks, split))
+    return sections
+
+
+def thresholds_text(net: MultiHeadNet, tasks: Mapping[str, Any], split: str) -> str:
+    """Per binary or multilabel output: its threshold and the F1 it gives on the calibration split."""
+    rows = ["| task | class | threshold | F1 at 0.5 | F1 at threshold |", "|---|---|---:|---:|---:|"]
+    for name, task in net.tasks.items():
+        entry = tasks.get(name, {})
+        if task.kind == "multiclass" or "f1" not in entry.get("after", {}):
+            continue
+        names = task.classes[1:] if task.kind == "binary" else task.classes
+        for cls, cut, old, new in zip(names, task.decision_thresholds(), entry["before"]["f1"], entry["after"]["f1"]):
+            rows.append(f"| {name} | {cls} | {cut:.3f} | {old:.4f} | {new:.4f} |")
+    if len(rows) == 2:
+        return "Multiclass heads only: each predicts its most probable class."
+    objectives = ", ".join(f"`{t.name}`: `{t.threshold}`" for t in net.tasks.values() if t.kind != "multiclass")
+    return (f"A binary or multilabel class is predicted at or above its threshold, chosen on `{split}` for each task's "
+            f"objective ({objectives}); `predict(threshold=...)` or a request's `threshold` overrides them.\n\n"
+            + "\n".join(rows))
+
+
+def abstention_text(net: MultiHeadNet, tasks: Mapping[str, Any], split: str) -> str:
+    """Per multiclass or binary head: its ``min_confidence`` and the coverage/accuracy curve."""
+    shown = (1.0, 0.9, 0.8, 0.7, 0.5)
+    rows = ["| task | min_confidence | " + " | ".join(f"{c:.0%} decided" for c in shown) + " |",
+            "|---|---:|" + "---:|" * len(shown)]
+    for name, task in net.tasks.items():
+        curve = tasks.get(name, {}).get("coverage")
+        if not curve:
+            continue
+        at = dict(zip(curve["coverage"], zip(curve["accuracy"], curve["confidence"])))
+        cells = [f"{at[c][0]:.3f} (p >= {at[c][1]:.2f})" if c in at else "-" for c in shown]
+        rows.append(f"| {name} | {task.min_confidence:g} | " + " | ".join(cells) + " |")
+    if len(rows) == 2:
+        return "No multiclass or binary head."
+    return (f"A multiclass or binary head answers no decision (`None`) where its top probability is under its "
+            f"`min_confidence` (0: always decides); `predict(min_confidence=...)` or a request's `min_confidence` "
+            f"overrides it. Accuracy on `{split}` of the samples each head still decides, keeping the most confident "
+            "share, with the confidence that keeps them:\n\n" + "\n".join(rows) + "\n\n![coverage](coverage.png)")
 
 
 def input_text(net: MultiHeadNet) -> str:
@@ -374,9 +459,9 @@ class OnnxModel:
         return {name: torch.from_numpy(out) for name, out in zip(self.output_names, outputs)}
 
     def predict(self, inputs: Any, batch_size: int = 64, threshold: float | None = None,
-                tta: str | None = None) -> dict[str, TaskPrediction]:
-        """Class names and probabilities per task, for the inputs (and ``tta``) :meth:`MultiHeadNet.predict` takes."""
-        return self.predictor.predict(inputs, batch_size, threshold, tta)
+                tta: str | None = None, min_confidence: float | None = None) -> dict[str, TaskPrediction]:
+        """Class names and probabilities per task, for the inputs and options :meth:`MultiHeadNet.predict` takes."""
+        return self.predictor.predict(inputs, batch_size, threshold, tta, min_confidence)
 
 
 def predict_onnx(folder: str | Path, inputs: Any) -> dict[str, Tensor]:

@@ -13,12 +13,13 @@ import pickle
 import zipfile
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterable, Iterator, Mapping
 
 import torch
 
 from mhc.errors import CheckpointError, MhcError, first_line
 from mhc.model.net import MultiHeadNet
+from mhc.tasks import TaskSpec
 
 CHECKPOINT_FORMAT = 1  # bump when the checkpoint's "mhc" description changes incompatibly
 EXPORT_WEIGHTS = "model.safetensors"
@@ -201,6 +202,32 @@ def save_checkpoint(net: MultiHeadNet, path: str | Path, metrics: dict[str, Any]
         "mhc": {"format": CHECKPOINT_FORMAT, "net": net.config(), "metrics": metrics or {}},
         "state_dict": {f"net.{k}": v.detach().cpu() for k, v in net.state_dict().items()},
     }
+    with atomic_path(path) as tmp:
+        torch.save(checkpoint, tmp)
+    return path
+
+
+def write_calibration(source: str | Path, path: str | Path, tasks: Iterable[TaskSpec], report: Mapping[str, Any],
+                      metrics: Mapping[str, Any] | None = None) -> Path:
+    """Copy checkpoint ``source`` to ``path`` (which may be ``source``: replaced atomically) with
+    the calibrated ``tasks`` in its model description, ``report`` (plain data) under
+    ``mhc.calibration`` and, when given, the validation ``metrics`` at the calibrated decisions;
+    the weights and the training state are kept as they are."""
+    checkpoint = read_checkpoint(source)
+    described = {t.name: t for t in tasks}
+    stored = checkpoint["mhc"]["net"]["tasks"]
+    if sorted(described) != sorted(d["name"] for d in stored):
+        raise CheckpointError(f"checkpoint '{source}' has the tasks {sorted(d['name'] for d in stored)}, "
+                              f"not {sorted(described)}")
+    checkpoint["mhc"]["net"]["tasks"] = [described[d["name"]].to_dict() for d in stored]
+    net_config = checkpoint.get("hyper_parameters", {}).get("net_config")
+    if isinstance(net_config, dict) and "tasks" in net_config:  # what the loggers and resume show, kept in step
+        net_config["tasks"] = checkpoint["mhc"]["net"]["tasks"]
+    checkpoint["mhc"]["calibration"] = dict(report)
+    if metrics is not None:
+        checkpoint["mhc"]["metrics"] = dict(metrics)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
     with atomic_path(path) as tmp:
         torch.save(checkpoint, tmp)
     return path

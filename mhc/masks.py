@@ -46,6 +46,30 @@ def apply_output_mask(logits: Tensor, allowed: Tensor | None) -> Tensor:
     return logits.masked_fill(~allowed, torch.finfo(logits.dtype).min)
 
 
+def under_predicted_parent(derived: Tensor, given: Tensor | None) -> Tensor:
+    """The classes a child task may take at prediction time: those its predicted parent allows
+    (``derived``), within the data's own set ``given``; where the two contradict, the data wins."""
+    if given is None:
+        return derived
+    both = given & derived
+    return torch.where(both.any(-1, keepdim=True), both, given)
+
+
+def decoding_masks(tasks: Mapping[str, TaskSpec], logits: Mapping[str, Tensor],
+                   given: Mapping[str, Tensor] | None = None) -> dict[str, Tensor]:
+    """The allowed-class masks a decoder applies to ``logits``: the data's own (``given``), and a
+    child task's under its parent's predicted class (the argmax over the parent's allowed
+    classes, which no temperature changes)."""
+    given = dict(given or {})
+    masks = {name: given[name] for name in tasks if name in given}
+    for name, task in tasks.items():
+        if task.parent is not None:
+            parent = apply_output_mask(logits[task.parent], given.get(task.parent)).argmax(-1)
+            derived = hierarchy_matrix(task, tasks[task.parent]).to(parent.device)[parent]
+            masks[name] = under_predicted_parent(derived, given.get(name))
+    return masks
+
+
 def batch_allowed(
     tasks: Mapping[str, TaskSpec],
     matrices: Mapping[str, Tensor],

@@ -8,7 +8,7 @@ ignores masked samples: with many binary heads (attributes, tags) one update ser
 
 from __future__ import annotations
 
-from typing import Mapping
+from typing import Any, Iterable, Mapping
 
 import torch
 from torch import Tensor, nn
@@ -16,10 +16,12 @@ from torchmetrics import MeanMetric, MetricCollection
 from torchmetrics.classification import (
     AUROC,
     Accuracy,
+    BinaryPrecisionRecallCurve,
     ConfusionMatrix,
     F1Score,
     MultilabelAccuracy,
     MultilabelF1Score,
+    MultilabelPrecisionRecallCurve,
 )
 
 from mhc.tasks import TaskSpec
@@ -46,7 +48,25 @@ def task_metrics(task: TaskSpec, auroc: bool = True) -> MetricCollection:
     metrics = {"acc": Accuracy(**kw), "f1": F1Score(**kw)}
     if not auroc:
         return MetricCollection(metrics, compute_groups=[["acc", "f1"]])
-    return MetricCollection({**metrics, "auroc": AUROC(thresholds=AUROC_THRESHOLDS, **kw)}, compute_groups=[["acc", "f1"], ["auroc"]])
+    return MetricCollection({**metrics, "auroc": task_auroc(task)}, compute_groups=[["acc", "f1"], ["auroc"]])
+
+
+def task_auroc(task: TaskSpec) -> AUROC:
+    """The binned AUROC of a binary or multilabel head (macro over a multilabel head's classes);
+    its state is the binned precision-recall curve (:func:`precision_recall_curve`)."""
+    if task.kind == "binary":
+        return AUROC(task="binary", thresholds=AUROC_THRESHOLDS, validate_args=False)
+    return AUROC(task="multilabel", num_labels=task.num_classes, average="macro", thresholds=AUROC_THRESHOLDS,
+                 validate_args=False)
+
+
+def precision_recall_curve(metric: AUROC) -> tuple[Tensor, Tensor, Tensor]:
+    """Precision [outputs, K + 1], recall [outputs, K + 1] and the thresholds [K] of a
+    :func:`task_auroc` metric's binned state (a binary head has one output)."""
+    if isinstance(metric, MultilabelPrecisionRecallCurve):
+        return MultilabelPrecisionRecallCurve.compute(metric)
+    precision, recall, thresholds = BinaryPrecisionRecallCurve.compute(metric)
+    return precision[None], recall[None], thresholds
 
 
 IGNORED = -1  # the target of a masked sample among the binary heads
@@ -71,10 +91,12 @@ def task_confusion(task: TaskSpec) -> ConfusionMatrix:
 
 class HeadMetrics(nn.Module):
     """One ``MetricCollection`` per task, plus its loss averaged over labelled samples; binary
-    heads (when there are several) share one accuracy-and-F1 metric and keep their own AUROC.
+    heads (when there are several) share one accuracy-and-F1 metric.
 
-    ``auroc=False`` leaves AUROC out (the training stage: its binned update costs as much as
-    accuracy and F1 together, on every step).
+    Accuracy, F1 and the confusion count the decisions: a binary or multilabel output is positive
+    at or above its task's threshold (:meth:`TaskSpec.decision_thresholds`, 0.5 unless tuned).
+    AUROC ranks the probabilities; ``auroc=False`` leaves it out (the training stage: its binned
+    update costs as much as accuracy and F1 together, on every step).
     """
 
     def __init__(self, tasks: Mapping[str, TaskSpec], confusion: bool = False, auroc: bool = True) -> None:
@@ -83,15 +105,26 @@ class HeadMetrics(nn.Module):
         binary = [name for name, t in self.tasks.items() if t.kind == "binary"]
         self.binary = binary if len(binary) > 1 else []
         self.binary_metrics = binary_heads_metrics(len(self.binary)) if self.binary else None
-        own = {name: task_metrics(t, auroc) for name, t in self.tasks.items() if name not in self.binary}
-        if auroc:  # binary heads measured together keep their own AUROC
-            own.update({name: MetricCollection({"auroc": AUROC(task="binary", thresholds=AUROC_THRESHOLDS, validate_args=False)})
-                        for name in self.binary})
-        self.metrics = nn.ModuleDict(own)
+        self.metrics = nn.ModuleDict({name: task_metrics(t, auroc=False) for name, t in self.tasks.items()
+                                      if name not in self.binary})
+        self.ranking = nn.ModuleDict({name: task_auroc(t) for name, t in self.tasks.items()
+                                      if auroc and t.kind != "multiclass"})
         self.confusion = nn.ModuleDict({name: task_confusion(t) for name, t in self.tasks.items()}) if confusion else None
         self.losses = nn.ModuleDict({name: MeanMetric() for name in self.tasks})
         self.track_losses = False
         self.seen = dict.fromkeys(self.tasks, 0)
+        self.use_tasks(self.tasks.values())
+
+    def use_tasks(self, tasks: Iterable[TaskSpec]) -> None:
+        """Take the decision thresholds of ``tasks`` (the same tasks, e.g. calibrated) from now on."""
+        self.tasks.update({t.name: t for t in tasks})
+        self.cuts = {name: t.decision_thresholds() for name, t in self.tasks.items() if t.kind != "multiclass"}
+        self.cuts = {name: cut for name, cut in self.cuts.items() if any(c != 0.5 for c in cut)}  # torchmetrics' own
+
+    def decided(self, name: str, probs: Tensor) -> Tensor:
+        """A task's probabilities as torchmetrics reads its decisions (1.0 at or above the threshold)."""
+        cut = self.cuts.get(name)
+        return probs if cut is None else (probs >= probs.new_tensor(cut if probs.dim() > 1 else cut[0])).float()
 
     @torch.no_grad()
     def update(
@@ -111,14 +144,16 @@ class HeadMetrics(nn.Module):
             self.seen[name] += labelled
             if losses is not None:
                 self.losses[name].update(losses[name].detach(), weight=labelled)
-            if name in self.metrics or self.confusion is not None:
-                p, y = probs[name][keep[name]], targets[name][keep[name]].long()
-                if name in self.metrics:
-                    self.metrics[name].update(p, y)
-                if self.confusion is not None:
-                    self.confusion[name].update(p, y)
+            p, y = probs[name][keep[name]], targets[name][keep[name]].long()
+            if name in self.ranking:
+                self.ranking[name].update(p, y)
+            p = self.decided(name, p)
+            if name in self.metrics:
+                self.metrics[name].update(p, y)
+            if self.confusion is not None:
+                self.confusion[name].update(p, y)
         if self.binary and any(counts[name] for name in self.binary):
-            p = torch.stack([probs[name] for name in self.binary], dim=1)  # [B, binary heads]
+            p = torch.stack([self.decided(name, probs[name]) for name in self.binary], dim=1)  # [B, binary heads]
             y = torch.stack([torch.where(keep[name], targets[name].long(), IGNORED) for name in self.binary], dim=1)
             self.binary_metrics.update(p, y)
 
@@ -143,6 +178,8 @@ class HeadMetrics(nn.Module):
         for name in results:
             if name in self.metrics:
                 results[name].update({k: float(v) for k, v in self.metrics[name].compute().items()})
+            if name in self.ranking:
+                results[name]["auroc"] = float(self.ranking[name].compute())
             if self.track_losses:
                 results[name]["loss"] = float(self.losses[name].compute())
         return results
@@ -154,9 +191,17 @@ class HeadMetrics(nn.Module):
         counts = self.labelled_counts() if labelled_counts is None else labelled_counts
         return {name: self.confusion[name].compute() for name, count in zip(self.tasks, counts.tolist()) if count > 0}
 
+    def precision_recall_curves(self, labelled_counts: Tensor | None = None) -> dict[str, tuple[Tensor, Tensor]]:
+        """Per multilabel task, precision and recall [classes, K] over the binned thresholds
+        (synchronised like :meth:`compute`)."""
+        counts = self.labelled_counts() if labelled_counts is None else labelled_counts
+        return {name: precision_recall_curve(self.ranking[name])[:2] for name, count in zip(self.tasks, counts.tolist())
+                if count > 0 and name in self.ranking and self.tasks[name].kind == "multilabel"}
+
     def reset(self) -> None:
         self.seen = dict.fromkeys(self.tasks, 0)
-        for metric in [*self.metrics.values(), *self.losses.values(), *(self.confusion or {}).values(), self.binary_metrics]:
+        for metric in [*self.metrics.values(), *self.ranking.values(), *self.losses.values(),
+                       *(self.confusion or {}).values(), self.binary_metrics]:
             if metric is not None:
                 metric.reset()
         self.track_losses = False
@@ -186,3 +231,22 @@ def delta_m(results: Mapping[str, Mapping[str, float]], baseline: Mapping[str, f
         if metric in values and baseline.get(task) not in (None, 0)
     ]
     return 100.0 * sum(gains) / len(gains) if gains else float("nan")
+
+
+def per_class_scores(task: TaskSpec, matrix: Tensor) -> list[dict[str, Any]]:
+    """Precision, recall, F1 and support of each class from a head's confusion matrix
+    (:func:`task_confusion`, counted at its decision thresholds): every class of a multiclass or
+    binary head (rows are the true class), each label of a multilabel head (its own 2x2). A
+    score with an empty denominator is 0, as scikit-learn's ``zero_division=0``."""
+    m = matrix.detach().double().cpu()
+    if task.kind == "multilabel":
+        tp, fp, fn = m[:, 1, 1], m[:, 0, 1], m[:, 1, 0]
+    else:
+        tp = m.diagonal()
+        fp, fn = m.sum(0) - tp, m.sum(1) - tp
+    zero = torch.zeros_like(tp)
+    precision = torch.where(tp + fp > 0, tp / (tp + fp), zero)
+    recall = torch.where(tp + fn > 0, tp / (tp + fn), zero)
+    f1 = torch.where(2 * tp + fp + fn > 0, 2 * tp / (2 * tp + fp + fn), zero)
+    return [{"class": name, "precision": float(p), "recall": float(r), "f1": float(f), "support": int(s)}
+            for name, p, r, f, s in zip(task.classes, precision, recall, f1, tp + fn)]

@@ -23,8 +23,9 @@ from typing import Any, Callable, Iterable, Mapping, Sequence, Union
 import torch
 from torch import Tensor
 
+from mhc.calibration import scaled_logits
 from mhc.errors import ConfigError
-from mhc.masks import apply_output_mask, hierarchy_matrix
+from mhc.masks import apply_output_mask, hierarchy_matrix, under_predicted_parent
 from mhc.processing.processors import Processor
 from mhc.tasks import TaskSpec
 
@@ -98,9 +99,7 @@ class OutputDecoder:
     def task_probabilities(self, task: TaskSpec, logits: Tensor, mask: Tensor | None, probs: Mapping[str, Tensor]) -> Tensor:
         """One task's probabilities from its logits, under the allowed set ``mask`` [B, C] and, for a
         child task, its parent's predicted class (the parent's entry of ``probs``)."""
-        out = logits.float()
-        if task.temperature is not None:  # calibrated (mhc.calibration): before the mask and the softmax
-            out = out / out.new_tensor(task.temperature if task.kind == "multilabel" else task.temperature[0])
+        out = scaled_logits(task, logits)  # calibrated: before the mask and the softmax
         if task.kind == "binary":
             return torch.sigmoid(out.squeeze(-1))
         if task.kind == "multilabel":
@@ -109,18 +108,16 @@ class OutputDecoder:
             hierarchy = self.hierarchies[task.name]
             if hierarchy.device != out.device:  # moved once, not on every batch
                 hierarchy = self.hierarchies[task.name] = hierarchy.to(out.device)
-            derived = hierarchy[probs[task.parent].argmax(-1)]
-            if mask is None:
-                mask = derived
-            else:  # where the predicted parent contradicts the given set, the data wins
-                both = mask & derived
-                mask = torch.where(both.any(-1, keepdim=True), both, mask)
+            mask = under_predicted_parent(hierarchy[probs[task.parent].argmax(-1)], mask)
         return torch.softmax(apply_output_mask(out, mask), dim=-1)
 
-    def decode(self, probs: Mapping[str, Tensor], threshold: float | None = None) -> dict[str, TaskPrediction]:
+    def decode(self, probs: Mapping[str, Tensor], threshold: float | None = None,
+               min_confidence: float | None = None) -> dict[str, TaskPrediction]:
         """Class names from :meth:`probabilities`; a binary task's probabilities become [B, 2]. A
         binary or multilabel output is predicted at or above its task's threshold
-        (:meth:`TaskSpec.decision_thresholds`), or ``threshold`` for every one when given."""
+        (:meth:`TaskSpec.decision_thresholds`), or ``threshold`` for every one when given. A
+        multiclass or binary head abstains (label ``None``) where its top probability is under
+        its task's ``min_confidence``, or ``min_confidence`` for every such head when given."""
         out: dict[str, TaskPrediction] = {}
         for task in self.tasks.values():
             p = probs[task.name]
@@ -133,6 +130,10 @@ class OutputDecoder:
                 labels = [[task.classes[j] for j in torch.nonzero(row >= cut).flatten().tolist()] for row in p]
             else:
                 labels = [task.classes[j] for j in p.argmax(-1).tolist()]
+            floor = task.min_confidence if min_confidence is None or task.kind == "multilabel" else min_confidence
+            if floor > 0:
+                unsure = (p.max(-1).values < floor).tolist()
+                labels = [None if no else label for label, no in zip(labels, unsure)]
             out[task.name] = TaskPrediction(classes=list(task.classes), labels=labels, probs=p)
         return out
 
@@ -177,6 +178,7 @@ class Predictor:
         return batch if self.device is None else batch.to(self.device)
 
     def predict(self, inputs: Any, batch_size: int = 64, threshold: float | None = None,
-                tta: str | None = None) -> dict[str, TaskPrediction]:
-        """Class names and probabilities per task for raw inputs (see the processor for what it reads)."""
-        return self.decoder.decode(self.probabilities(inputs, batch_size, tta), threshold)
+                tta: str | None = None, min_confidence: float | None = None) -> dict[str, TaskPrediction]:
+        """Class names and probabilities per task for raw inputs (see the processor for what it
+        reads); ``threshold`` and ``min_confidence`` override the tasks' own (:meth:`OutputDecoder.decode`)."""
+        return self.decoder.decode(self.probabilities(inputs, batch_size, tta), threshold, min_confidence)

@@ -5,17 +5,19 @@
 * ``GET /health``: ``{"status": "ok", "tasks": [...], "input": {...}}`` (what the model reads).
 * ``GET /metadata``: the tasks with their kinds and classes, the input, the batching settings.
 * ``GET /metrics``: forward passes, inputs served and the batch sizes seen.
-* ``POST /predict``: ``{"inputs": [...], "threshold": 0.5}``. An image model takes base64
+* ``POST /predict``: ``{"inputs": [...]}``, optionally with ``"threshold"`` (every binary and
+  multilabel output decided at it instead of its task's tuned threshold) and ``"min_confidence"``
+  (a multiclass or binary head answers ``null`` under it). An image model takes base64
   PNG/JPEG files (a ``data:`` URL prefix is allowed) or nested lists ``[H][W][3]`` /
   ``[3][H][W]`` of floats in [0, 1]; images of another size are resized to the model's, as
   :meth:`MultiHeadNet.predict` does. A token model takes texts (through its saved tokenizer) or
-  lists of token ids (cut to ``max_length``, as texts are). ``threshold`` is the multilabel
-  decision threshold.
+  lists of token ids (cut to ``max_length``, as texts are).
 * ``POST /predict/image``: multipart upload of image files under ``files``.
 
 Answers are ``{"predictions": [{task: {"label": ..., "probabilities": {class: p}}}]}``, one
-entry per input in order; a multilabel label is a list. A malformed request is a 4xx answer
-``{"error": "<one line>"}`` naming the input at fault; the service keeps serving.
+entry per input in order; a multilabel label is a list, and a head that abstains answers
+``null``. A malformed request is a 4xx answer ``{"error": "<one line>"}`` naming the input at
+fault; the service keeps serving.
 
 Requests never run the model themselves: their inputs go to a :class:`DynamicBatcher`, whose
 single worker gathers what concurrent requests submitted into one forward pass of up to
@@ -31,7 +33,7 @@ import binascii
 import io
 from collections import Counter
 from contextlib import asynccontextmanager
-from typing import Annotated, Any, AsyncIterator, Callable, Sequence
+from typing import Annotated, Any, AsyncIterator, Callable, Optional, Sequence
 
 import numpy as np
 import torch
@@ -62,7 +64,8 @@ class PredictRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     inputs: list[Any]
-    threshold: float = Field(0.5, ge=0.0, le=1.0)
+    threshold: Optional[float] = Field(None, ge=0.0, le=1.0)  # None: each task's own thresholds
+    min_confidence: Optional[float] = Field(None, ge=0.0, le=1.0)  # None: each task's own
 
 
 def decode_inputs(net: MultiHeadNet, items: Sequence[Any], what: str = "input") -> Tensor:
@@ -402,12 +405,13 @@ def create_app(model: MultiHeadNet, max_batch_size: int = 32, batch_timeout_ms: 
         if count > max_inputs:
             raise HTTPException(413, f"{count} {what}s in one request; the limit is {max_inputs}")
 
-    async def predict_rows(items: Sequence[Any], threshold: float, what: str) -> dict[str, Any]:
+    async def predict_rows(items: Sequence[Any], threshold: float | None, min_confidence: float | None,
+                           what: str) -> dict[str, Any]:
         check_count(len(items), what)
         rows = await run_in_threadpool(decode_inputs, model, items, what)
         outputs = await batcher.submit(rows)
         probs = {name: torch.stack([out[name] for out in outputs]) for name in task_names}
-        return {"predictions": prediction_entries(decoder.decode(probs, threshold))}
+        return {"predictions": prediction_entries(decoder.decode(probs, threshold, min_confidence))}
 
     @app.get("/health")
     async def health() -> JSONResponse:
@@ -432,14 +436,15 @@ def create_app(model: MultiHeadNet, max_batch_size: int = 32, batch_timeout_ms: 
 
     @app.post("/predict")
     async def predict(request: PredictRequest) -> dict[str, Any]:
-        return await predict_rows(request.inputs, request.threshold, "input")
+        return await predict_rows(request.inputs, request.threshold, request.min_confidence, "input")
 
     @app.post("/predict/image")
     async def predict_image(files: Annotated[list[UploadFile], File()],
-                            threshold: Annotated[float, Form(ge=0.0, le=1.0)] = 0.5) -> dict[str, Any]:
+                            threshold: Annotated[Optional[float], Form(ge=0.0, le=1.0)] = None,
+                            min_confidence: Annotated[Optional[float], Form(ge=0.0, le=1.0)] = None) -> dict[str, Any]:
         if model.takes_tokens:
             raise HTTPException(400, f"this model reads tokens, not images; POST {token_forms(model)} to /predict")
         check_count(len(files), "file")
-        return await predict_rows([await file.read() for file in files], threshold, "file")
+        return await predict_rows([await file.read() for file in files], threshold, min_confidence, "file")
 
     return app

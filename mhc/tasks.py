@@ -113,10 +113,14 @@ class TaskSpec:
         temperature: the fitted temperature(s) that divide the logits before the softmax or
             sigmoid (:mod:`mhc.calibration`): one for a multiclass or binary head, one per class
             for a multilabel head; ``None``: uncalibrated.
+        calibration_bias: Platt scaling's intercept per output of a binary or multilabel head,
+            added after the division by the temperature (``sigmoid(z / T + b)``); ``None``: none.
         threshold: how a binary or multilabel head's thresholds are chosen on validation:
             ``f1``, ``precision@P``, ``recall@R`` or ``fixed:T`` (default ``fixed:0.5``).
         thresholds: the fitted threshold per output (a class is predicted at or above it);
             ``None``: 0.5, or the ``fixed`` value.
+        min_confidence: a multiclass or binary head makes no decision (its label is ``None``) for
+            a sample whose top probability is under this; 0: it always decides.
         label_reduction: how a multilabel sample's loss combines its labels: ``mean`` or ``sum``
             (each label then weighs as one binary task, so many rare labels still learn).
         bias_init: ``default`` (PyTorch's) or ``prior``: the head's output biases start at the
@@ -147,8 +151,10 @@ class TaskSpec:
     pos_weight: list[float] | str | None = field(default=None, metadata=_option(Any, _weights, "a list of numbers or balanced"))
     focal_gamma: float = field(default=2.0, metadata=_option(float, float, "a number"))
     temperature: list[float] | None = field(default=None, metadata=_option(Any, _numbers, "a list of numbers"))
+    calibration_bias: list[float] | None = field(default=None, metadata=_option(Any, _numbers, "a list of numbers"))
     threshold: str = field(default="fixed:0.5", metadata=_option(str, str, "f1, precision@P, recall@R or fixed:T"))
     thresholds: list[float] | None = field(default=None, metadata=_option(Any, _numbers, "a list of numbers"))
+    min_confidence: float = field(default=0.0, metadata=_option(float, float, "a number"))
     label_reduction: str = field(default="mean", metadata=_option(str, str, "mean or sum"))
     bias_init: str = field(default="default", metadata=_option(str, str, "default or prior"))
     hflip: str | dict[str, str] = field(
@@ -214,7 +220,19 @@ class TaskSpec:
             width = self.num_classes if self.kind == "multilabel" else 1
             if len(self.temperature) != width or any(not t > 0 for t in self.temperature):
                 raise ConfigError(f"{where}: temperature must be {width} positive number(s), got {self.temperature}")
+        if self.calibration_bias is not None:
+            if self.kind == "multiclass":
+                raise ConfigError(f"{where}: calibration_bias (Platt scaling) applies to binary and multilabel tasks; "
+                                  "a multiclass head is calibrated by its temperature")
+            if len(self.calibration_bias) != self.num_outputs:
+                raise ConfigError(f"{where}: calibration_bias must be {self.num_outputs} number(s), got {self.calibration_bias}")
         threshold_objective(self.threshold, where)
+        if self.min_confidence:
+            if self.kind == "multilabel":
+                raise ConfigError(f"{where}: min_confidence applies to multiclass and binary tasks; a multilabel head "
+                                  "decides each class at its threshold")
+            if not 0.0 <= self.min_confidence <= 1.0:
+                raise ConfigError(f"{where}: min_confidence must be in [0, 1], got {self.min_confidence}")
         if self.thresholds is not None:
             if self.kind == "multiclass":
                 raise ConfigError(f"{where}: thresholds apply to binary and multilabel tasks; a multiclass head "

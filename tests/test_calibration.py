@@ -8,8 +8,20 @@ import pytest
 import torch
 from sklearn.metrics import brier_score_loss, f1_score, precision_score, recall_score
 
-from mhc.calibration import best_threshold, calibration_scores, fit_temperature, tune_thresholds
+from mhc.calibration import (
+    best_threshold,
+    calibrate_tasks,
+    calibration_report,
+    calibration_scores,
+    coverage_curve,
+    fit_platt,
+    fit_temperature,
+    probabilities,
+    reliability,
+    tune_thresholds,
+)
 from mhc.errors import ConfigError
+from mhc.masks import hierarchy_matrix
 from mhc.tasks import TaskSpec, threshold_objective
 
 CLASSES = TaskSpec("c", "multiclass", list("abcde"), masked=True)
@@ -160,5 +172,107 @@ def test_every_runtime_decoder_applies_the_temperatures_and_thresholds():
     ({"kind": "multilabel", "classes": list("xy"), "thresholds": [0.5, 1.5]}, r"thresholds must be 2 number\(s\) in \[0, 1\]"),
 ])
 def test_bad_calibration_options_fail_naming_the_task(options, problem):
+    with pytest.raises(ConfigError, match=f"task 'x': {problem}"):
+        TaskSpec("x", **options)
+
+
+def test_platt_scaling_finds_the_true_scale_and_intercept():
+    generator = torch.Generator().manual_seed(3)
+    u = torch.randn(30000, 2, generator=generator) * 1.5
+    y = (torch.rand(30000, 2, generator=generator) < u.sigmoid()).float()
+    scale, shift = torch.tensor([0.5, 3.0]), torch.tensor([1.0, -0.7])
+    logits = (u - shift) * scale  # sigmoid(logits / scale + shift) is the true probability
+    temperature, bias = fit_platt(TAGS2, logits, y, torch.ones(30000, dtype=torch.bool))
+    np.testing.assert_allclose(temperature, [0.5, 3.0], rtol=0.06)
+    np.testing.assert_allclose(bias, [1.0, -0.7], atol=0.06)
+    with pytest.raises(ConfigError, match="task 'c': Platt scaling applies to binary and multilabel heads"):
+        fit_platt(CLASSES, torch.randn(4, 5), torch.zeros(4), torch.ones(4, dtype=torch.bool))
+
+
+TAGS2 = TaskSpec("t2", "multilabel", ["x", "y"], masked=True)
+
+
+def test_a_child_head_is_calibrated_under_its_parents_predicted_class_as_the_decoder_decodes():
+    parent = TaskSpec("p", "multiclass", ["left", "right"])
+    child = TaskSpec("c", "multiclass", list("abcd"), parent="p", allowed_by_parent={"left": ["a", "b"], "right": ["c", "d"]})
+    generator = torch.Generator().manual_seed(4)
+    logits = {"p": torch.randn(3000, 2, generator=generator) * 3, "c": torch.randn(3000, 4, generator=generator) * 4}
+    labels = {"targets": {"p": torch.randint(0, 2, (3000,), generator=generator),
+                          "c": torch.randint(0, 4, (3000,), generator=generator)},
+              "label_mask": {"p": torch.ones(3000, dtype=torch.bool), "c": torch.ones(3000, dtype=torch.bool)}}
+    allowed = hierarchy_matrix(child, parent)[logits["p"].argmax(-1)]
+    # the child's labels, as a trained child predicts them: within what the predicted parent allows
+    labels["targets"]["c"] = torch.where(allowed[torch.arange(3000), labels["targets"]["c"]], labels["targets"]["c"],
+                                         allowed.float().argmax(-1))
+    logits["c"] += 3 * torch.nn.functional.one_hot(labels["targets"]["c"], 4)  # informative, and overconfident
+    calibrated = {t.name: t for t in calibrate_tasks([parent, child], logits, labels)}
+    expected = fit_temperature(child, logits["c"], labels["targets"]["c"], labels["label_mask"]["c"], allowed)
+    assert calibrated["c"].temperature == pytest.approx(expected)
+    assert calibrated["c"].temperature != pytest.approx(fit_temperature(child, logits["c"], labels["targets"]["c"],
+                                                                        labels["label_mask"]["c"]))
+    from mhc.predictor import OutputDecoder
+
+    decoded = OutputDecoder(calibrated.values()).probabilities(logits)["c"]
+    torch.testing.assert_close(decoded, probabilities(calibrated["c"], logits["c"], allowed))
+
+
+def test_reliability_points_and_the_coverage_curve_by_hand():
+    task = TaskSpec("c", "multiclass", list("abc"))
+    probs = torch.tensor([[0.9, 0.05, 0.05], [0.6, 0.3, 0.1], [0.2, 0.7, 0.1], [0.4, 0.35, 0.25], [0.1, 0.1, 0.8]])
+    targets = torch.tensor([0, 1, 1, 0, 0])
+    mask = torch.tensor([True, True, True, True, False])
+    points = reliability(task, probs, targets, mask, bins=5)  # confidences 0.9, 0.6, 0.7, 0.4 (the last unlabelled)
+    assert points["count"] == [1, 2, 1]  # bins [0.4, 0.6), [0.6, 0.8), [0.8, 1]
+    np.testing.assert_allclose(points["confidence"], [0.4, 0.65, 0.9])
+    np.testing.assert_allclose(points["accuracy"], [1.0, 0.5, 1.0])  # 0.6 wrong, 0.7 right
+    curve = coverage_curve(task, probs, targets, mask, coverages=[1.0, 0.5, 0.25])
+    assert curve["coverage"] == [1.0, 0.5, 0.25]
+    np.testing.assert_allclose(curve["accuracy"], [0.75, 1.0, 1.0])  # by confidence: 0.9 ok, 0.7 ok, 0.6 no, 0.4 ok
+    np.testing.assert_allclose(curve["confidence"], [0.4, 0.7, 0.9])
+    binary = TaskSpec("b", "binary", ["no", "yes"], thresholds=[0.3])
+    p, y = torch.tensor([0.2, 0.35, 0.9, 0.05]), torch.tensor([1.0, 1.0, 1.0, 0.0])
+    curve = coverage_curve(binary, p, y, torch.ones(4, dtype=torch.bool), coverages=[1.0, 0.5])
+    np.testing.assert_allclose(curve["accuracy"], [0.75, 1.0])  # decided at 0.3; confidence max(p, 1 - p)
+    np.testing.assert_allclose(curve["confidence"], [0.65, 0.9])
+
+
+def test_report_scores_and_f1_at_the_thresholds_match_scikit_learn():
+    logits, y = overconfident_multilabel(3000, [3.0, 0.5, 1.0], seed=5)
+    mask = torch.rand(3000, generator=torch.Generator().manual_seed(6)) < 0.8
+    labels = {"targets": {"t": y}, "label_mask": {"t": mask}}
+    (calibrated,) = calibrate_tasks([TAGS], {"t": logits}, labels, objectives={"t": "f1"})
+    report = calibration_report([TAGS], [calibrated], {"t": logits}, labels)["t"]
+    after = probabilities(calibrated, logits)
+    assert report["after"]["ece"] == pytest.approx(calibration_scores(calibrated, after, y, mask)["ece"])
+    assert report["after"]["ece"] < report["before"]["ece"] and report["labelled"] == int(mask.sum())
+    predicted = (after[mask] >= torch.tensor(calibrated.thresholds)).int().numpy()
+    np.testing.assert_allclose(report["after"]["f1"], f1_score(y[mask].numpy(), predicted, average=None), atol=1e-9)
+    plain = (logits[mask].sigmoid() >= 0.5).int().numpy()
+    np.testing.assert_allclose(report["before"]["f1"], f1_score(y[mask].numpy(), plain, average=None), atol=1e-9)
+    assert np.mean(report["after"]["f1"]) >= np.mean(report["before"]["f1"])  # tuned on this very split
+
+
+def test_decoders_abstain_under_the_confidence_and_take_a_calls_override():
+    from mhc.predictor import OutputDecoder
+
+    tasks = [TaskSpec("c", "multiclass", list("abc"), min_confidence=0.6),
+             TaskSpec("b", "binary", ["no", "yes"], calibration_bias=[1.0], min_confidence=0.7)]
+    logits = {"c": torch.tensor([[2.0, 0.0, 0.0], [0.5, 0.0, 0.0]]), "b": torch.tensor([[0.0], [-3.0]])}
+    decoder = OutputDecoder(tasks)
+    probs = decoder.probabilities(logits)
+    torch.testing.assert_close(probs["b"], torch.sigmoid(torch.tensor([1.0, -2.0])))  # Platt's intercept added
+    decided = decoder.decode(probs)  # c: 0.79 / 0.45; b: P(yes) 0.73 / 0.12
+    assert decided["c"].labels == ["a", None] and decided["b"].labels == ["yes", "no"]
+    assert decoder.decode(probs, min_confidence=0.8)["b"].labels == [None, "no"]
+    assert decoder.decode(probs, min_confidence=0.0)["c"].labels == ["a", "a"]
+
+
+@pytest.mark.parametrize("options, problem", [
+    ({"kind": "multiclass", "classes": list("ab"), "calibration_bias": [0.0]}, "calibration_bias \\(Platt scaling\\) applies"),
+    ({"kind": "multilabel", "classes": list("xy"), "calibration_bias": [0.0]}, r"calibration_bias must be 2 number\(s\)"),
+    ({"kind": "multilabel", "classes": list("xy"), "min_confidence": 0.5}, "min_confidence applies to multiclass and binary"),
+    ({"kind": "binary", "classes": ["n", "y"], "min_confidence": 1.5}, r"min_confidence must be in \[0, 1\]"),
+])
+def test_bad_decision_options_fail_naming_the_task(options, problem):
     with pytest.raises(ConfigError, match=f"task 'x': {problem}"):
         TaskSpec("x", **options)

@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from mhc.metrics import HeadMetrics, flatten_results, task_metrics
+from mhc.metrics import HeadMetrics, flatten_results, per_class_scores, task_metrics
 from mhc.tasks import TaskSpec
 
 TASKS = {
@@ -159,3 +159,52 @@ def test_every_metric_equals_scikit_learn():
     assert results["tags"]["acc"] == pytest.approx(((p >= 0.5) == y).mean(), abs=1e-6)  # label-wise accuracy
     assert results["tags"]["f1"] == pytest.approx(f1_score(y, p >= 0.5, average="macro"), abs=1e-6)
     assert results["tags"]["auroc"] == pytest.approx(roc_auc_score(y, p, average="macro"), abs=0.01)
+
+
+def test_binary_and_multilabel_heads_decide_at_their_thresholds_and_rank_unchanged():
+    from sklearn.metrics import accuracy_score, f1_score, precision_recall_fscore_support, roc_auc_score
+
+    tuned = {"multi": TASKS["multi"], "flag": TaskSpec("flag", "binary", ["no", "yes"], masked=True, thresholds=[0.7]),
+             "tags": TaskSpec("tags", "multilabel", list("xyz"), masked=True, thresholds=[0.2, 0.5, 0.8])}
+    metrics = HeadMetrics(TASKS, confusion=True)
+    metrics.use_tasks(tuned.values())  # as a calibrated module hands them over
+    seen = {name: ([], []) for name in TASKS}
+    for seed in range(3):
+        probs, targets, masks = random_batch(60, seed)
+        metrics.update(probs, targets, masks)
+        for name in TASKS:
+            seen[name][0].append(probs[name][masks[name]])
+            seen[name][1].append(targets[name][masks[name]])
+    results = metrics.compute()
+    p, y = (torch.cat(part).numpy() for part in seen["flag"])
+    assert results["flag"]["acc"] == pytest.approx(accuracy_score(y, p >= 0.7), abs=1e-6)
+    assert results["flag"]["f1"] == pytest.approx(f1_score(y, p >= 0.7), abs=1e-6)
+    assert results["flag"]["auroc"] == pytest.approx(roc_auc_score(y, p), abs=0.01)
+    p, y = (torch.cat(part).numpy() for part in seen["tags"])
+    decided = p >= [0.2, 0.5, 0.8]
+    assert results["tags"]["f1"] == pytest.approx(f1_score(y, decided, average="macro"), abs=1e-6)
+    matrices = metrics.confusion_matrices()
+    rows = per_class_scores(tuned["tags"], matrices["tags"])
+    precision, recall, f1, support = precision_recall_fscore_support(y, decided, zero_division=0)
+    assert [r["f1"] for r in rows] == pytest.approx(f1.tolist()) and [r["support"] for r in rows] == support.tolist()
+    assert [r["precision"] for r in rows] == pytest.approx(precision.tolist())
+    p, y = (torch.cat(part).numpy() for part in seen["multi"])
+    rows = per_class_scores(TASKS["multi"], matrices["multi"])
+    precision, recall, f1, support = precision_recall_fscore_support(y, p.argmax(-1), labels=range(4), zero_division=0)
+    assert [r["recall"] for r in rows] == pytest.approx(recall.tolist()) and [r["class"] for r in rows] == list("abcd")
+
+
+def test_precision_recall_curves_are_torchmetrics_binned_curves():
+    from torchmetrics.classification import MultilabelPrecisionRecallCurve
+
+    metrics = HeadMetrics(TASKS)
+    reference = MultilabelPrecisionRecallCurve(num_labels=3, thresholds=200)
+    for seed in range(2):
+        probs, targets, masks = random_batch(50, seed)
+        metrics.update(probs, targets, masks)
+        reference.update(probs["tags"][masks["tags"]], targets["tags"][masks["tags"]].long())
+    curves = metrics.precision_recall_curves()
+    assert set(curves) == {"tags"}  # multilabel heads only
+    precision, recall, _ = reference.compute()
+    torch.testing.assert_close(curves["tags"][0], precision, equal_nan=True)  # no prediction above a threshold: 0/0
+    torch.testing.assert_close(curves["tags"][1], recall)

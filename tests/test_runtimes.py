@@ -33,9 +33,12 @@ def image_model(tasks, backbone: dict | None = None) -> MultiHeadNet:
     return MultiHeadNet(backbone or {"name": "cnn", "widths": [8, 16], "stem_stride": 2}, tasks).eval()
 
 
-# The text tasks calibrated (mhc.calibration): temperatures and thresholds every runtime applies.
-CALIBRATED_TASKS = [TaskSpec("topic", "multiclass", ["billing", "hardware", "other"], temperature=[0.5]),
-                    TaskSpec("urgent", "binary", ["no", "yes"], masked=True, temperature=[0.3], thresholds=[0.55]),
+# The text tasks calibrated (mhc.calibration): temperatures, Platt intercepts, thresholds and
+# abstention every runtime applies.
+CALIBRATED_TASKS = [TaskSpec("topic", "multiclass", ["billing", "hardware", "other"], temperature=[0.5],
+                             min_confidence=0.88),
+                    TaskSpec("urgent", "binary", ["no", "yes"], masked=True, temperature=[0.3], calibration_bias=[-0.4],
+                             thresholds=[0.55]),
                     TaskSpec("tags", "multilabel", ["a", "b", "c"], masked=True, temperature=[0.2, 1.0, 3.0],
                              thresholds=[0.6, 0.45, 0.52])]
 
@@ -95,7 +98,8 @@ def from_table(path, expected: dict) -> tuple[dict, dict]:
     labels = {}
     for task, pred in expected.items():
         column = table[task].astype(str).tolist()
-        labels[task] = [[c for c in cell.split("|") if c] for cell in column] if isinstance(pred.labels[0], list) else column
+        multilabel = isinstance(pred.labels[0], list)
+        labels[task] = [[c for c in cell.split("|") if c] for cell in column] if multilabel else [c or None for c in column]
     probs = {task: table[[f"{task}__p_{c}" for c in pred.classes]].to_numpy() for task, pred in expected.items()}
     return labels, probs
 
@@ -133,6 +137,9 @@ def test_four_runtimes_agree(kind, tasks, tmp_path, request):
         assert any(not np.allclose(plain[t].probs.numpy(), expected[t].probs.numpy()) for t in expected)
         urgent = expected["urgent"]
         assert urgent.labels == ["yes" if p >= 0.55 else "no" for p in urgent.probs[:, 1].tolist()]
+        sure = (expected["topic"].probs.max(-1).values >= 0.88).tolist()
+        assert 0 < sum(sure) < len(sure)  # some answers, some abstentions: None everywhere alike
+        assert [label is not None for label in expected["topic"].labels] == sure
     if kind.endswith("image"):  # a child is decoded under its parent's prediction everywhere
         for coarse, fine in zip(expected["coarse"].labels, expected["fine"].labels):
             assert fine in net.tasks["fine"].allowed_by_parent[coarse]

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import dataclasses
 import io
 import threading
 
@@ -123,6 +124,24 @@ def test_threshold_decides_multilabel_labels(client):
     nothing = client.post("/predict", json={"inputs": [image], "threshold": 1.0}).json()["predictions"][0]
     assert everything["tags"]["label"] == ["x", "y", "z"]
     assert nothing["tags"]["label"] == [c for c, p in nothing["tags"]["probabilities"].items() if p >= 1.0]
+
+
+def test_the_tasks_own_thresholds_and_confidences_decide_unless_a_request_overrides_them(tiny_net, tmp_path):
+    tasks = {name: dataclasses.replace(t, thresholds=[0.0, 1.0, 0.0][:t.num_outputs]) if t.kind == "multilabel"
+             else dataclasses.replace(t, min_confidence=1.0) if t.kind == "multiclass" and t.parent is None else t
+             for name, t in tiny_net.tasks.items()}
+    tiny_net.tasks.update(tasks)
+    model = mhc.load(save_checkpoint(tiny_net, tmp_path / "tuned.ckpt"))
+    image = png_base64(random_images(1)[0])
+    with TestClient(create_app(model)) as client:
+        tuned = client.post("/predict", json={"inputs": [image]}).json()["predictions"][0]
+        plain = client.post("/predict", json={"inputs": [image], "threshold": 0.5, "min_confidence": 0.0}).json()
+    multilabel = next(t for t in tasks.values() if t.kind == "multilabel")
+    assert tuned[multilabel.name]["label"] == [c for c, cut in zip(multilabel.classes, [0.0, 1.0, 0.0]) if cut == 0.0]
+    abstaining = [t.name for t in tasks.values() if t.min_confidence == 1.0]
+    assert abstaining and all(tuned[name]["label"] is None for name in abstaining)
+    expected = model.predict([random_images(1)[0]], threshold=0.5, min_confidence=0.0)
+    assert_matches(plain["predictions"], expected)
 
 
 GOOD = png_base64(random_images(1)[0])

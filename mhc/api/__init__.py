@@ -10,6 +10,7 @@ what the matching ``mhc-*`` command runs, and returns its results instead of pri
 """
 
 from mhc.api.analyze import analyze, prune
+from mhc.api.calibrate import calibrate
 from mhc.api.config import compose_config
 from mhc.api.evaluate import evaluate, predict
 from mhc.api.export import export
@@ -19,6 +20,7 @@ __all__ = [
     "PretrainResult",
     "TrainResult",
     "analyze",
+    "calibrate",
     "compose_config",
     "evaluate",
     "export",

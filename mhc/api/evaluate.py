@@ -9,10 +9,13 @@ from typing import Any
 
 import pandas as pd
 import torch
+from omegaconf import DictConfig
 
 from mhc.api.build import checkpoint_with_data
 from mhc.api.config import ConfigLike, as_config
 from mhc.errors import ConfigError
+from mhc.io import atomic_path
+from mhc.metrics import per_class_scores
 
 SPLITS = ("val", "test")
 
@@ -20,7 +23,9 @@ SPLITS = ("val", "test")
 def evaluate(config: ConfigLike = None, *, ckpt: str | Path | None = None, output_dir: str | Path | None = None,
              config_dir: str | Path | None = None) -> dict[str, dict[str, float]]:
     """Per-head metrics ``{task: {metric: value}}`` of checkpoint ``ckpt`` on ``split`` (default
-    ``test``) of the configured data; also written to ``<output_dir>/metrics.json``."""
+    ``test``) of the configured data. ``<output_dir>/metrics.json`` holds them with, per head, the
+    decision thresholds, each class's precision, recall, F1 and support (``per_class``) and the
+    confusion matrix, all counted at those thresholds."""
     cfg = as_config(config, "eval", output_dir, config_dir, ckpt=ckpt)
     if cfg.split not in SPLITS:
         raise ConfigError(f"split: expected one of {list(SPLITS)}, got '{cfg.split}'")
@@ -28,11 +33,22 @@ def evaluate(config: ConfigLike = None, *, ckpt: str | Path | None = None, outpu
     run = trainer.test if cfg.split == "test" else trainer.validate
     run(module, datamodule=datamodule, verbose=False)
     results = module.last_results.get(cfg.split, {})
+    matrices = module.stage_metrics(cfg.split).confusion_matrices(module.labelled_counts(cfg.split))
     if trainer.is_global_zero:
-        out = Path(cfg.paths.output_dir) / "metrics.json"
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(json.dumps({"checkpoint": str(cfg.ckpt), "split": cfg.split, "metrics": results}, indent=2))
+        report = {"checkpoint": str(cfg.ckpt), "split": cfg.split, "metrics": results,
+                  "thresholds": {name: t.decision_thresholds() for name, t in module.tasks.items() if t.kind != "multiclass"},
+                  "per_class": {name: per_class_scores(module.tasks[name], m) for name, m in matrices.items()},
+                  "confusion": {name: m.long().tolist() for name, m in matrices.items()}}
+        with atomic_path(metrics_file(cfg)) as tmp:
+            tmp.write_text(json.dumps(report, indent=2))
     return results
+
+
+def metrics_file(cfg: DictConfig) -> Path:
+    """Where ``mhc-eval`` writes its report: ``<output_dir>/metrics.json``."""
+    folder = Path(cfg.paths.output_dir)
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder / "metrics.json"
 
 
 def predictions_table(input_column: str, inputs: list[str], predictions: dict[str, Any]) -> pd.DataFrame:

@@ -22,8 +22,9 @@ from mhc.api.build import (
     instantiate,
     resolve_resume,
 )
+from mhc.api.calibrate import calibrate_module, save_report
 from mhc.api.config import ConfigLike, as_config
-from mhc.io import read_checkpoint, save_backbone
+from mhc.io import read_checkpoint, save_backbone, write_calibration
 from mhc.training.pretraining import PretrainModule
 
 log = logging.getLogger(__name__)
@@ -43,6 +44,7 @@ class TrainResult:
     best_checkpoint: Path | None
     last_checkpoint: Path | None
     log_dirs: dict[str, str] = field(default_factory=dict)  # {logger class name: its folder}
+    calibration: dict[str, Any] | None = None  # calibrate=true: the report (mhc.api.calibrate)
 
     def mean(self, metric: str = "acc", split: str = "val") -> float | None:
         """The mean over heads of ``metric`` on ``split`` (``None`` when no head reports it)."""
@@ -78,6 +80,11 @@ def train(config: ConfigLike = None, *, output_dir: str | Path | None = None,
     best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
     if best:  # the epoch-end metrics belong to the last epoch; report the best checkpoint's
         trainer.validate(module, datamodule=datamodule, ckpt_path=best, verbose=False, weights_only=True)
+    calibration = None
+    if cfg.calibrate and best:
+        calibration = calibrate_best(cfg, module, datamodule, trainer, best)
+    elif cfg.calibrate:
+        log.warning("calibrate=true: no checkpoint was kept (callbacks.model_checkpoint), so nothing was calibrated")
     metrics = {"val": module.last_results.get("val", {})}
     if cfg.test and best:
         module.tta = cfg.get("tta")  # the test alone: checkpoints are chosen on plain validation
@@ -86,7 +93,22 @@ def train(config: ConfigLike = None, *, output_dir: str | Path | None = None,
     log_dirs = {type(logger).__name__: str(logger.log_dir or logger.save_dir) for logger in trainer.loggers}
     finish_wandb(trainer.loggers)
     return TrainResult(output_dir=run_dir, metrics=metrics, best_checkpoint=Path(best) if best else None,
-                       last_checkpoint=Path(best).with_name("last.ckpt") if best else None, log_dirs=log_dirs)
+                       last_checkpoint=Path(best).with_name("last.ckpt") if best else None, log_dirs=log_dirs,
+                       calibration=calibration)
+
+
+def calibrate_best(cfg: DictConfig, module: Any, datamodule: Any, trainer: pl.Trainer, best: str) -> dict[str, Any]:
+    """``calibrate=true``: calibrate the best checkpoint's heads (loaded in ``module``) on
+    validation, validate again at the tuned thresholds, and store both in the best checkpoint;
+    the report also goes to ``<run folder>/calibration/`` and the loggers."""
+    report = calibrate_module(module, datamodule, "val", cfg.calibration_method,
+                              report_splits=("test",) if cfg.test else ())
+    trainer.validate(module, datamodule=datamodule, verbose=False)  # the metrics at the calibrated decisions
+    if trainer.is_global_zero:
+        write_calibration(best, best, module.tasks.values(), report, metrics=module.last_results.get("val", {}))
+        save_report(report, Path(cfg.paths.output_dir) / "calibration", trainer.loggers, trainer.global_step)
+    trainer.strategy.barrier("calibration")
+    return report
 
 
 def finish_wandb(loggers: list[Any]) -> None:

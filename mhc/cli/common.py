@@ -17,6 +17,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from mhc.api.calibrate import summary_rows
 from mhc.api.config import register_resolvers
 from mhc.config import CONFIG_SEARCH_PATH, check_top_level
 from mhc.errors import MhcError
@@ -80,4 +81,15 @@ def results_table(results: dict[str, dict[str, float]], title: str) -> Table:
         table.add_row(task, *[f"{values[m]:.4f}" if m in values else "-" for m in names])
     means = [[v[m] for v in results.values() if m in v] for m in names]
     table.add_row("[bold]mean[/]", *[f"[bold]{sum(v) / len(v):.4f}[/]" for v in means], end_section=True)
+    return table
+
+
+def calibration_table(report: dict[str, Any]) -> Table:
+    """A rich table of a calibration report: per task and split, ECE and Brier before and after,
+    and the fitted temperatures and thresholds."""
+    table = Table(title=f"calibration on {report['split']} ({report['method']})", title_justify="left")
+    for column in ("task", "split", "ECE before", "after", "Brier before", "after", "temperature", "thresholds"):
+        table.add_column(column, justify="left" if column in ("task", "split") else "right")
+    for row in summary_rows(report):
+        table.add_row(*row)
     return table

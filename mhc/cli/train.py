@@ -15,7 +15,7 @@ from omegaconf import DictConfig
 from pytorch_lightning.utilities.rank_zero import rank_zero_only
 
 from mhc.api.train import TrainResult, train
-from mhc.cli.common import console, hydra_app, results_table
+from mhc.cli.common import calibration_table, console, hydra_app, results_table
 
 
 @rank_zero_only
@@ -27,6 +27,8 @@ def show(result: TrainResult) -> None:
     if result.best_checkpoint:
         console.print(f"best checkpoint: {result.best_checkpoint}")
         console.print(f"last checkpoint: {result.last_checkpoint}")
+    if result.calibration is not None:
+        console.print(calibration_table(result.calibration))
     for logger, folder in result.log_dirs.items():
         console.print(f"{logger} logs: {folder}")
 

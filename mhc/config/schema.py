@@ -125,6 +125,8 @@ class TrainConfig(FitConfig):
     perf: SpeedOptions = field(default_factory=SpeedOptions)
     test: bool = True
     tta: Optional[str] = None
+    calibrate: bool = False
+    calibration_method: str = "temperature"
 
 
 @dataclass
@@ -151,6 +153,18 @@ class EvalConfig(CheckpointConfig):
     task_name: str = "eval"
     split: str = "test"
     tta: Optional[str] = None
+
+
+@dataclass
+class CalibrateConfig(CheckpointConfig):
+    """``mhc-calibrate``."""
+
+    task_name: str = "calibrate"
+    split: str = "val"
+    method: str = "temperature"
+    threshold: Any = None  # an objective for every binary/multilabel head, or {task: objective}
+    min_confidence: Any = None  # a number for every multiclass/binary head, or {task: number}
+    output: Optional[str] = None
 
 
 @dataclass
@@ -204,7 +218,7 @@ class ExportConfig(RunConfig):
 
 # The schema of each command's primary config (mhc/conf/<command>.yaml), stored as <command>_schema.
 SCHEMAS: dict[str, type] = {"train": TrainConfig, "pretrain": PretrainConfig, "eval": EvalConfig,
-                            "predict": PredictConfig, "analyze": AnalyzeConfig, "prune": PruneConfig,
+                            "calibrate": CalibrateConfig, "predict": PredictConfig, "analyze": AnalyzeConfig, "prune": PruneConfig,
                             "export": ExportConfig}
 
 

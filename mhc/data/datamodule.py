@@ -187,12 +187,14 @@ class TaskDataModule(pl.LightningDataModule):
             raise ConfigError(f"data.image_size is {own.size} but the checkpoint was trained at {processor.size}; "
                               f"set data.image_size={processor.size}")
 
-    def loader(self, split: str, shuffle: bool = False) -> DataLoader:
-        """A DataLoader of ``split`` (built on first use); the Lightning hooks below use it too."""
+    def loader(self, split: str, shuffle: bool = False, shard: bool = True) -> DataLoader:
+        """A DataLoader of ``split`` (built on first use); the Lightning hooks below use it too.
+        Under DDP an evaluation split is sharded over the processes unless ``shard=False`` (every
+        process then reads all of it, as calibration does)."""
         if split not in self.splits:
             self.setup(split)
         dataset, sampler = self.splits[split], None
-        if not shuffle and split in ("val", "test") and dist.is_available() and dist.is_initialized():
+        if shard and not shuffle and split in ("val", "test") and dist.is_available() and dist.is_initialized():
             dataset = UnlabelledPadding(dataset)
             sampler = PaddedEvalSampler(dataset)
         if shuffle and self.balance:

@@ -213,7 +213,8 @@ class MultiSourceDataModule(TaskDataModule):
             parts.append(SourceDataset(source.splits[split], tasks))
         return ConcatDataset(parts)
 
-    def loader(self, split: str, shuffle: bool = False) -> DataLoader:
+    def loader(self, split: str, shuffle: bool = False, shard: bool = True) -> DataLoader:
+        """Batches of one source at a time (``shard`` is the base class's: Lightning shards these batches)."""
         if split not in self.splits:
             self.setup(split)
         dataset: ConcatDataset = self.splits[split]  # type: ignore[assignment]

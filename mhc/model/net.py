@@ -131,20 +131,23 @@ class MultiHeadNet(nn.Module):
 
     @torch.no_grad()
     def predict(self, inputs: Any, batch_size: int = 64, threshold: float | None = None,
-                tta: str | None = None) -> dict[str, TaskPrediction]:
+                tta: str | None = None, min_confidence: float | None = None) -> dict[str, TaskPrediction]:
         """Class names and probabilities per task for raw inputs: images (paths, PIL images,
         arrays or tensors), or for a text model, texts (a string or a list) or token ids.
 
         Runs in eval mode without gradients; a child task is decoded under its parent's
         predicted class, so a prediction is never outside its allowed set. ``tta="flip"``
         averages each task's probabilities over the image and its mirror, through the task's
-        flip rule (:mod:`mhc.predictor`).
+        flip rule (:mod:`mhc.predictor`). Binary and multilabel classes are decided at each task's
+        thresholds, or ``threshold``; a multiclass or binary head whose top probability is under
+        its ``min_confidence`` (or the ``min_confidence`` given) answers ``None``.
         """
         was_training = self.training
         self.eval()
         try:
             device = next(self.parameters()).device
-            return Predictor(self.tasks.values(), self.processor, self, device).predict(inputs, batch_size, threshold, tta)
+            predictor = Predictor(self.tasks.values(), self.processor, self, device)
+            return predictor.predict(inputs, batch_size, threshold, tta, min_confidence)
         finally:
             self.train(was_training)
 

@@ -14,7 +14,7 @@ are logged as ``train/weight/<task>``.
 
 from __future__ import annotations
 
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Iterable, Mapping
 
 import pytorch_lightning as pl
 import torch
@@ -29,7 +29,7 @@ from mhc.metrics import HeadMetrics, delta_m, flatten_results
 from mhc.model.net import MultiHeadNet
 from mhc.predictor import OutputDecoder, check_tta, flip_views
 from mhc.pretrain import build_objective
-from mhc.tasks import BALANCED
+from mhc.tasks import BALANCED, TaskSpec
 from mhc.training.guards import RestoreRNG
 from mhc.training.schedules import optimization
 from mhc.training.speed import apply_speed_options
@@ -162,6 +162,17 @@ class MultiHeadModule(pl.LightningModule):
              for stage in STAGES}
         )
         self.last_results: dict[str, dict[str, dict[str, float]]] = {}
+
+    def use_tasks(self, tasks: Iterable[TaskSpec]) -> None:
+        """Take new specs of the same tasks (e.g. calibrated: temperatures, thresholds): the network
+        saves them, and the decoder and the metrics decide with them from now on."""
+        tasks = list(tasks)
+        if sorted(t.name for t in tasks) != sorted(self.tasks):
+            raise ConfigError(f"the tasks {sorted(t.name for t in tasks)} are not this model's {sorted(self.tasks)}")
+        self.net.tasks.update({t.name: t for t in tasks})  # the same dict as self.tasks
+        self.decoder = OutputDecoder(self.tasks.values())
+        for metrics in self.metrics.values():
+            metrics.use_tasks(tasks)
 
     def stage_metrics(self, stage: str) -> HeadMetrics:
         return self.metrics[f"{stage}_"]  # ModuleDict keys may not shadow Module attributes ("train")

@@ -18,6 +18,7 @@ TINY_BY_COMMAND = {  # the tiny settings each command has options for
     "train": [*TINY_SCENES, *TINY],
     "pretrain": [*TINY_SCENES, *TINY],
     "eval": TINY_SCENES,
+    "calibrate": TINY_SCENES,
     "analyze": TINY_SCENES,
     "prune": TINY_SCENES,
 }
