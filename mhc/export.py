@@ -182,10 +182,12 @@ def export_model(
     run_config: Mapping[str, Any] | None = None,
     source: str | Path | None = None,
     calibration: Mapping[str, Any] | None = None,
+    head_selection: Mapping[str, Any] | None = None,
 ) -> Path:
     """Write ``net`` to ``folder`` in ``formats`` with ``config.json`` and the model card; LoRA
     adapters are merged into the exported weights. A ``calibration`` report
-    (:mod:`mhc.api.calibrate`) adds its tables to the card and its figures beside it.
+    (:mod:`mhc.api.calibrate`) adds its tables to the card and its figures beside it; a
+    ``head_selection`` report (:mod:`mhc.training.selection`) its table.
 
     Every file is replaced atomically; model files of formats not chosen this time (and figures
     of a calibration it no longer has) are removed, so the folder always matches its ``config.json``.
@@ -203,7 +205,8 @@ def export_model(
         description["files"] += write_calibration_figures(folder, calibration)
         save_export(net, folder, description, weights="safetensors" in formats)
         with atomic_path(folder / MODEL_CARD) as tmp:
-            tmp.write_text(model_card(net, description, metrics or {}, run_config, calibration), encoding="utf-8")
+            tmp.write_text(model_card(net, description, metrics or {}, run_config, calibration, head_selection),
+                           encoding="utf-8")
     finally:
         net.train(was_training)
     return folder
@@ -240,7 +243,8 @@ def export_checkpoint(ckpt: str | Path, folder: str | Path, formats: Sequence[st
     load_weights(net, net_state(checkpoint), ckpt)
     return export_model(net, folder, formats, metrics=checkpoint["mhc"].get("metrics"),
                         run_config=checkpoint["mhc"].get("config"), source=ckpt,
-                        calibration=checkpoint["mhc"].get("calibration"))
+                        calibration=checkpoint["mhc"].get("calibration"),
+                        head_selection=checkpoint["mhc"].get("head_selection"))
 
 
 def default_folder(ckpt: str | Path) -> Path:
@@ -258,9 +262,10 @@ def parameter_count(net: nn.Module) -> int:
 
 
 def model_card(net: MultiHeadNet, description: Mapping[str, Any], metrics: Mapping[str, Mapping[str, float]],
-               run_config: Mapping[str, Any] | None, calibration: Mapping[str, Any] | None = None) -> str:
-    """``README.md`` of an export folder: tasks, validation metrics, calibration and decisions (when
-    calibrated), input, data, files, usage, config."""
+               run_config: Mapping[str, Any] | None, calibration: Mapping[str, Any] | None = None,
+               head_selection: Mapping[str, Any] | None = None) -> str:
+    """``README.md`` of an export folder: tasks, validation metrics, per-head selection, calibration
+    and decisions (when there were), input, data, files, usage, config."""
     backbone = net.backbone_config.get("name", "?")
     sections = [
         f"# Multi-head classifier: {len(net.tasks)} task{'s' if len(net.tasks) > 1 else ''} on a `{backbone}` backbone",
@@ -268,6 +273,7 @@ def model_card(net: MultiHeadNet, description: Mapping[str, Any], metrics: Mappi
         f"{description['parameters']:,} parameters in all, trained with `mhc`.",
         "## Tasks\n\n" + tasks_table(net),
         "## Validation metrics\n\n" + (metrics_table(metrics) if metrics else "The checkpoint records no validation metrics."),
+        *([head_selection_text(head_selection)] if head_selection else []),
         *calibration_sections(net, calibration),
         "## Input\n\n" + input_text(net),
         "## Data\n\n" + data_text(run_config),
@@ -294,6 +300,24 @@ def metrics_table(metrics: Mapping[str, Mapping[str, float]]) -> str:
     for task, values in metrics.items():
         rows.append(f"| {task} | " + " | ".join(f"{values[m]:.4f}" if m in values else "-" for m in names) + " |")
     return "\n".join(rows)
+
+
+def head_selection_text(report: Mapping[str, Any]) -> str:
+    """Per head: the checkpoint's epoch and metric, the head's own best epoch and the metric with
+    its weights from then, and whether they were kept (``callbacks=per_head``)."""
+    def cell(value: Any) -> str:
+        return f"{value:.4f}" if isinstance(value, float) else "-"
+
+    rows = ["| task | checkpoint epoch | val | own best epoch | val with its own best head | kept | test before | test after |",
+            "|---|---:|---:|---:|---:|---|---:|---:|"]
+    for task, entry in report.items():
+        test = entry.get("test") or {}
+        rows.append(f"| {task} | {entry['checkpoint_epoch']} | {cell(entry['checkpoint'])} | {entry['own_best_epoch']} | "
+                    f"{cell(entry['swapped'])} | {'yes' if entry['kept'] else 'no'} | {cell(test.get('checkpoint'))} | "
+                    f"{cell(test.get('final'))} |")
+    return ("## Per-head selection\n\nThe shared backbone is the best mean epoch's; a head's weights from its own best "
+            "validation epoch replaced the checkpoint's where they score better on validation with that backbone "
+            "(test figures are reported, never used to choose):\n\n" + "\n".join(rows))
 
 
 def write_calibration_figures(folder: Path, calibration: Mapping[str, Any] | None) -> list[str]:

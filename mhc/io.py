@@ -207,25 +207,32 @@ def save_checkpoint(net: MultiHeadNet, path: str | Path, metrics: dict[str, Any]
     return path
 
 
-def write_calibration(source: str | Path, path: str | Path, tasks: Iterable[TaskSpec], report: Mapping[str, Any],
-                      metrics: Mapping[str, Any] | None = None) -> Path:
+def update_checkpoint(source: str | Path, path: str | Path, *, tasks: Iterable[TaskSpec] | None = None,
+                      weights: Mapping[str, torch.Tensor] | None = None, metrics: Mapping[str, Any] | None = None,
+                      **records: Any) -> Path:
     """Copy checkpoint ``source`` to ``path`` (which may be ``source``: replaced atomically) with
-    the calibrated ``tasks`` in its model description, ``report`` (plain data) under
-    ``mhc.calibration`` and, when given, the validation ``metrics`` at the calibrated decisions;
-    the weights and the training state are kept as they are."""
+    new specs of its ``tasks`` in the model description, new values of some of the network's
+    ``weights`` (keys as ``net.state_dict()`` names them), the validation ``metrics`` the model
+    now has, and ``records`` (plain data) under ``mhc.<name>``; everything else (other weights,
+    the training state) is kept as it is."""
     checkpoint = read_checkpoint(source)
-    described = {t.name: t for t in tasks}
-    stored = checkpoint["mhc"]["net"]["tasks"]
-    if sorted(described) != sorted(d["name"] for d in stored):
-        raise CheckpointError(f"checkpoint '{source}' has the tasks {sorted(d['name'] for d in stored)}, "
-                              f"not {sorted(described)}")
-    checkpoint["mhc"]["net"]["tasks"] = [described[d["name"]].to_dict() for d in stored]
-    net_config = checkpoint.get("hyper_parameters", {}).get("net_config")
-    if isinstance(net_config, dict) and "tasks" in net_config:  # what the loggers and resume show, kept in step
-        net_config["tasks"] = checkpoint["mhc"]["net"]["tasks"]
-    checkpoint["mhc"]["calibration"] = dict(report)
+    if tasks is not None:
+        described = {t.name: t for t in tasks}
+        stored = checkpoint["mhc"]["net"]["tasks"]
+        if sorted(described) != sorted(d["name"] for d in stored):
+            raise CheckpointError(f"checkpoint '{source}' has the tasks {sorted(d['name'] for d in stored)}, "
+                                  f"not {sorted(described)}")
+        checkpoint["mhc"]["net"]["tasks"] = [described[d["name"]].to_dict() for d in stored]
+        net_config = checkpoint.get("hyper_parameters", {}).get("net_config")
+        if isinstance(net_config, dict) and "tasks" in net_config:  # what the loggers and resume show, kept in step
+            net_config["tasks"] = checkpoint["mhc"]["net"]["tasks"]
+    for key, value in (weights or {}).items():
+        if f"net.{key}" not in checkpoint["state_dict"]:
+            raise CheckpointError(f"checkpoint '{source}' has no weight 'net.{key}'")
+        checkpoint["state_dict"][f"net.{key}"] = value.detach().cpu()
     if metrics is not None:
         checkpoint["mhc"]["metrics"] = dict(metrics)
+    checkpoint["mhc"].update(records)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     with atomic_path(path) as tmp:

@@ -27,7 +27,7 @@ from mhc.api.config import ConfigLike, as_config
 from mhc.calibration import METHODS, calibrate_tasks, calibration_fields, calibration_report
 from mhc.data.labels import batch_inputs
 from mhc.errors import ConfigError
-from mhc.io import atomic_path, write_calibration
+from mhc.io import atomic_path, update_checkpoint
 from mhc.tasks import TaskSpec, threshold_objective
 from mhc.tracking import log_figure, pyplot
 from mhc.training.figures import CALIBRATION_FIGURES
@@ -181,6 +181,6 @@ def calibrate(config: ConfigLike = None, *, ckpt: str | Path | None = None, outp
     report = calibrate_module(module, datamodule, cfg.split, cfg.method, cfg.threshold, cfg.min_confidence)
     out_dir = Path(cfg.paths.output_dir)
     target = Path(cfg.output) if cfg.output else out_dir / "calibrated.ckpt"
-    write_calibration(cfg.ckpt, target, module.tasks.values(), report)
+    update_checkpoint(cfg.ckpt, target, tasks=module.tasks.values(), calibration=report)
     save_report(report, out_dir)
     return target, report

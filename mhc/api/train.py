@@ -24,8 +24,9 @@ from mhc.api.build import (
 )
 from mhc.api.calibrate import calibrate_module, save_report
 from mhc.api.config import ConfigLike, as_config
-from mhc.io import read_checkpoint, save_backbone, write_calibration
+from mhc.io import read_checkpoint, save_backbone, update_checkpoint
 from mhc.training.pretraining import PretrainModule
+from mhc.training.selection import HeadSelection, swap_in_best_heads
 
 log = logging.getLogger(__name__)
 Results = dict[str, dict[str, float]]  # {task: {metric: value}}
@@ -45,6 +46,7 @@ class TrainResult:
     last_checkpoint: Path | None
     log_dirs: dict[str, str] = field(default_factory=dict)  # {logger class name: its folder}
     calibration: dict[str, Any] | None = None  # calibrate=true: the report (mhc.api.calibrate)
+    head_selection: dict[str, Any] | None = None  # callbacks=per_head: per head, whether its own best weights were kept
 
     def mean(self, metric: str = "acc", split: str = "val") -> float | None:
         """The mean over heads of ``metric`` on ``split`` (``None`` when no head reports it)."""
@@ -80,6 +82,8 @@ def train(config: ConfigLike = None, *, output_dir: str | Path | None = None,
     best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
     if best:  # the epoch-end metrics belong to the last epoch; report the best checkpoint's
         trainer.validate(module, datamodule=datamodule, ckpt_path=best, verbose=False, weights_only=True)
+    selection = next((c for c in trainer.callbacks if isinstance(c, HeadSelection)), None)
+    head_report = select_heads(cfg, module, datamodule, trainer, best, selection) if selection and best else None
     calibration = None
     if cfg.calibrate and best:
         calibration = calibrate_best(cfg, module, datamodule, trainer, best)
@@ -90,11 +94,47 @@ def train(config: ConfigLike = None, *, output_dir: str | Path | None = None,
         module.tta = cfg.get("tta")  # the test alone: checkpoints are chosen on plain validation
         trainer.test(module, datamodule=datamodule, ckpt_path=best, verbose=False, weights_only=True)
         metrics["test"] = module.last_results.get("test", {})
+        if head_report and any(entry["kept"] for entry in head_report.values()) and trainer.is_global_zero:
+            for task, entry in head_report.items():  # the test figures of the choice made on validation
+                entry["test"]["final"] = metrics["test"].get(task, {}).get(selection.tracker.metric)
+            update_checkpoint(best, best, head_selection=head_report)
     log_dirs = {type(logger).__name__: str(logger.log_dir or logger.save_dir) for logger in trainer.loggers}
     finish_wandb(trainer.loggers)
     return TrainResult(output_dir=run_dir, metrics=metrics, best_checkpoint=Path(best) if best else None,
                        last_checkpoint=Path(best).with_name("last.ckpt") if best else None, log_dirs=log_dirs,
-                       calibration=calibration)
+                       calibration=calibration, head_selection=head_report)
+
+
+def select_heads(cfg: DictConfig, module: Any, datamodule: Any, trainer: pl.Trainer, best: str,
+                 selection: HeadSelection) -> dict[str, dict[str, Any]]:
+    """``callbacks=per_head``: put each head's own best weights on the best checkpoint's backbone
+    where validation improves (:func:`~mhc.training.selection.swap_in_best_heads`), store the
+    heads kept and the report in the best checkpoint, and log the report. With ``test=true`` the
+    report also gives each head's test metric before the swap (``test.checkpoint``) and, after
+    the final test, with the heads kept (``test.final``)."""
+    epoch = int(read_checkpoint(best)["epoch"])
+
+    def run(stage: Any, split: str) -> dict[str, dict[str, float]]:
+        stage(module, datamodule=datamodule, verbose=False)
+        return module.last_results.get(split, {})
+
+    metric = selection.tracker.metric
+    candidates = [t for t in selection.weights if selection.tracker.epoch.get(t) != epoch]
+    before_test = run(trainer.test, "test") if cfg.test and candidates else {}
+    report = swap_in_best_heads(module, selection, epoch, module.last_results.get("val", {}),
+                                lambda: run(trainer.validate, "val"))
+    kept = [task for task, entry in report.items() if entry["kept"]]
+    for task, entry in report.items():
+        entry["test"] = {"checkpoint": before_test.get(task, {}).get(metric), "final": None}
+    if kept:
+        run(trainer.validate, "val")  # the heads kept, together
+    log.info("per-head selection on val " + metric + ": " + ", ".join(
+        f"{task} {'swapped in epoch ' + str(e['own_best_epoch']) if e['kept'] else 'kept'}" for task, e in report.items()))
+    if trainer.is_global_zero:
+        weights = {f"heads.{task}.{key}": value for task in kept for key, value in module.net.heads[task].state_dict().items()}
+        update_checkpoint(best, best, weights=weights, metrics=module.last_results.get("val", {}), head_selection=report)
+    trainer.strategy.barrier("head selection")
+    return report
 
 
 def calibrate_best(cfg: DictConfig, module: Any, datamodule: Any, trainer: pl.Trainer, best: str) -> dict[str, Any]:
@@ -105,7 +145,8 @@ def calibrate_best(cfg: DictConfig, module: Any, datamodule: Any, trainer: pl.Tr
                               report_splits=("test",) if cfg.test else ())
     trainer.validate(module, datamodule=datamodule, verbose=False)  # the metrics at the calibrated decisions
     if trainer.is_global_zero:
-        write_calibration(best, best, module.tasks.values(), report, metrics=module.last_results.get("val", {}))
+        update_checkpoint(best, best, tasks=module.tasks.values(), metrics=module.last_results.get("val", {}),
+                          calibration=report)
         save_report(report, Path(cfg.paths.output_dir) / "calibration", trainer.loggers, trainer.global_step)
     trainer.strategy.barrier("calibration")
     return report
