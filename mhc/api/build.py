@@ -77,7 +77,7 @@ def check_scalar_options(node: Any, what: str) -> None:
         union = typing.get_origin(hint) in (typing.Union, types.UnionType)
         allowed = typing.get_args(hint) if union else (hint,)
         value = node[option]
-        if not isinstance(value, tuple(SCALAR_TYPES)) or not all(isinstance(t, type) for t in allowed):
+        if not isinstance(value, tuple(SCALAR_TYPES)) or typing.Any in allowed or not all(isinstance(t, type) for t in allowed):
             continue
         accepted = (*allowed, int) if float in allowed else allowed
         if isinstance(value, accepted) and (bool in allowed or not isinstance(value, bool)):

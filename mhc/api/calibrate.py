@@ -164,10 +164,11 @@ def summary_rows(report: Mapping[str, Any]) -> list[tuple[str, ...]]:
     return rows
 
 
-def listed(values: list[float] | None, shown: int = 3) -> str:
+def listed(values: list[float] | None) -> str:
+    """One value as it is, several as their range and count."""
     if not values:
         return "-"
-    return ", ".join(f"{v:.3g}" for v in values[:shown]) + (f", ... ({len(values)})" if len(values) > shown else "")
+    return f"{values[0]:.3g}" if len(values) == 1 else f"{min(values):.3g}-{max(values):.3g} ({len(values)})"
 
 
 def calibrate(config: ConfigLike = None, *, ckpt: str | Path | None = None, output: str | Path | None = None,

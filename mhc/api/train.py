@@ -80,17 +80,20 @@ def train(config: ConfigLike = None, *, output_dir: str | Path | None = None,
     trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
 
     best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
+    test = bool(cfg.test) and datamodule.has_split("test")
+    if cfg.test and not test:
+        log.warning("test=true, but the data has no test split (data.test); the test is skipped")
     if best:  # the epoch-end metrics belong to the last epoch; report the best checkpoint's
         trainer.validate(module, datamodule=datamodule, ckpt_path=best, verbose=False, weights_only=True)
     selection = next((c for c in trainer.callbacks if isinstance(c, HeadSelection)), None)
-    head_report = select_heads(cfg, module, datamodule, trainer, best, selection) if selection and best else None
+    head_report = select_heads(module, datamodule, trainer, best, selection, test, cfg.get("tta")) if selection and best else None
     calibration = None
     if cfg.calibrate and best:
-        calibration = calibrate_best(cfg, module, datamodule, trainer, best)
+        calibration = calibrate_best(cfg, module, datamodule, trainer, best, test)
     elif cfg.calibrate:
         log.warning("calibrate=true: no checkpoint was kept (callbacks.model_checkpoint), so nothing was calibrated")
     metrics = {"val": module.last_results.get("val", {})}
-    if cfg.test and best:
+    if test and best:
         module.tta = cfg.get("tta")  # the test alone: checkpoints are chosen on plain validation
         trainer.test(module, datamodule=datamodule, ckpt_path=best, verbose=False, weights_only=True)
         metrics["test"] = module.last_results.get("test", {})
@@ -105,27 +108,30 @@ def train(config: ConfigLike = None, *, output_dir: str | Path | None = None,
                        calibration=calibration, head_selection=head_report)
 
 
-def select_heads(cfg: DictConfig, module: Any, datamodule: Any, trainer: pl.Trainer, best: str,
-                 selection: HeadSelection) -> dict[str, dict[str, Any]]:
+def select_heads(module: Any, datamodule: Any, trainer: pl.Trainer, best: str, selection: HeadSelection,
+                 test: bool, tta: str | None = None) -> dict[str, dict[str, Any]]:
     """``callbacks=per_head``: put each head's own best weights on the best checkpoint's backbone
     where validation improves (:func:`~mhc.training.selection.swap_in_best_heads`), store the
-    heads kept and the report in the best checkpoint, and log the report. With ``test=true`` the
+    heads kept and the report in the best checkpoint, and log the report. With ``test`` the
     report also gives each head's test metric before the swap (``test.checkpoint``) and, after
-    the final test, with the heads kept (``test.final``)."""
+    the final test, with the heads kept (``test.final``), both with test-time augmentation ``tta``."""
     epoch = int(read_checkpoint(best)["epoch"])
 
     def run(stage: Any, split: str) -> dict[str, dict[str, float]]:
+        module.tta = tta if split == "test" else None  # as the final test; validation always plain
         stage(module, datamodule=datamodule, verbose=False)
+        module.tta = None
         return module.last_results.get(split, {})
 
     metric = selection.tracker.metric
     candidates = [t for t in selection.weights if selection.tracker.epoch.get(t) != epoch]
-    before_test = run(trainer.test, "test") if cfg.test and candidates else {}
+    before_test = run(trainer.test, "test") if test and candidates else {}
     report = swap_in_best_heads(module, selection, epoch, module.last_results.get("val", {}),
                                 lambda: run(trainer.validate, "val"))
     kept = [task for task, entry in report.items() if entry["kept"]]
     for task, entry in report.items():
-        entry["test"] = {"checkpoint": before_test.get(task, {}).get(metric), "final": None}
+        before = before_test.get(task, {}).get(metric)
+        entry["test"] = {"checkpoint": before, "final": None if kept else before}  # with heads kept: after the test
     if kept:
         run(trainer.validate, "val")  # the heads kept, together
     log.info("per-head selection on val " + metric + ": " + ", ".join(
@@ -137,12 +143,13 @@ def select_heads(cfg: DictConfig, module: Any, datamodule: Any, trainer: pl.Trai
     return report
 
 
-def calibrate_best(cfg: DictConfig, module: Any, datamodule: Any, trainer: pl.Trainer, best: str) -> dict[str, Any]:
+def calibrate_best(cfg: DictConfig, module: Any, datamodule: Any, trainer: pl.Trainer, best: str,
+                   test: bool) -> dict[str, Any]:
     """``calibrate=true``: calibrate the best checkpoint's heads (loaded in ``module``) on
     validation, validate again at the tuned thresholds, and store both in the best checkpoint;
     the report also goes to ``<run folder>/calibration/`` and the loggers."""
     report = calibrate_module(module, datamodule, "val", cfg.calibration_method,
-                              report_splits=("test",) if cfg.test else ())
+                              report_splits=("test",) if test else ())
     trainer.validate(module, datamodule=datamodule, verbose=False)  # the metrics at the calibrated decisions
     if trainer.is_global_zero:
         update_checkpoint(best, best, tasks=module.tasks.values(), metrics=module.last_results.get("val", {}),

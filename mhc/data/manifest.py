@@ -429,6 +429,9 @@ class ManifestDataset(Dataset):
             tokenizer for a text manifest).
         labelled: ``False`` for prediction: task columns are optional, labels may be missing
             on any task, and columns that are not tasks are ignored.
+        images: what each row's image is read from (anything the processor reads: a path, a
+            file object), in row order, instead of the ``image`` column's paths (data sets that
+            hold their images, :mod:`mhc.data.hf`).
     """
 
     def __init__(
@@ -437,6 +440,7 @@ class ManifestDataset(Dataset):
         tasks: Sequence[TaskSpec],
         processor: Processor,
         labelled: bool = True,
+        images: Sequence[Any] | None = None,
     ) -> None:
         check_columns(manifest, tasks, labelled)
         self.source = manifest.source
@@ -456,7 +460,7 @@ class ManifestDataset(Dataset):
                 raise ValueError(f"{self.source}: a text manifest needs a text processor with a tokenizer")
             self.tokens = encode_texts(manifest, processor)  # [N, max_length]
         else:
-            self.files = image_files(manifest)
+            self.files = image_files(manifest) if images is None else images
         self.cache: Tensor | None = None  # uint8 [N, 3, H, W] after cache_images()
 
     def __len__(self) -> int:
@@ -660,7 +664,7 @@ class ManifestDataModule(TaskDataModule):
             )
         tasks = self.active_tasks()
         # Without tasks (pretraining: labels ignored) label columns are ignored, as when predicting.
-        dataset = ManifestDataset(manifest, tasks, self.processor(), labelled=split != "predict" and bool(tasks))
+        dataset = self.dataset(split, manifest, tasks, labelled=split != "predict" and bool(tasks))
         if split != "predict" and manifest.input_column == IMAGE_COLUMN and self.caches(len(dataset)):
             # decoded once per split and size: a split rebuilt for new task options keeps its pixels
             key = (split, tuple(dataset.processor.size))  # type: ignore[attr-defined]
@@ -669,6 +673,10 @@ class ManifestDataModule(TaskDataModule):
                 self.decoded[key] = dataset.cache  # type: ignore[assignment]
             dataset.cache = self.decoded[key]
         return dataset
+
+    def dataset(self, split: str, manifest: Manifest, tasks: Sequence[TaskSpec], labelled: bool) -> ManifestDataset:
+        """The dataset of one split's manifest (a subclass passes where its images are read from)."""
+        return ManifestDataset(manifest, tasks, self.processor(), labelled=labelled)
 
     def caches(self, count: int) -> bool:
         """Whether ``count`` decoded images are kept in memory: ``cache=memory`` always; ``auto``

@@ -173,3 +173,12 @@ class WeightAverage(WeightAveraging):
         else:
             average = checkpoint["average_model_state"]
         self._average_model.load_state_dict({f"module.{k}": v for k, v in average.items()} | checkpoint["averaging_state"])
+
+
+def reported_module(trainer: pl.Trainer, pl_module: pl.LightningModule) -> pl.LightningModule:
+    """The module whose weights this validation's ``val/*`` metrics describe: the average kept by
+    a :class:`WeightAverage` callback, else ``pl_module`` itself."""
+    for callback in trainer.callbacks:
+        if isinstance(callback, WeightAverage) and callback.average_kept and callback.averaged:
+            return callback._copy()
+    return pl_module

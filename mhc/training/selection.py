@@ -23,6 +23,7 @@ from torch import Tensor
 
 from mhc.errors import ConfigError
 from mhc.metrics import LOWER_IS_BETTER
+from mhc.training.averaging import reported_module
 
 log = logging.getLogger(__name__)
 MODES = ("max", "min")
@@ -72,7 +73,9 @@ def fitting(trainer: pl.Trainer) -> bool:
 
 
 class HeadSelection(pl.Callback):
-    """Keeps each head's weights (CPU copies) from the validation epoch where its ``metric`` was best.
+    """Keeps each head's weights (CPU copies) from the validation epoch where its ``metric`` was
+    best: the weights that validation measured (with ``callbacks=[ema,per_head]``, the average
+    where it was kept).
 
     Args:
         metric: the per-head validation metric (``acc``, ``f1``, ``auroc``, ``loss``).
@@ -91,8 +94,9 @@ class HeadSelection(pl.Callback):
     def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if not fitting(trainer):
             return
+        heads = reported_module(trainer, pl_module).net.heads  # with weight averaging, the weights kept
         for task in self.tracker.update(pl_module.last_results.get("val", {}), trainer.current_epoch):
-            self.weights[task] = {k: v.detach().to("cpu", copy=True) for k, v in pl_module.net.heads[task].state_dict().items()}
+            self.weights[task] = {k: v.detach().to("cpu", copy=True) for k, v in heads[task].state_dict().items()}
 
     def state_dict(self) -> dict[str, Any]:
         return {**self.tracker.state_dict(), "weights": self.weights}
