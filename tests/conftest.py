@@ -3,6 +3,7 @@ transformer trained on the built-in sequences (for the attention analysis and pr
 
 from __future__ import annotations
 
+import logging
 import os
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # nothing downloads in tests; set before huggingface_hub reads it
@@ -21,6 +22,15 @@ from mhc.tasks import TaskSpec
 @pytest.fixture(autouse=True)
 def _isolated_cache(tmp_path_factory, monkeypatch):
     monkeypatch.setenv("MHC_CACHE_DIR", str(tmp_path_factory.getbasetemp() / "cache"))
+
+
+@pytest.fixture(autouse=True)
+def _library_logger():
+    """A command run in this process sends the ``mhc`` logger to its console only: each test starts
+    with the logger as the library leaves it (propagating to pytest's ``caplog``)."""
+    logger = logging.getLogger("mhc")
+    logger.handlers.clear()
+    logger.propagate, logger.level = True, logging.NOTSET
 
 
 @pytest.fixture

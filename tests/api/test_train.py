@@ -87,14 +87,22 @@ def test_unknown_task_option_is_a_config_error(make_cfg):
         ("backbone.name=resnet19", "unknown backbone 'resnet19'"),
     ],
 )
-def test_cli_errors_are_one_line_with_exit_code(override, message, tmp_path):
-    proc = subprocess.run(
-        [sys.executable, "-m", "mhc.cli.train", override, f"hydra.run.dir={tmp_path}"],
-        capture_output=True, text=True, timeout=120,
-    )
-    assert proc.returncode == 1
-    assert message in proc.stderr
-    assert "Traceback" not in proc.stderr
+def test_cli_errors_are_one_line_with_exit_code(override, message, tmp_path, capsys, monkeypatch):
+    from mhc.cli import train as command  # in this process: the same entry point as mhc-train, without a start-up each
+
+    monkeypatch.setattr(sys, "argv", ["mhc-train", override, f"hydra.run.dir={tmp_path}"])
+    with pytest.raises(SystemExit) as exited:
+        command.main()
+    stderr = capsys.readouterr().err
+    assert exited.value.code == 1
+    assert message in stderr
+    assert "Traceback" not in stderr
+
+
+def test_a_cli_error_exits_the_process_with_code_1(tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "mhc.cli.train", "seed=abc", f"hydra.run.dir={tmp_path}"],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 1 and "could not be converted to Integer" in proc.stderr and "Traceback" not in proc.stderr
 
 
 def test_vit_backbone_trains_and_reloads(tmp_path):

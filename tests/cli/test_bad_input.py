@@ -1,13 +1,16 @@
-"""Bad training inputs through the real ``mhc-train`` process: exit code 1, one ``error:`` line
+"""Bad training inputs through ``mhc-train``'s entry point: exit code 1, one ``error:`` line
 naming the file, row and column (the last line on stderr, no traceback, also when a
 DataLoader worker hits it), and the files of an earlier run in the output folder untouched.
 """
 
 from __future__ import annotations
 
+import contextlib
+import io
 import re
 import subprocess
 import sys
+import traceback
 from pathlib import Path
 
 import numpy as np
@@ -77,30 +80,56 @@ def make_folder(folder: Path, manifests: dict[str, str]) -> Path:
     return folder
 
 
-def start_train(folder: Path, overrides: list[str]) -> subprocess.Popen:
+def train_command(folder: Path, overrides: list[str]) -> list[str]:
     small = [] if any(o.startswith("backbone=") for o in overrides) else ["backbone.widths=[8,16]"]  # the default cnn's
-    command = [
-        sys.executable, "-m", "mhc.cli.train", "data=manifest", f"data.train={folder / 'train.csv'}",
+    return [
+        "mhc-train", "data=manifest", f"data.train={folder / 'train.csv'}",
         f"data.val={folder / 'val.csv'}", "data.image_size=[16,16]", "data.batch_size=4", *small,
         "trainer.max_epochs=1", "test=false", "~callbacks.progress_bar", f"hydra.run.dir={folder / 'out'}",
         *[o.replace("<dir>", str(folder)) for o in overrides],
     ]
-    return subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=folder)
+
+
+def run_train(folder: Path, overrides: list[str]) -> subprocess.CompletedProcess:
+    """``mhc-train``'s entry point run in this process (each start-up of a new one costs seconds
+    of imports), from ``folder``, with its exit code and what it wrote to stdout and stderr."""
+    from mhc.cli import train as command
+
+    argv = train_command(folder, overrides)
+    stdout, stderr = io.StringIO(), io.StringIO()
+    code = 0
+    with pytest.MonkeyPatch.context() as patch, contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stderr):
+        patch.setattr(sys, "argv", argv)
+        patch.chdir(folder)
+        try:
+            command.main()
+        except SystemExit as exited:
+            code = exited.code if isinstance(exited.code, int) else 1
+        except BaseException:  # an escaped exception is what a real process would print as a traceback
+            traceback.print_exc(file=stderr)
+            code = 1
+    return subprocess.CompletedProcess(argv, code, stdout.getvalue(), stderr.getvalue())
 
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[Path, subprocess.CompletedProcess]]:
-    """Every case's folder and finished ``mhc-train`` process. The processes run side by side:
-    each spends most of its few seconds importing."""
-    started = {}
+    """Every case's folder and finished ``mhc-train`` run (a real process:
+    ``test_a_bad_input_ends_the_real_process_with_code_1``)."""
+    finished = {}
     for name, (manifests, overrides, _) in {**CASES, **HYDRA_CASES}.items():
         folder = make_folder(tmp_path_factory.mktemp("bad_input"), manifests)
-        started[name] = (folder, start_train(folder, overrides))
-    finished = {}
-    for name, (folder, proc) in started.items():
-        stdout, stderr = proc.communicate(timeout=300)
-        finished[name] = (folder, subprocess.CompletedProcess(proc.args, proc.returncode, stdout, stderr))
+        finished[name] = (folder, run_train(folder, overrides))
     return finished
+
+
+def test_a_bad_input_ends_the_real_process_with_code_1(tmp_path: Path) -> None:
+    manifests, overrides, pattern = CASES["missing manifest"]
+    folder = make_folder(tmp_path, manifests)
+    proc = subprocess.run([sys.executable, "-m", "mhc.cli.train", *train_command(folder, overrides)[1:]],
+                          capture_output=True, text=True, cwd=folder, timeout=300)
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr
+    assert re.fullmatch("error: " + pattern.replace("<dir>", re.escape(str(folder))), proc.stderr.rstrip().splitlines()[-1])
+    assert_earlier_run_untouched(folder)
 
 
 def assert_earlier_run_untouched(folder: Path) -> None:
