@@ -317,6 +317,15 @@ def calibration_report(before: Iterable[TaskSpec], after: Iterable[TaskSpec], lo
     return report
 
 
+REPORT_KEYS = ("split", "method", "tasks")  # a calibration report's own keys; any other key is a split scored
+
+
+def report_by_split(report: Mapping[str, Any]) -> dict[str, Mapping[str, Any]]:
+    """A calibration report's per-task scores by split: the split it was fitted on first, then
+    every other split it scored (``{"val": {task: entry}, "test": {...}}``)."""
+    return {report["split"]: report["tasks"], **{k: v for k, v in report.items() if k not in REPORT_KEYS}}
+
+
 def calibration_fields(task: TaskSpec) -> dict[str, Any]:
     """What calibration stores on a task, as plain data."""
     return {"temperature": task.temperature, "calibration_bias": task.calibration_bias,

@@ -27,6 +27,7 @@ from typing import Any, Iterable, Iterator, Mapping, Sequence
 import torch
 from torch import Tensor, nn
 
+from mhc.calibration import report_by_split
 from mhc.errors import CheckpointError, ConfigError, MhcError
 from mhc.io import (
     EXPORT_CONFIG,
@@ -346,11 +347,10 @@ def calibration_sections(net: MultiHeadNet, calibration: Mapping[str, Any] | Non
                 "and multilabel outputs are decided at their configured thresholds (0.5 unless set). `mhc-calibrate` "
                 "fits temperatures and thresholds on a validation split."]
     split, tasks = calibration["split"], calibration["tasks"]
-    others = [k for k in calibration if k not in ("split", "method", "tasks")]
     rows = ["| task | split | ECE before | ECE after | Brier before | Brier after | temperature |", "|---|---|---:|---:|---:|---:|---|"]
     for name, entry in tasks.items():
         temperature = ", ".join(f"{t:.3g}" for t in entry["fitted"]["temperature"] or []) or "1"
-        for where, scores in [(split, entry), *[(o, calibration[o][name]) for o in others if name in calibration[o]]]:
+        for where, scores in ((where, scored[name]) for where, scored in report_by_split(calibration).items() if name in scored):
             rows.append(f"| {name} | {where} | " + " | ".join(f"{scores[w][k]:.4f}" for k in ("ece", "brier") for w in ("before", "after"))
                         + f" | {temperature} |")
     sections = [f"## Calibration\n\nFitted on the `{split}` split by {calibration['method']} scaling (`mhc-calibrate`); "

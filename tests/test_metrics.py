@@ -136,17 +136,23 @@ def test_binary_heads_measured_together_equal_each_head_alone(auroc):
         assert results[name] == pytest.approx(expected, abs=1e-6), name
 
 
-def test_every_metric_equals_scikit_learn():
-    from sklearn.metrics import accuracy_score, f1_score, roc_auc_score
-
-    metrics = HeadMetrics(TASKS)
+def feed(metrics: HeadMetrics, batches: int = 3) -> dict[str, tuple[list, list]]:
+    """Update ``metrics`` with random batches; each task's labelled probabilities and targets."""
     seen = {name: ([], []) for name in TASKS}
-    for seed in range(3):
+    for seed in range(batches):
         probs, targets, masks = random_batch(60, seed)
         metrics.update(probs, targets, masks)
         for name in TASKS:
             seen[name][0].append(probs[name][masks[name]])
             seen[name][1].append(targets[name][masks[name]])
+    return seen
+
+
+def test_every_metric_equals_scikit_learn():
+    from sklearn.metrics import accuracy_score, f1_score, roc_auc_score
+
+    metrics = HeadMetrics(TASKS)
+    seen = feed(metrics)
     results = metrics.compute()
     p, y = (torch.cat(part).numpy() for part in seen["multi"])
     assert results["multi"]["acc"] == pytest.approx(accuracy_score(y, p.argmax(-1)), abs=1e-6)
@@ -168,13 +174,7 @@ def test_binary_and_multilabel_heads_decide_at_their_thresholds_and_rank_unchang
              "tags": TaskSpec("tags", "multilabel", list("xyz"), masked=True, thresholds=[0.2, 0.5, 0.8])}
     metrics = HeadMetrics(TASKS, confusion=True)
     metrics.use_tasks(tuned.values())  # as a calibrated module hands them over
-    seen = {name: ([], []) for name in TASKS}
-    for seed in range(3):
-        probs, targets, masks = random_batch(60, seed)
-        metrics.update(probs, targets, masks)
-        for name in TASKS:
-            seen[name][0].append(probs[name][masks[name]])
-            seen[name][1].append(targets[name][masks[name]])
+    seen = feed(metrics)
     results = metrics.compute()
     p, y = (torch.cat(part).numpy() for part in seen["flag"])
     assert results["flag"]["acc"] == pytest.approx(accuracy_score(y, p >= 0.7), abs=1e-6)

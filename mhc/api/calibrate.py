@@ -24,7 +24,7 @@ from torch import Tensor
 
 from mhc.api.build import checkpoint_with_data
 from mhc.api.config import ConfigLike, as_config
-from mhc.calibration import METHODS, calibrate_tasks, calibration_fields, calibration_report
+from mhc.calibration import METHODS, calibrate_tasks, calibration_fields, calibration_report, report_by_split
 from mhc.data.labels import batch_inputs
 from mhc.errors import ConfigError
 from mhc.io import atomic_path, update_checkpoint
@@ -123,8 +123,7 @@ def calibrate_module(module: Any, datamodule: Any, split: str = "val", method: s
 def report_metrics(report: Mapping[str, Any]) -> dict[str, float]:
     """``calibration/<split>/<task>/<ece|brier>_<before|after>`` of a report, for the loggers."""
     flat = {}
-    for split, tasks in [(report["split"], report["tasks"])] + [(k, v) for k, v in report.items()
-                                                                 if k not in ("split", "method", "tasks")]:
+    for split, tasks in report_by_split(report).items():
         for name, entry in tasks.items():
             for when in ("before", "after"):
                 for score in ("ece", "brier"):
@@ -155,10 +154,10 @@ def save_report(report: Mapping[str, Any], folder: str | Path, loggers: Iterable
 def summary_rows(report: Mapping[str, Any]) -> list[tuple[str, ...]]:
     """Per task and split: ECE and Brier before and after, and what was fitted; for tables."""
     rows = []
-    splits = [report["split"], *[k for k in report if k not in ("split", "method", "tasks")]]
+    splits = report_by_split(report)
     for name, fitted in ((name, entry["fitted"]) for name, entry in report["tasks"].items()):
-        for split in splits:
-            entry = (report["tasks"] if split == report["split"] else report[split])[name]
+        for split, tasks in splits.items():
+            entry = tasks[name]
             rows.append((name, split, *(f"{entry[when][score]:.4f}" for score in ("ece", "brier") for when in ("before", "after")),
                          listed(fitted["temperature"]), listed(fitted["thresholds"])))
     return rows
