@@ -7,6 +7,7 @@ heads and the config's per-task options can be checked against the data up front
 from __future__ import annotations
 
 import math
+import os
 from typing import Any, Iterator, Sequence
 
 import pytorch_lightning as pl
@@ -39,6 +40,26 @@ def check_count(option: str, value: Any, minimum: int) -> int:
     if value < minimum:
         raise ConfigError(f"data.{option} must be at least {minimum}, got {value}")
     return value
+
+
+def available_cores() -> int:
+    """The CPU cores this process may run on (its affinity, e.g. a container's or a SLURM job's share)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
+def auto_workers(cores: int | None = None, processes: int | None = None) -> int:
+    """``num_workers=auto``: loader workers per training process from the machine. Each of the
+    ``processes`` on this machine (``LOCAL_WORLD_SIZE``, set by Lightning's DDP launchers) gets an
+    equal share of the ``cores``; one core of the share runs the step, the rest load, at most 8.
+    With 2 cores or fewer per process: 0, since workers then compete with the step for the same
+    cores (docs/benchmarks.md, "Loader workers": 8% slower with 2 on 2 cores)."""
+    cores = available_cores() if cores is None else cores
+    processes = max(1, processes if processes is not None else int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
+    share = cores // processes
+    return 0 if share <= 2 else min(8, share - 1)
 
 
 def check_image_size(value: Any) -> list[int]:
@@ -92,7 +113,7 @@ class TaskDataModule(pl.LightningDataModule):
     def __init__(
         self,
         batch_size: int = 128,
-        num_workers: int = 0,
+        num_workers: int | str = 0,
         pin_memory: bool = False,
         eval_batch_size: int | None = None,
         train_fraction: float = 1.0,
@@ -105,6 +126,8 @@ class TaskDataModule(pl.LightningDataModule):
         self.train_fraction = train_fraction
         self.batch_size = check_count("batch_size", batch_size, minimum=1)
         self.eval_batch_size = check_count("eval_batch_size", eval_batch_size or batch_size, minimum=1)
+        if num_workers == "auto":
+            num_workers = auto_workers()
         self.num_workers = check_count("num_workers", num_workers, minimum=0)
         self.pin_memory = pin_memory
         self.persistent_workers = bool(persistent_workers) and self.num_workers > 0  # workers kept between epochs
