@@ -97,13 +97,15 @@ def is_list(feature: Any) -> bool:
 
 
 def label_cell(value: Any, names: list[str] | None, multi: bool, missing: Any, where: str) -> str:
-    """A label as a manifest cell: a class name, ``a|b`` for a list (``-`` for an empty one), or
-    ``""`` when missing; class indices become names."""
+    """A label as a manifest cell: a class name, ``a|b`` for a list (``-`` for an empty one; a
+    string already written so passes as it is), or ``""`` when missing; class indices become names."""
     if value is None or (missing is not None and not isinstance(value, (list, tuple)) and value == missing):
         return ""
+    if multi and isinstance(value, str):  # a manifest-style cell: "a|b", "-" for no class
+        return value.strip()
     if multi or isinstance(value, (list, tuple)):
         if not isinstance(value, (list, tuple)):
-            raise DataError(f"{where}: expected a list of classes, got {value!r}")
+            raise DataError(f"{where}: expected a list of classes (or 'a|b'), got {value!r}")
         parts = [label_cell(v, names, False, None, where) for v in value if v is not None]
         return "|".join(parts) if parts else "-"
     if isinstance(value, bool):
@@ -120,7 +122,7 @@ class HFImages(Sequence):
     stored path), read from the Arrow table one row at a time."""
 
     def __init__(self, dataset: Any, column: str) -> None:
-        self.dataset, self.column = dataset, column
+        self.dataset, self.column = dataset.select_columns([column]), column  # rows of that column alone
 
     def __len__(self) -> int:
         return len(self.dataset)

@@ -48,8 +48,9 @@ def _sixteen_bit_to_rgb(grey: np.ndarray, path: str | Path) -> np.ndarray:
 
 
 def image_tensor(image: Any) -> Tensor:
-    """One image as float [3, H, W] in [0, 1]."""
-    if isinstance(image, (str, Path)):
+    """One image as float [3, H, W] in [0, 1]: a path or an open file of an image file, a PIL
+    image, a uint8 array [H, W, 3] or [H, W], or a tensor [3, H, W]."""
+    if isinstance(image, (str, Path)) or hasattr(image, "read"):
         image = read_image(image)
     elif type(image).__module__.startswith("PIL"):
         image = np.asarray(image.convert("RGB"))
@@ -62,7 +63,7 @@ def image_tensor(image: Any) -> Tensor:
     elif isinstance(image, Tensor):
         tensor = image
     else:
-        raise DataError(f"cannot read an image from a {type(image).__name__}; expected a path, PIL image, array or tensor")
+        raise DataError(f"cannot read an image from a {type(image).__name__}; expected a path, file, PIL image, array or tensor")
     if tensor.ndim != 3 or tensor.shape[0] not in (1, 3):
         raise DataError(f"an image tensor must be [3, H, W], got shape {list(tensor.shape)}")
     tensor = tensor.expand(3, -1, -1)

@@ -4,6 +4,8 @@ one-line errors naming the dataset, split, row and column."""
 
 from __future__ import annotations
 
+import io
+
 import numpy as np
 import pytest
 import torch
@@ -148,3 +150,39 @@ def test_a_default_split_the_dataset_lacks_is_left_out_with_a_message(tmp_path, 
                                                 "trainer.max_epochs=1", "~callbacks.progress_bar"], output_dir=tmp_path / "run"))
     assert "test" not in result.metrics and set(result.metrics["val"]) == {"topic", "tags"}
     assert "no_test[test]: the dataset has no split 'test'" in caplog.text and "the test is skipped" in caplog.text
+
+
+def test_images_stored_as_bytes_read_the_same_cached_or_not(tmp_path):
+    rng = np.random.default_rng(1)
+    pixels = [rng.integers(0, 256, (10 + i, 12, 3), dtype=np.uint8) for i in range(6)]
+    encoded = []
+    for image in pixels:
+        buffer = io.BytesIO()
+        Image.fromarray(image).save(buffer, format="PNG")
+        encoded.append({"bytes": buffer.getvalue(), "path": None})
+    features = datasets.Features({"photo": datasets.Image(), "kind": datasets.ClassLabel(names=["x", "y"])})
+    data = datasets.Dataset.from_dict({"photo": encoded, "kind": [0, 1, 0, 1, 1, 0]}, features=features)
+    datasets.DatasetDict({"train": data}).save_to_disk(str(tmp_path / "bytes"))
+    read = {}
+    for cache in ("none", "memory"):
+        module = HFDataModule(str(tmp_path / "bytes"), image_column="photo", val_split=None, test_split=None,
+                              image_size=[12, 12], cache=cache)
+        module.set_tasks(module.task_specs())
+        module.setup("fit")
+        read[cache] = module.splits["train"].gather(range(6))
+    torch.testing.assert_close(read["none"]["image"], read["memory"]["image"], atol=1 / 255, rtol=0)  # the cache keeps 8 bits
+    for cache in read:  # image 2 is stored at the model's size: exact either way
+        torch.testing.assert_close(read[cache]["image"][2], torch.from_numpy(pixels[2]).permute(2, 0, 1).float() / 255)
+    assert read["none"]["targets"]["kind"].tolist() == [0, 1, 0, 1, 1, 0]
+
+
+def test_label_values_become_manifest_cells():
+    from mhc.data.hf import label_cell
+
+    names = ["x", "y", "z"]
+    assert label_cell(2, names, False, -1, "w") == "z" and label_cell(-1, names, False, -1, "w") == ""
+    assert label_cell(None, names, False, -1, "w") == "" and label_cell(True, None, False, -1, "w") == "true"
+    assert label_cell([0, 2], names, True, -1, "w") == "x|z" and label_cell([], names, True, -1, "w") == "-"
+    assert label_cell("x|y", names, True, -1, "w") == "x|y"  # already a manifest cell
+    with pytest.raises(DataError, match="w: class index 3 is outside the 3 classes"):
+        label_cell(3, names, False, -1, "w")
