@@ -118,13 +118,13 @@ class HeadMetrics(nn.Module):
     def use_tasks(self, tasks: Iterable[TaskSpec]) -> None:
         """Take the decision thresholds of ``tasks`` (the same tasks, e.g. calibrated) from now on."""
         self.tasks.update({t.name: t for t in tasks})
+        # every decision made here, as the decoder makes it (p >= t; torchmetrics' own test is p > t)
         self.cuts = {name: t.decision_thresholds() for name, t in self.tasks.items() if t.kind != "multiclass"}
-        self.cuts = {name: cut for name, cut in self.cuts.items() if any(c != 0.5 for c in cut)}  # torchmetrics' own
 
     def decided(self, name: str, probs: Tensor) -> Tensor:
         """A task's probabilities as torchmetrics reads its decisions (1.0 at or above the threshold)."""
         cut = self.cuts.get(name)
-        return probs if cut is None else (probs >= probs.new_tensor(cut if probs.dim() > 1 else cut[0])).float()
+        return probs if cut is None else (probs >= probs.new_tensor(cut if probs.dim() > 1 else cut[0])).to(probs.dtype)
 
     @torch.no_grad()
     def update(

@@ -37,6 +37,9 @@ def test_tensorboard_dashboard_of_a_transformer_run_has_every_panel(tmp_path):
     for task in tasks:
         assert {f"val/{task}/acc", f"val/{task}/f1", f"val/{task}/loss", f"train/{task}/loss", f"train/weight/{task}"} <= scalars
         assert f"val/{task}/confusion" in images
+    multilabel = [task.name for task in scene_tasks() if task.kind == "multilabel"]
+    assert multilabel and {f"val/{task}/pr_curve" for task in multilabel} <= images  # precision-recall curves
+    assert {p.stem for p in (run / "pr_curves").glob("*.png")} == set(multilabel)
     assert {"val/mean/acc", "train/conflict/mean_cosine", "train/conflict/negative_fraction", "train/conflict/shape~size"} <= scalars
     entropy = {f"attention/L{layer}H{head}/entropy" for layer in range(2) for head in range(2)}
     assert entropy <= scalars
