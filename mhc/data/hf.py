@@ -117,6 +117,20 @@ def label_cell(value: Any, names: list[str] | None, multi: bool, missing: Any, w
     return str(value).strip()
 
 
+def image_names(data: Any, column: str) -> list[str | None]:
+    """Each row's image as predictions name it: its stored path, where the dataset keeps one.
+    Read from the Arrow column without its image bytes."""
+    import pyarrow.compute as pc
+    import pyarrow.types as types
+
+    stored = data.with_format("arrow")[column]
+    if types.is_struct(stored.type):
+        return pc.struct_field(stored, "path").to_pylist()
+    if types.is_string(stored.type) or types.is_large_string(stored.type):
+        return stored.to_pylist()
+    return [None] * len(data)
+
+
 class HFImages(Sequence):
     """A split's images as the image reader takes them (a file object of the stored bytes, or the
     stored path), read from the Arrow table one row at a time."""
@@ -259,10 +273,7 @@ class HFDataModule(ManifestDataModule):
         if kind == TEXT_COLUMN:
             cells[TEXT_COLUMN] = ["" if t is None else str(t).strip() for t in data[column]]
         else:
-            images = data.features[column]
-            paths = [v.get("path") if isinstance(v, dict) else None
-                     for v in data.cast_column(column, type(images)(decode=False))[column]] if type(images).__name__ == "Image" else []
-            cells[IMAGE_COLUMN] = [p or f"{source}: row {i + 1}" for i, p in enumerate(paths or [None] * len(data))]
+            cells[IMAGE_COLUMN] = [p or f"{source}: row {i + 1}" for i, p in enumerate(image_names(data, column))]
         for name, task_column in tasks.items():
             if task_column not in data.column_names:
                 if split == "predict" or not labelled:
