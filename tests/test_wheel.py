@@ -105,6 +105,10 @@ def test_commands_run_from_another_folder(installed, tmp_path):
         "data.num_test=32", "hydra.run.dir=eval")
     assert (elsewhere / "eval" / "metrics.json").is_file()
 
+    run(installed, elsewhere, "mhc-calibrate", f"ckpt={checkpoint}", "data.num_train=64", "data.num_val=32",
+        "data.num_test=32", "threshold=f1", "hydra.run.dir=calibrate")
+    assert {"calibrated.ckpt", "calibration.json", "reliability.png"} <= {p.name for p in (elsewhere / "calibrate").iterdir()}
+
     Image.fromarray(np.zeros((64, 64, 3), dtype=np.uint8)).save(elsewhere / "black.png")
     (elsewhere / "images.csv").write_text("image\nblack.png\n")
     run(installed, elsewhere, "mhc-predict", f"ckpt={checkpoint}", "data.predict=images.csv", "output=predictions.csv",
