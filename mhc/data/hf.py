@@ -195,7 +195,7 @@ class HFDataModule(ManifestDataModule):
         self.sources = {name: {k: (o or {})[k] for k in SOURCE_OPTIONS if k in (o or {})} for name, o in declared.items()}
         spec_options = {name: {k: v for k, v in (o or {}).items() if k not in SOURCE_OPTIONS} for name, o in declared.items()}
         super().__init__(train=train_split, val=val_split, test=test_split, predict=predict_split, tasks=spec_options, **options)
-        self.path, self.name, self.revision = str(path), name, revision
+        self.path, self.config_name, self.revision = str(path), name, revision  # `name`: the dataset's configuration
         self.image_column, self.text_column = image_column, text_column
         self.missing_value = missing_value
         self.loaded: dict[str, Any] = {}
@@ -204,7 +204,7 @@ class HFDataModule(ManifestDataModule):
     def split_data(self, split: str) -> Any:
         """The ``datasets.Dataset`` of ``split``, loaded once."""
         if split not in self.loaded:
-            self.loaded[split] = load_split(self.path, str(self._path(split)), self.name, self.revision)
+            self.loaded[split] = load_split(self.path, str(self._path(split)), self.config_name, self.revision)
         return self.loaded[split]
 
     def has_split(self, split: str) -> bool:
