@@ -76,13 +76,14 @@ def minimise(loss: Any, parameters: list[Tensor], max_iter: int = 100) -> None:
     optimizer.step(closure)
 
 
-def labelled_outputs(task: TaskSpec, logits: Tensor, targets: Tensor, label_mask: Tensor) -> tuple[Tensor, Tensor]:
-    """The labelled samples' logits and targets; a binary or multilabel head's as [N, outputs]."""
+def labelled_outputs(task: TaskSpec, outputs: Tensor, targets: Tensor, label_mask: Tensor) -> tuple[Tensor, Tensor]:
+    """The labelled samples' outputs (logits or probabilities) and targets: class indices for a
+    multiclass head, float [N, outputs] for a binary or multilabel head."""
     keep = label_mask.bool()
-    z, y = logits.detach().float()[keep], targets[keep]
+    z, y = outputs.detach().float()[keep], targets[keep]
     if task.kind == "multiclass":
         return z, y.long()
-    return z.reshape(len(z), -1), y.reshape(len(y), -1).float()
+    return z.reshape(len(z), task.num_outputs), y.reshape(len(y), task.num_outputs).float()  # also with no sample
 
 
 def uninformative(y: Tensor) -> Tensor:
@@ -171,9 +172,7 @@ def tune_thresholds(task: TaskSpec, probs: Tensor, targets: Tensor, label_mask: 
     if task.kind == "multiclass":
         raise ConfigError(f"task '{task.name}': thresholds apply to binary and multilabel tasks; a multiclass head "
                           "predicts its most probable class")
-    keep = label_mask.bool()
-    p = probs.detach().float()[keep].reshape(int(keep.sum()), -1)
-    y = targets[keep].reshape(len(p), -1)
+    p, y = labelled_outputs(task, probs, targets, label_mask)
     return [best_threshold(p[:, c], y[:, c], objective) for c in range(task.num_outputs)]
 
 
@@ -183,16 +182,13 @@ def calibration_scores(task: TaskSpec, probs: Tensor, targets: Tensor, label_mas
     both of P(positive); multilabel: each output's, averaged over the outputs."""
     from torchmetrics.functional.classification import binary_calibration_error, multiclass_calibration_error
 
-    keep = label_mask.bool()
-    if not bool(keep.any()):
+    if not bool(label_mask.bool().any()):
         return {"ece": float("nan"), "brier": float("nan")}
-    p = probs.detach().float()[keep]
-    y = targets[keep]
+    p, y = labelled_outputs(task, probs, targets, label_mask)
     if task.kind == "multiclass":
-        ece = multiclass_calibration_error(p, y.long(), num_classes=task.num_classes, n_bins=BINS, norm="l1")
-        brier = (p - F.one_hot(y.long(), task.num_classes).float()).pow(2).sum(-1).mean()
+        ece = multiclass_calibration_error(p, y, num_classes=task.num_classes, n_bins=BINS, norm="l1")
+        brier = (p - F.one_hot(y, task.num_classes).float()).pow(2).sum(-1).mean()
         return {"ece": float(ece), "brier": float(brier)}
-    p, y = p.reshape(len(p), -1), y.reshape(len(p), -1).float()
     ece = torch.stack([binary_calibration_error(p[:, c].contiguous(), y[:, c].long(), n_bins=BINS, norm="l1")
                        for c in range(p.shape[1])]).mean()
     return {"ece": float(ece), "brier": float((p - y).pow(2).mean())}
@@ -238,10 +234,8 @@ def coverage_curve(task: TaskSpec, probs: Tensor, targets: Tensor, label_mask: T
     order = torch.argsort(confidence, descending=True, stable=True)
     hits, ranked = torch.cumsum(hit[order], 0), confidence[order]
     curve: dict[str, list[float]] = {"coverage": [], "accuracy": [], "confidence": []}
-    for coverage in coverages:
+    for coverage in coverages if len(order) else ():
         kept = max(1, round(coverage * len(order)))
-        if len(order) == 0:
-            break
         curve["coverage"].append(float(coverage))
         curve["accuracy"].append(float(hits[kept - 1] / kept))
         curve["confidence"].append(float(ranked[kept - 1]))
@@ -251,9 +245,8 @@ def coverage_curve(task: TaskSpec, probs: Tensor, targets: Tensor, label_mask: T
 def f1_scores(task: TaskSpec, probs: Tensor, targets: Tensor, label_mask: Tensor) -> list[float]:
     """Each output's F1 at the task's decision thresholds over the labelled samples (binary: the
     positive class; multilabel: each class)."""
-    keep = label_mask.bool()
-    p = probs.detach().float()[keep].reshape(int(keep.sum()), -1)
-    y = targets[keep].reshape(len(p), -1).bool()
+    p, y = labelled_outputs(task, probs, targets, label_mask)
+    y = y.bool()
     predicted = p >= p.new_tensor(task.decision_thresholds())
     tp = (predicted & y).sum(0).double()
     wrong = (predicted ^ y).sum(0).double()

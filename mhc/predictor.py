@@ -23,9 +23,9 @@ from typing import Any, Callable, Iterable, Mapping, Sequence, Union
 import torch
 from torch import Tensor
 
-from mhc.calibration import scaled_logits
+from mhc.calibration import probabilities
 from mhc.errors import ConfigError
-from mhc.masks import apply_output_mask, hierarchy_matrix, under_predicted_parent
+from mhc.masks import hierarchy_matrix, under_predicted_parent
 from mhc.processing.processors import Processor
 from mhc.tasks import TaskSpec
 
@@ -99,17 +99,12 @@ class OutputDecoder:
     def task_probabilities(self, task: TaskSpec, logits: Tensor, mask: Tensor | None, probs: Mapping[str, Tensor]) -> Tensor:
         """One task's probabilities from its logits, under the allowed set ``mask`` [B, C] and, for a
         child task, its parent's predicted class (the parent's entry of ``probs``)."""
-        out = scaled_logits(task, logits)  # calibrated: before the mask and the softmax
-        if task.kind == "binary":
-            return torch.sigmoid(out.squeeze(-1))
-        if task.kind == "multilabel":
-            return torch.sigmoid(out)
-        if task.parent is not None:
+        if task.parent is not None:  # a multiclass child: under its parent's predicted class
             hierarchy = self.hierarchies[task.name]
-            if hierarchy.device != out.device:  # moved once, not on every batch
-                hierarchy = self.hierarchies[task.name] = hierarchy.to(out.device)
+            if hierarchy.device != logits.device:  # moved once, not on every batch
+                hierarchy = self.hierarchies[task.name] = hierarchy.to(logits.device)
             mask = under_predicted_parent(hierarchy[probs[task.parent].argmax(-1)], mask)
-        return torch.softmax(apply_output_mask(out, mask), dim=-1)
+        return probabilities(task, logits, mask)  # calibrated, masked, then softmax or sigmoid
 
     def decode(self, probs: Mapping[str, Tensor], threshold: float | None = None,
                min_confidence: float | None = None) -> dict[str, TaskPrediction]:
