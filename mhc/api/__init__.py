@@ -14,6 +14,7 @@ from mhc.api.calibrate import calibrate
 from mhc.api.config import compose_config
 from mhc.api.evaluate import evaluate, predict
 from mhc.api.export import export
+from mhc.api.shard import shard
 from mhc.api.train import PretrainResult, TrainResult, pretrain, train
 
 __all__ = [
@@ -27,5 +28,6 @@ __all__ = [
     "predict",
     "pretrain",
     "prune",
+    "shard",
     "train",
 ]

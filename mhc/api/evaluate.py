@@ -73,8 +73,7 @@ def predict(config: ConfigLike = None, *, ckpt: str | Path | None = None, inputs
     module, datamodule, trainer = checkpoint_with_data(cfg)
     batches = trainer.predict(module, datamodule=datamodule)
     probs = {name: torch.cat([b[name] for b in batches]).cpu() for name in module.tasks}
-    dataset = datamodule.splits["predict"]
-    table = predictions_table(dataset.input_column, dataset.inputs, module.decoder.decode(probs))
+    table = predictions_table(*datamodule.predict_inputs(), module.decoder.decode(probs))
     out = Path(cfg.output)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f".{out.name}.tmp")

@@ -216,10 +216,25 @@ class ExportConfig(RunConfig):
     output: Optional[str] = None
 
 
+@dataclass
+class ShardConfig(RunConfig):
+    """``mhc-shard``."""
+
+    task_name: str = "shard"
+    data: Any = None
+    output: Optional[str] = None
+    splits: List[str] = field(default_factory=lambda: ["train", "val", "test"])
+    image_format: str = "png"
+    quality: int = 95
+    chunk_bytes: str = "64MB"
+    workers: int = 1
+    overwrite: bool = False
+
+
 # The schema of each command's primary config (mhc/conf/<command>.yaml), stored as <command>_schema.
 SCHEMAS: dict[str, type] = {"train": TrainConfig, "pretrain": PretrainConfig, "eval": EvalConfig,
                             "calibrate": CalibrateConfig, "predict": PredictConfig, "analyze": AnalyzeConfig, "prune": PruneConfig,
-                            "export": ExportConfig}
+                            "export": ExportConfig, "shard": ShardConfig}
 
 
 def register_configs() -> None:

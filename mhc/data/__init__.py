@@ -5,6 +5,7 @@ from mhc.data.hf import HFDataModule
 from mhc.data.manifest import ManifestDataModule, ManifestDataset
 from mhc.data.multisource import MultiSourceDataModule
 from mhc.data.sequences import SequencesDataModule
+from mhc.data.shards import ShardsDataModule
 from mhc.data.torchvision_sets import CelebADataModule, Cifar100DataModule
 
 __all__ = [
@@ -16,5 +17,6 @@ __all__ = [
     "MultiSourceDataModule",
     "ScenesDataModule",
     "SequencesDataModule",
+    "ShardsDataModule",
     "TaskDataModule",
 ]

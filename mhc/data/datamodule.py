@@ -236,6 +236,12 @@ class TaskDataModule(pl.LightningDataModule):
             collate_fn=collate,
         )
 
+    def predict_inputs(self) -> tuple[str, list[str]]:
+        """(column name, each predicted sample's input cell in order): what a predictions table
+        joins its rows on."""
+        dataset = self.splits["predict"]
+        return dataset.input_column, list(dataset.inputs)
+
     def balancing_weights(self, dataset: Dataset) -> Any:
         """Per-sample weights that draw each class of the ``balance`` task equally often."""
         tasks = {t.name: t for t in self.active_tasks()}
@@ -271,7 +277,10 @@ class ScenesDataModule(TaskDataModule):
     ) -> None:
         super().__init__(**loader)
         self.cache_dir = cache_dir
-        self.sizes = {"train": num_train, "val": num_val, "test": num_test, "predict": num_test}
+        sizes = {split: check_count(f"num_{split}", n, minimum=1) for split, n in (("train", num_train), ("val", num_val), ("test", num_test))}
+        if isinstance(missing_fraction, bool) or not isinstance(missing_fraction, (int, float)) or not 0.0 <= missing_fraction < 1.0:
+            raise ConfigError(f"data.missing_fraction must be in [0, 1), got {missing_fraction!r}")
+        self.sizes = {**sizes, "predict": sizes["test"]}
         self.missing_fraction = missing_fraction
         self.seed = seed
 
