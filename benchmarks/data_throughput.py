@@ -3,7 +3,9 @@ sees whether the step will wait for data.
 
 Sources, all over the same images and labels: a manifest of image files read per batch
 (``data.cache=none``) and decoded once into memory (``cache=memory``), and the same rows as a
-Hugging Face dataset (``data=hf``: images in Arrow files), uncached and cached. The step is a
+Hugging Face dataset (``data=hf``: images in Arrow files), uncached and cached, and as shards
+(``data=shards``, streamed by litdata) with the images stored as PNG, JPEG (quality 95) and raw
+8-bit pixels, all at the training size. The step is a
 training step of each backbone (forward, masked losses, backward, AdamW) on one batch at the
 images' size, as ``mhc-train`` runs it on a CPU. Loader and steps alternate in one process,
 medians over repeats.
@@ -25,8 +27,9 @@ from defaults import as_trained, default_autocast, describe
 from PIL import Image
 from timing import alternate
 
-from mhc.data import HFDataModule, ManifestDataModule
+from mhc.data import HFDataModule, ManifestDataModule, ShardsDataModule
 from mhc.data.generated import generate_split
+from mhc.data.shards import write_shards
 from mhc.losses import batch_losses
 from mhc.model import MultiHeadNet
 
@@ -67,6 +70,11 @@ def sources(manifest: Path, hf: Path, rows: int, size: list[int], batch: int) ->
     for cache in ("none", "memory"):
         built[f"manifest, cache={cache}"] = ManifestDataModule(str(head), cache=cache, ignore_columns=ignored(head), **options)
         built[f"hf (Arrow), cache={cache}"] = HFDataModule(str(hf), val_split=None, test_split=None, cache=cache, **options)
+    for image_format in ("png", "jpeg", "raw"):
+        folder = hf.parent / f"shards_{image_format}"
+        write_shards(ManifestDataModule(str(head), cache="none", ignore_columns=ignored(head), **options), folder,
+                     splits=["train"], image_format=image_format)
+        built[f"shards (litdata), {image_format}"] = ShardsDataModule(str(folder), val_split=None, test_split=None, **options)
     return built
 
 

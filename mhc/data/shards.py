@@ -29,6 +29,7 @@ batches whose labels are all masked, so they add nothing to losses or metrics (s
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 import logging
 import math
@@ -45,8 +46,9 @@ from torch import Tensor
 from torch.utils.data import Dataset
 
 from mhc.data.augment import Augmentation
-from mhc.data.datamodule import SPLITS, TaskDataModule, check_count
+from mhc.data.datamodule import SPLITS, TaskDataModule, check_count, check_image_size
 from mhc.data.labels import collate
+from mhc.data.manifest import _plain
 from mhc.errors import CheckpointError, ConfigError, DataError
 from mhc.processing.processors import ImageProcessor, Processor, TextProcessor, processor_from_dict
 from mhc.tasks import TaskSpec, tasks_from_dicts, tasks_to_dicts
@@ -414,6 +416,8 @@ class ShardsDataModule(TaskDataModule):
         shuffle_window: samples shuffled together within the chunks a worker reads (``None``:
             litdata's default, a few chunks' worth).
         seed: the shuffle's seed (epochs differ: litdata adds the epoch).
+        image_size: ``[height, width]`` to train at, when not the stored size (images are resized
+            as they are decoded).
         **loader: :class:`TaskDataModule` options (``batch_size``, ``num_workers``, ...).
     """
 
@@ -430,6 +434,7 @@ class ShardsDataModule(TaskDataModule):
         cache_size: str = "50GB",
         shuffle_window: int | None = None,
         seed: int = 0,
+        image_size: Sequence[int] | None = None,
         **loader: Any,
     ) -> None:
         if loader.get("balance"):
@@ -446,6 +451,10 @@ class ShardsDataModule(TaskDataModule):
         self.shuffle_window, self.seed = shuffle_window, int(seed)
         self.description = read_description(self.path)
         self._processor: Processor = self.description["processor"]
+        if image_size is not None:
+            if not isinstance(self._processor, ImageProcessor):
+                raise ConfigError(f"data.image_size: the shards {self.path} hold token ids, not images")
+            self._processor = dataclasses.replace(self._processor, size=check_image_size(_plain(image_size)))
         self.training_loader: EvenBatches | None = None
         self.resume_position: dict[str, Any] | None = None  # a checkpoint's, for the next training loader
 

@@ -116,6 +116,14 @@ def test_one_process_reads_every_sample_once_an_epoch_in_a_new_order(shards):
     assert epoch_rows(data.val_dataloader())[0] == list(range(40))  # evaluation: in order
 
 
+def test_images_are_resized_as_decoded_to_another_training_size(shards):
+    data = ShardsDataModule(str(shards), image_size=[16, 24])
+    data.setup("fit")
+    assert data.processor().size == [16, 24] and data.splits["train"][0]["image"].shape == (3, 16, 24)
+    with pytest.raises(ConfigError, match=r"data.image_size must be \[height, width\]"):
+        ShardsDataModule(str(shards), image_size=[0, 3])
+
+
 def test_training_images_are_augmented_as_they_are_decoded(shards):
     """augment=standard (crop and flip in the loader) applies to the streamed training samples
     and to no evaluation sample."""
