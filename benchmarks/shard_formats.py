@@ -12,9 +12,7 @@ shuffled epoch in one process (``num_workers=0``), image decoding included, best
 from __future__ import annotations
 
 import argparse
-import io
 import json
-import tarfile
 import tempfile
 import time
 from pathlib import Path
