@@ -15,16 +15,33 @@ as for manifests; the images stay in the dataset's Arrow files and are decoded w
   classes a row may take, as names or class indices.
 
 Messages name the dataset and split as ``<path>[<split>]``, then the row and column.
+
+With ``streaming=True`` the splits are read as they stream (``load_dataset(..., streaming=True)``:
+a hub dataset larger than the disk is never downloaded whole), a block of rows at a time through
+the same conversion; the tasks and a fitted tokenizer come from the first ``stream_head`` rows
+(class-label features give every class), training rows are shuffled within ``shuffle_buffer``
+rows, and under DDP each process reads every other row (``split_dataset_by_node``), padded to
+the same number of batches where the split's size is known. A streamed run does not resume
+mid-epoch and reads in the training process: for both, write the data as shards (``mhc-shard
+data=hf data.streaming=true``) and train with ``data=shards``.
 """
 
 from __future__ import annotations
 
+import copy
+import dataclasses
 import io
 import logging
+import math
 from functools import cached_property
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Iterator, Mapping, Sequence
 
+import torch
+import torch.distributed as dist
+
+from mhc.data.datamodule import check_count
+from mhc.data.labels import collate, sample_of
 from mhc.data.manifest import (
     ALLOWED_SUFFIX,
     IMAGE_COLUMN,
@@ -83,6 +100,34 @@ def load_split(path: str, split: str, name: str | None = None, revision: str | N
         detail = " ".join(str(err).split())[:300]
         kind = MissingSplit if "Unknown split" in str(err) or "Bad split" in str(err) else DataError
         raise kind(f"{where}: could not load the split ({type(err).__name__}: {detail})") from None
+
+
+def load_stream(path: str, split: str, name: str | None = None, revision: str | None = None) -> tuple[Any, int | None]:
+    """One split as a ``datasets.IterableDataset`` read as it streams, and its number of rows
+    where the dataset records it (``None`` if not). A failure is one :class:`DataError`."""
+    datasets = require_datasets()
+    where = f"{path}[{split}]"
+    local = Path(path).expanduser()
+    try:
+        if local.is_dir() and any((local / f).is_file() for f in ("dataset_dict.json", "dataset_info.json", "state.json")):
+            data = load_split(path, split, name, revision)
+            return data.to_iterable_dataset(num_shards=max(1, min(64, len(data) // 1000))), len(data)
+        if local.is_file():
+            builder = DATA_FILES.get(local.suffix.lower())
+            if builder is None:
+                raise DataError(f"{where}: cannot read a '{local.suffix}' file; expected one of {sorted(DATA_FILES)}")
+            stream = datasets.load_dataset(builder, data_files={split: str(local)}, split=split, streaming=True)
+        else:
+            stream = datasets.load_dataset(path, name, split=split, revision=revision, streaming=True)
+    except DataError:
+        raise
+    except Exception as err:  # noqa: BLE001 - datasets raises many kinds
+        detail = " ".join(str(err).split())[:300]
+        kind = MissingSplit if "Unknown split" in str(err) or "Bad split" in str(err) else DataError
+        raise kind(f"{where}: could not stream the split ({type(err).__name__}: {detail})") from None
+    splits = getattr(stream.info, "splits", None) or {}
+    known = splits.get(split) if hasattr(splits, "get") else None
+    return stream, (int(known.num_examples) if known is not None and known.num_examples else None)
 
 
 def class_names(feature: Any) -> list[str] | None:
@@ -155,6 +200,63 @@ class HFImages(Sequence):
         raise DataError(f"no image stored (got {type(value).__name__})")
 
 
+class StreamedSplit(torch.utils.data.IterableDataset):
+    """A streamed split's samples, converted a block of rows at a time by the same code as a loaded
+    split's (labels checked, errors naming the row). Under DDP each process takes every
+    ``world``-th row and, where the split's size is known, pads its share with unlabelled
+    samples to the largest share, so every process runs the same number of batches."""
+
+    def __init__(self, module: "HFDataModule", split: str, labelled: bool, shuffle: bool, block: int = 256) -> None:
+        self.module, self.split, self.labelled, self.shuffle, self.block = module, split, labelled, shuffle, block
+        self.stream, self.rows = module.stream(split)
+        self.tasks = module.active_tasks()
+        self.epoch = 0
+
+    def __len__(self) -> int:
+        if self.rows is None:
+            raise TypeError("the stream's length is unknown")
+        world = dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+        return math.ceil(self.rows / world)
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        from datasets.distributed import split_dataset_by_node
+
+        stream, world, rank = self.stream, 1, 0
+        if self.shuffle:
+            stream = stream.shuffle(seed=self.module.seed, buffer_size=self.module.shuffle_buffer)
+            stream.set_epoch(self.epoch)
+            self.epoch += 1
+        if dist.is_available() and dist.is_initialized():
+            world, rank = dist.get_world_size(), dist.get_rank()
+            stream = split_dataset_by_node(stream, rank=rank, world_size=world)
+        given, rows, first = 0, [], 0
+        last = None
+        for row in stream:
+            rows.append(row)
+            if len(rows) == self.block:
+                for last in self.samples(rows, first * world + rank):
+                    given += 1
+                    yield last
+                first, rows = first + len(rows), []
+        if rows:
+            for last in self.samples(rows, first * world + rank):
+                given += 1
+                yield last
+        if self.rows is not None and world > 1 and last is not None:
+            for _ in range(math.ceil(self.rows / world) - given):  # filler: the same number of batches everywhere
+                yield {**last, "label_mask": {name: torch.zeros_like(m) for name, m in last["label_mask"].items()}}
+
+    def samples(self, rows: list[dict[str, Any]], first_row: int) -> Iterator[dict[str, Any]]:
+        data = require_datasets().Dataset.from_list(rows, features=self.stream.features)
+        manifest = self.module.to_manifest(self.split, labelled=self.labelled, data=data, first_row=first_row)
+        if self.shuffle:  # rows are numbered as read: a message says so
+            manifest = dataclasses.replace(manifest, source=f"{manifest.source} (shuffled stream, rows as read)")
+        dataset = self.module.dataset(self.split, manifest, self.tasks, labelled=self.labelled, data=data)
+        batch = dataset.gather(range(len(rows)))
+        for i in range(len(rows)):
+            yield sample_of(batch, i)
+
+
 class HFDataModule(ManifestDataModule):
     """Train/val/test/predict splits from a Hugging Face dataset (see the module docs).
 
@@ -168,6 +270,12 @@ class HFDataModule(ManifestDataModule):
         tasks: task name -> :class:`~mhc.tasks.TaskSpec` fields, plus ``column`` (the dataset
             column, default the task name) and ``allowed_column``.
         missing_value: a label value that means "missing" besides ``None`` (``null``: none).
+        streaming: read the splits as they stream (``load_dataset(..., streaming=True)``) instead
+            of loading them: the tasks' classes come from the class-label features, or else from
+            the first ``stream_head`` training rows, which also fit the tokenizer.
+        stream_head: rows read ahead to infer tasks and fit a tokenizer when streaming.
+        shuffle_buffer: streamed training rows are shuffled within a buffer of this many rows.
+        seed: the streamed shuffle's seed (each epoch draws another order).
         **options: :class:`~mhc.data.manifest.ManifestDataModule` options (``image_size``,
             ``tokenizer``, ``cache``, ``batch_size``, ...).
     """
@@ -185,8 +293,17 @@ class HFDataModule(ManifestDataModule):
         text_column: str | None = None,
         tasks: Mapping[str, Mapping[str, Any]] | None = None,
         missing_value: Any = -1,
+        streaming: bool = False,
+        stream_head: int = 10_000,
+        shuffle_buffer: int = 10_000,
+        seed: int = 0,
         **options: Any,
     ) -> None:
+        if streaming and options.get("num_workers") not in (None, 0, "auto"):
+            raise ConfigError("data.streaming=true reads in the training process (data.num_workers=0); "
+                              "for parallel reading write the data as shards (mhc-shard) and use data=shards")
+        if streaming:
+            options["num_workers"] = 0
         if not path:
             raise ConfigError("data.path: the dataset to read (a hub name, a local folder or a data file)")
         declared = _plain(tasks) or {}
@@ -199,13 +316,30 @@ class HFDataModule(ManifestDataModule):
         self.image_column, self.text_column = image_column, text_column
         self.missing_value = missing_value
         self.loaded: dict[str, Any] = {}
+        self.streaming = bool(streaming)
+        self.stream_head = check_count("stream_head", stream_head, minimum=1)
+        self.shuffle_buffer = check_count("shuffle_buffer", shuffle_buffer, minimum=1)
+        self.streams: dict[str, tuple[Any, int | None]] = {}
+        self.seed = int(seed)
 
     # -- the dataset's splits as manifests -------------------------------------------------------
     def split_data(self, split: str) -> Any:
-        """The ``datasets.Dataset`` of ``split``, loaded once."""
+        """The ``datasets.Dataset`` of ``split``, loaded once; when streaming, its first
+        ``stream_head`` rows (what tasks and the tokenizer are inferred from)."""
         if split not in self.loaded:
-            self.loaded[split] = load_split(self.path, str(self._path(split)), self.config_name, self.revision)
+            if self.streaming:
+                stream, _ = self.stream(split)
+                self.loaded[split] = require_datasets().Dataset.from_list(list(stream.take(self.stream_head)),
+                                                                          features=stream.features)
+            else:
+                self.loaded[split] = load_split(self.path, str(self._path(split)), self.config_name, self.revision)
         return self.loaded[split]
+
+    def stream(self, split: str) -> tuple[Any, int | None]:
+        """The split as a stream, and its number of rows where known."""
+        if split not in self.streams:
+            self.streams[split] = load_stream(self.path, str(self._path(split)), self.config_name, self.revision)
+        return self.streams[split]
 
     def has_split(self, split: str) -> bool:
         """Whether ``split`` is set and the dataset has it (a default split name it lacks, such as
@@ -259,9 +393,11 @@ class HFDataModule(ManifestDataModule):
                 columns[column] = column
         return {name: col for name, col in columns.items() if name not in self.ignore_columns}
 
-    def to_manifest(self, split: str, labelled: bool = True) -> Manifest:
-        """A split's cells: the input column and one text column per task (and per allowed set)."""
-        data, source = self.split_data(split), self.source(split)
+    def to_manifest(self, split: str, labelled: bool = True, data: Any = None, first_row: int = 0) -> Manifest:
+        """A split's cells (or those of ``data``, its rows from ``first_row`` on): the input column
+        and one text column per task (and per allowed set)."""
+        source = self.source(split)
+        data = self.split_data(split) if data is None else data
         if len(data) == 0:
             raise DataError(f"{source}: the split has no rows")
         column, kind = self.input_source(data, split)
@@ -273,25 +409,61 @@ class HFDataModule(ManifestDataModule):
         if kind == TEXT_COLUMN:
             cells[TEXT_COLUMN] = ["" if t is None else str(t).strip() for t in data[column]]
         else:
-            cells[IMAGE_COLUMN] = [p or f"{source}: row {i + 1}" for i, p in enumerate(image_names(data, column))]
+            cells[IMAGE_COLUMN] = [p or f"{source}: row {first_row + i + 1}" for i, p in enumerate(image_names(data, column))]
         for name, task_column in tasks.items():
             if task_column not in data.column_names:
                 if split == "predict" or not labelled:
                     continue
                 self.check_column(data, task_column, split, f"data.tasks.{name}.column")
-            cells[name] = self.label_cells(data, task_column, source)
+            cells[name] = self.label_cells(data, task_column, source, first_row)
             allowed = self.sources.get(name, {}).get("allowed_column", f"{name}{ALLOWED_SUFFIX}")
             if allowed in data.column_names:
                 names = class_names(data.features[task_column])
-                cells[f"{name}{ALLOWED_SUFFIX}"] = [label_cell(v, names, True, None, f"{source}: row {i + 1}, column '{allowed}'")
+                cells[f"{name}{ALLOWED_SUFFIX}"] = [label_cell(v, names, True, None, f"{source}: row {first_row + i + 1}, column '{allowed}'")
                                                     for i, v in enumerate(data[allowed])]
-        return Manifest(source, Path("."), cells)
+        return Manifest(source, Path("."), cells, first_row=first_row)
 
-    def label_cells(self, data: Any, column: str, source: str) -> list[str]:
+    def label_cells(self, data: Any, column: str, source: str, first_row: int = 0) -> list[str]:
         feature = data.features[column]
         names, multi = class_names(feature), is_list(feature)
-        return [label_cell(v, names, multi, self.missing_value, f"{source}: row {i + 1}, column '{column}'")
+        return [label_cell(v, names, multi, self.missing_value, f"{source}: row {first_row + i + 1}, column '{column}'")
                 for i, v in enumerate(data[column])]
+
+    def build_split(self, split: str) -> Any:
+        if not self.streaming:
+            return super().build_split(split)
+        if split != "train" and not self.has_split(split):
+            raise DataError(f"{self.path}: no {split} split; set data.{split}_split=<split name>")
+        self.input_column()  # the input kind, from the stream's head
+        return StreamedSplit(self, split, labelled=split != "predict" and bool(self.active_tasks()), shuffle=False)
+
+    def loader(self, split: str, shuffle: bool = False, shard: bool = True) -> Any:
+        if not self.streaming:
+            return super().loader(split, shuffle, shard)
+        if split not in self.splits:
+            self.setup(split)
+        if self.balance:
+            raise ConfigError("data.balance draws samples by class and cannot with data.streaming=true")
+        dataset = self.splits[split]
+        if shuffle:  # the training loader's own copy, shuffled anew each epoch
+            dataset = copy.copy(dataset)
+            dataset.shuffle = True
+        return torch.utils.data.DataLoader(dataset, batch_size=self.batch_size if shuffle else self.eval_batch_size,
+                                           num_workers=0, pin_memory=self.pin_memory, collate_fn=collate)
+
+    def predict_inputs(self) -> tuple[str, list[str]]:
+        if not self.streaming:
+            return super().predict_inputs()
+        column, kind = self.input_source(self.split_data("predict"), "predict")
+        stream, _ = self.stream("predict")
+        if kind == IMAGE_COLUMN and type(stream.features[column]).__name__ == "Image":
+            stream = stream.cast_column(column, type(stream.features[column])(decode=False))
+        names = []
+        for index, row in enumerate(stream):
+            value = row[column]
+            name = value.get("path") if isinstance(value, dict) else value
+            names.append(str(name).strip() if name else f"{self.source('predict')}: row {index + 1}")
+        return kind, names
 
     # -- what the manifest module asks for -------------------------------------------------------
     @cached_property
@@ -313,10 +485,11 @@ class HFDataModule(ManifestDataModule):
                 options.setdefault("kind", "multilabel" if is_list(data.features[column]) else "multiclass")
         return super().task_specs()
 
-    def dataset(self, split: str, manifest: Manifest, tasks: Sequence[TaskSpec], labelled: bool) -> ManifestDataset:
+    def dataset(self, split: str, manifest: Manifest, tasks: Sequence[TaskSpec], labelled: bool,
+                data: Any = None) -> ManifestDataset:
         images = None
         if manifest.input_column == IMAGE_COLUMN:
-            data = self.split_data(split)
+            data = self.split_data(split) if data is None else data
             column, _ = self.input_source(data, split)
             feature = data.features[column]
             stored = data.cast_column(column, type(feature)(decode=False)) if type(feature).__name__ == "Image" else data

@@ -104,6 +104,7 @@ class Manifest:
     source: str
     root: Path
     columns: dict[str, list[str]]
+    first_row: int = 0  # the data row of the first cells (a block of a streamed split)
 
     def __len__(self) -> int:
         return len(next(iter(self.columns.values()), []))
@@ -115,7 +116,7 @@ class Manifest:
 
     def where(self, row: int, column: str) -> str:
         """Where a message about a cell points (see :func:`location`)."""
-        return location(self.source, row, column)
+        return location(self.source, self.first_row + row, column)
 
 
 def row_name(index: int) -> str:
@@ -451,7 +452,8 @@ class ManifestDataset(Dataset):
             t.name: encode_allowed(manifest, t) for t in self.tasks if t.name + ALLOWED_SUFFIX in manifest.columns
         }
         checked = self.tasks if labelled else [replace(t, masked=True) for t in self.tasks]
-        names = [row_name(i) for i in range(len(manifest))]
+        names = [row_name(manifest.first_row + i) for i in range(len(manifest))]
+        self.first_row = manifest.first_row
         validate_labels(checked, self.labels, self.source, sample_names=names, allowed=self.allowed)
         self.input_column = manifest.input_column
         self.inputs: list[str] = list(manifest.columns[self.input_column])
@@ -477,7 +479,7 @@ class ManifestDataset(Dataset):
         try:
             return reader(self.files[index])
         except DataError as err:
-            raise DataError(f"{location(self.source, index, IMAGE_COLUMN)}: {err}") from None
+            raise DataError(f"{location(self.source, self.first_row + index, IMAGE_COLUMN)}: {err}") from None
 
     def cache_images(self, threads: int = 4) -> None:
         """Decode every image once, in ``threads`` threads, and keep them in memory as 8-bit pixels

@@ -37,13 +37,13 @@ import shutil
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, Iterator, Mapping, Sequence
+from typing import Any, Iterable, Iterator, Mapping, Sequence
 
 import numpy as np
 import torch
 import torch.distributed as dist
 from torch import Tensor
-from torch.utils.data import Dataset
+from torch.utils.data import DataLoader, Dataset, IterableDataset
 
 from mhc.data.augment import Augmentation
 from mhc.data.datamodule import SPLITS, TaskDataModule, check_count, check_image_size
@@ -121,7 +121,10 @@ class SampleWriter:
         indices = list(range(start, stop))
         gather = getattr(self.dataset, "gather", None)
         batch = gather(indices) if callable(gather) else collate([self.dataset[i] for i in indices])
-        names = getattr(self.dataset, "inputs", None)
+        return self.samples(batch, indices, getattr(self.dataset, "inputs", None))
+
+    def samples(self, batch: Mapping[str, Any], indices: Sequence[int], names: Sequence[Any] | None) -> list[dict[str, Any]]:
+        """The stored samples of a collated ``batch`` of the rows ``indices``."""
         samples = []
         for offset, row in enumerate(indices):
             sample: dict[str, Any] = {"row": row, "name": str(names[row]) if names is not None else f"row {row + 1}"}
@@ -142,21 +145,40 @@ def write_split(dataset: Dataset, tasks: Sequence[TaskSpec], folder: Path, image
     are read and encoded in ``threads`` threads (decoders and encoders release the GIL)."""
     from litdata.streaming.writer import BinaryWriter
 
-    size = len(dataset)  # type: ignore[arg-type]
-    if size == 0:
-        raise DataError(f"{getattr(dataset, 'source', 'the split')}: the split has no samples")
     writer = BinaryWriter(str(folder), chunk_bytes=chunk_bytes)
     encode = SampleWriter(dataset, tasks, image_format, quality)
-    ranges = [(start, min(size, start + rows_per_task)) for start in range(0, size, rows_per_task)]
-    with ThreadPoolExecutor(max(1, threads)) as pool:
-        index = 0
-        for samples in pool.map(encode, ranges):  # in order
-            for sample in samples:
-                writer.add_item(index, sample)
-                index += 1
+    if isinstance(dataset, IterableDataset):  # a stream (data=hf data.streaming=true): read in order as it comes
+        batches = counted(DataLoader(dataset, batch_size=rows_per_task, collate_fn=collate))
+        blocks = (encode.samples(batch, range(start, start + len(next(iter(batch["label_mask"].values())))), None)
+                  for start, batch in batches)
+        index = write_items(writer, blocks)
+    else:
+        size = len(dataset)  # type: ignore[arg-type]
+        ranges = [(start, min(size, start + rows_per_task)) for start in range(0, size, rows_per_task)]
+        with ThreadPoolExecutor(max(1, threads)) as pool:
+            index = write_items(writer, pool.map(encode, ranges))  # in order
+    if index == 0:
+        raise DataError(f"{getattr(dataset, 'source', 'the split')}: the split has no samples")
     writer.done()
     writer.merge()
-    return size
+    return index
+
+
+def counted(batches: Iterable[Mapping[str, Any]]) -> Iterator[tuple[int, Mapping[str, Any]]]:
+    """(the row of each batch's first sample, the batch)."""
+    start = 0
+    for batch in batches:
+        yield start, batch
+        start += len(next(iter(batch["label_mask"].values())))
+
+
+def write_items(writer: Any, blocks: Iterable[list[dict[str, Any]]]) -> int:
+    index = 0
+    for samples in blocks:
+        for sample in samples:
+            writer.add_item(index, sample)
+            index += 1
+    return index
 
 
 def write_shards(

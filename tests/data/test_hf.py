@@ -81,6 +81,12 @@ def test_a_text_dataset_trains_evaluates_and_predicts(text_folder, tmp_path):
 
     table = pd.read_csv(out)
     assert len(table) == 40 and {"topic", "tags", "urgent"} <= set(table.columns)
+    # streamed, the same checkpoint measures and predicts the same
+    streamed = [*common, "data.streaming=true"]
+    assert evaluate(compose_config("eval", [*streamed, "split=val"], output_dir=tmp_path / "eval2"), ckpt=result.best_checkpoint) == metrics
+    out = predict(compose_config("predict", [*streamed, "data.predict_split=test"], output_dir=tmp_path / "pred2"),
+                  ckpt=result.best_checkpoint)
+    pd.testing.assert_frame_equal(pd.read_csv(out), table)
 
 
 @pytest.fixture(scope="module")
@@ -186,3 +192,102 @@ def test_label_values_become_manifest_cells():
     assert label_cell("x|y", names, True, -1, "w") == "x|y"  # already a manifest cell
     with pytest.raises(DataError, match="w: class index 3 is outside the 3 classes"):
         label_cell(3, names, False, -1, "w")
+
+
+# -- streaming ---------------------------------------------------------------------------------
+
+def loaded_and_streamed(path, split: str, **options) -> tuple[dict, list[dict]]:
+    """A split's samples loaded whole (gathered) and streamed (in order), for the same tasks."""
+    loaded = HFDataModule(str(path), **options)
+    tasks = loaded.task_specs()
+    loaded.set_tasks(tasks)
+    loaded.setup(split)
+    streamed = HFDataModule(str(path), streaming=True, **options)
+    streamed.set_tasks(tasks)
+    streamed.setup(split)
+    samples = list(streamed.splits[split])
+    return loaded.splits[split].gather(range(len(samples))), samples
+
+
+def test_a_streamed_split_gives_the_loaded_samples(text_folder, image_folder, tmp_path):
+    """Streaming reads the rows as they come, in blocks, through the same conversion: tokens (a
+    tokenizer fitted on the stream's head), targets, label masks and images are the loaded ones."""
+    batch, samples = loaded_and_streamed(text_folder, "val", text_column="sentence",
+                                         tasks={"urgent": {"kind": "binary"}})
+    assert len(samples) == 40
+    for i, sample in enumerate(samples):
+        assert torch.equal(sample["tokens"], batch["tokens"][i])
+        for task in ("topic", "tags", "urgent"):
+            assert bool(sample["label_mask"][task]) == bool(batch["label_mask"][task][i])
+            assert torch.equal(sample["targets"][task], batch["targets"][task][i])
+    parquet = tmp_path / "test.parquet"
+    datasets.load_dataset("imagefolder", data_dir=str(image_folder), split="test").to_parquet(str(parquet))
+    batch, samples = loaded_and_streamed(parquet, "test", train_split="test", val_split=None, image_size=[16, 16], cache="none")
+    torch.testing.assert_close(torch.stack([s["image"] for s in samples]), batch["image"])
+
+
+def test_streamed_training_shuffles_every_epoch_and_reads_every_row(text_folder):
+    data = HFDataModule(str(text_folder), streaming=True, text_column="sentence", shuffle_buffer=50, batch_size=16,
+                        tasks={"urgent": {"kind": "binary"}})
+    data.set_tasks(data.task_specs())
+    loader = data.train_dataloader()
+    epochs = [[t for batch in loader for t in batch["tokens"].tolist()] for _ in range(2)]
+    assert len(epochs[0]) == len(epochs[1]) == 120
+    assert sorted(map(tuple, epochs[0])) == sorted(map(tuple, epochs[1])) and epochs[0] != epochs[1]
+
+
+def test_a_streamed_label_error_names_its_row_past_the_first_block(tmp_path):
+    """Row 300 (in the second block of 256) holds a class the tasks do not have; in the shuffled
+    training stream the message says its rows are numbered as read."""
+    rows = {"text": [f"sample {i}" for i in range(400)], "kind": ["a" if i % 2 else "b" for i in range(400)]}
+    rows["kind"][299] = "zzz"
+    datasets.Dataset.from_dict(rows).to_parquet(str(tmp_path / "train.parquet"))
+    data = HFDataModule(str(tmp_path / "train.parquet"), streaming=True, stream_head=100, val_split="train", test_split=None,
+                        tasks={"kind": {"kind": "multiclass"}})
+    assert data.task_specs()[0].classes == ["a", "b"]  # inferred from the stream's first 100 rows
+    data.set_tasks(data.task_specs())
+    data.setup("fit")
+    with pytest.raises(DataError, match=r"train\.parquet\[train\]: row 300, column 'kind': unknown class 'zzz'"):
+        list(data.splits["val"])
+    with pytest.raises(DataError, match=r"train\.parquet\[train\] \(shuffled stream, rows as read\): row \d+, column 'kind'"):
+        list(data.train_dataloader())
+
+
+def test_streaming_reads_in_the_training_process(text_folder):
+    from mhc.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="data.streaming=true reads in the training process"):
+        HFDataModule(str(text_folder), streaming=True, num_workers=2)
+
+
+def test_streamed_training_under_two_ddp_processes_keeps_them_in_step(text_folder, tmp_path):
+    """120 rows over 2 processes in batches of 16: each streams every other row (60, 4 batches)."""
+    import subprocess
+    import sys
+
+    proc = subprocess.run(
+        [sys.executable, "-m", "mhc.cli.train", "trainer=ddp_cpu", "data=hf", f"data.path={text_folder}", "data.streaming=true",
+         "data.text_column=sentence", "+data.tasks.urgent.kind=binary", "data.batch_size=16", "data.num_workers=0",
+         "backbone=textcnn", "backbone.dim=16", "backbone.filters=8", "trainer.max_epochs=1", "callbacks.progress_bar=null",
+         f"hydra.run.dir={tmp_path}"],
+        capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == 4
+
+
+def test_a_streamed_dataset_is_written_as_shards_row_for_row(text_folder, tmp_path):
+    """mhc-shard reads a streamed split in order: the shards hold its samples as loaded."""
+    pytest.importorskip("litdata")
+    from mhc.api import shard
+    from mhc.data.shards import ShardsDataModule
+
+    common = ["data=hf", f"data.path={text_folder}", "data.text_column=sentence", "+data.tasks.urgent.kind=binary"]
+    shard([*common, "data.streaming=true", "splits=[train,val]"], output=tmp_path / "shards", output_dir=tmp_path / "run")
+    batch, _ = loaded_and_streamed(text_folder, "val", text_column="sentence", tasks={"urgent": {"kind": "binary"}})
+    data = ShardsDataModule(str(tmp_path / "shards"))
+    data.setup("validate")
+    stored = sorted((data.splits["val"][i] for i in range(40)), key=lambda s: int(s["row"]))
+    assert [int(s["row"]) for s in stored] == list(range(40))
+    for i, sample in enumerate(stored):
+        assert torch.equal(sample["tokens"], batch["tokens"][i])
+        assert torch.equal(sample["targets"]["tags"], batch["targets"]["tags"][i])
