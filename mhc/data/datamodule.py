@@ -8,12 +8,12 @@ from __future__ import annotations
 
 import math
 import os
-from typing import Any, Iterator, Sequence
+from typing import Any, Iterator, Mapping, Sequence
 
 import pytorch_lightning as pl
 import torch
 import torch.distributed as dist
-from torch.utils.data import DataLoader, Dataset, Subset, WeightedRandomSampler
+from torch.utils.data import DataLoader, Dataset, Sampler, Subset, WeightedRandomSampler
 from torch.utils.data.distributed import DistributedSampler
 
 from mhc.data import generated
@@ -76,6 +76,8 @@ class UnlabelledPadding(Dataset):
 
     def __init__(self, dataset: Dataset) -> None:
         self.dataset = dataset
+        if GatheredBatches.supported(dataset):
+            self.gather = self.gather_padded
 
     def __len__(self) -> int:
         return len(self.dataset)  # type: ignore[arg-type]
@@ -85,6 +87,48 @@ class UnlabelledPadding(Dataset):
             return self.dataset[index]
         sample = self.dataset[(index - len(self)) % len(self)]
         return {**sample, "label_mask": {name: torch.zeros_like(m) for name, m in sample["label_mask"].items()}}
+
+    def gather_padded(self, indices: Sequence[int]) -> dict[str, Any]:
+        """The samples at ``indices`` in one gather of the dataset's, filler included."""
+        size = len(self)
+        batch = GatheredBatches(self.dataset).__getitems__([i if i < size else (i - size) % size for i in indices])
+        real = torch.tensor([i < size for i in indices])
+        return {**batch, "label_mask": {name: m & real for name, m in batch["label_mask"].items()}}
+
+
+class EpochSampler(Sampler[int]):
+    """The training order: a permutation of the ``size`` samples drawn from ``seed`` and the
+    epoch, the same in every process, shared out between the ``world`` DDP processes. The shares
+    are evened out with indices past the data (:class:`UnlabelledPadding`'s unlabelled filler), so
+    every sample is read exactly once an epoch and every process runs the same number of steps
+    (a ``DistributedSampler`` repeats samples instead). A run resumed mid-epoch draws the same
+    permutation again and leaves out what was trained (:meth:`resume_at`)."""
+
+    def __init__(self, size: int, seed: int = 0, world: int = 1, rank: int = 0) -> None:
+        self.size, self.seed, self.world, self.rank = size, seed, world, rank
+        self.per_process = math.ceil(size / world)
+        self.epoch = 0
+        self.resumed: tuple[int, int] | None = None  # (epoch, samples of it already trained)
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def resume_at(self, epoch: int, trained: int) -> None:
+        """Leave out the first ``trained`` samples of this process's share of ``epoch``."""
+        self.resumed = (epoch, trained)
+
+    def __len__(self) -> int:
+        return self.per_process  # the whole epoch's: Lightning counts a resumed epoch's batches from its start
+
+    def __iter__(self) -> Iterator[int]:
+        order = torch.randperm(self.size, generator=torch.Generator().manual_seed(self.seed + self.epoch)).tolist()
+        order += range(self.size, self.per_process * self.world)
+        mine = order[self.rank :: self.world]
+        skip = 0
+        if self.resumed is not None and self.resumed[0] == self.epoch:
+            skip = self.resumed[1]
+        self.resumed = None
+        return iter(mine[skip:])
 
 
 class PaddedEvalSampler(DistributedSampler):
@@ -106,9 +150,14 @@ class PaddedEvalSampler(DistributedSampler):
 class TaskDataModule(pl.LightningDataModule):
     """Common loader settings and split bookkeeping; subclasses implement ``build_split``.
 
+    Under DDP it shares samples out itself (:class:`EpochSampler`, :class:`PaddedEvalSampler`):
+    every sample once an epoch and per evaluation, in the same number of batches everywhere.
+
     ``tasks`` stays ``None`` until :meth:`set_tasks` (the config's tasks, or a checkpoint's);
     splits built before that use the data's own :meth:`task_specs`.
     """
+
+    shards_itself = True  # Lightning adds no DistributedSampler: the samplers here share samples out
 
     def __init__(
         self,
@@ -135,6 +184,8 @@ class TaskDataModule(pl.LightningDataModule):
         self.tasks: list[TaskSpec] | None = None
         self.augmentation: Augmentation | None = None
         self.balance = balance  # a task whose classes training batches draw equally often (mhc.data.balance)
+        self.training_sampler: EpochSampler | None = None
+        self.resume_position: tuple[int, int] | None = None  # a checkpoint's (epoch, trained batches)
 
     def task_specs(self) -> list[TaskSpec]:
         """The tasks this data provides, with their classes (before config overrides)."""
@@ -217,17 +268,31 @@ class TaskDataModule(pl.LightningDataModule):
         if split not in self.splits:
             self.setup(split)
         dataset, sampler = self.splits[split], None
-        if shard and not shuffle and split in ("val", "test") and dist.is_available() and dist.is_initialized():
+        distributed = dist.is_available() and dist.is_initialized()
+        if shard and not shuffle and split in ("val", "test") and distributed:
             dataset = UnlabelledPadding(dataset)
             sampler = PaddedEvalSampler(dataset)
-        if shuffle and self.balance:
-            sampler = WeightedRandomSampler(self.balancing_weights(dataset).tolist(), len(dataset), replacement=True)
+        if shuffle and self.balance:  # drawn with replacement: each process draws its share with its own generator
+            world, rank = (dist.get_world_size(), dist.get_rank()) if distributed else (1, 0)
+            generator = torch.Generator().manual_seed(int(os.environ.get("PL_GLOBAL_SEED", 0)) * 7919 + rank) if world > 1 else None
+            sampler = WeightedRandomSampler(self.balancing_weights(dataset).tolist(), math.ceil(len(dataset) / world),
+                                            replacement=True, generator=generator)
+        elif shuffle:
+            world, rank = (dist.get_world_size(), dist.get_rank()) if distributed else (1, 0)
+            sampler = EpochSampler(len(dataset), seed=int(os.environ.get("PL_GLOBAL_SEED", 0)), world=world, rank=rank)  # type: ignore[arg-type]
+            dataset = UnlabelledPadding(dataset) if world > 1 else dataset
+            if split == "train":
+                self.training_sampler = sampler
+                if self.resume_position is not None:
+                    epoch, trained = self.resume_position
+                    sampler.resume_at(epoch, trained * self.batch_size)
+                    self.resume_position = None
         if GatheredBatches.supported(dataset):
             dataset = GatheredBatches(dataset)
         return DataLoader(
             dataset,
             batch_size=self.batch_size if shuffle else self.eval_batch_size,
-            shuffle=shuffle and sampler is None,
+            shuffle=False,  # training draws its order from its sampler
             sampler=sampler,
             num_workers=self.num_workers,
             pin_memory=self.pin_memory,
@@ -235,6 +300,18 @@ class TaskDataModule(pl.LightningDataModule):
             drop_last=False,
             collate_fn=collate,
         )
+
+    # -- the training epoch's position in checkpoints (Lightning saves and restores it) -----------
+    def state_dict(self) -> dict[str, Any]:
+        """The epoch and the batches of it trained, so a resumed run leaves them out."""
+        trainer = self.trainer
+        if self.training_sampler is None or trainer is None:
+            return {}
+        return {"epoch": int(trainer.current_epoch), "trained_batches": int(trainer.fit_loop.epoch_loop.batch_progress.current.processed)}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        if "trained_batches" in state:
+            self.resume_position = (int(state["epoch"]), int(state["trained_batches"]))
 
     def predict_inputs(self) -> tuple[str, list[str]]:
         """(column name, each predicted sample's input cell in order): what a predictions table

@@ -228,7 +228,7 @@ class StreamedSplit(torch.utils.data.IterableDataset):
             self.epoch += 1
         if dist.is_available() and dist.is_initialized():
             world, rank = dist.get_world_size(), dist.get_rank()
-            stream = split_dataset_by_node(stream, rank=rank, world_size=world)
+            stream = split_dataset_by_node(stream, rank=rank, world_size=world, strategy="examples")  # every world-th row
         given, rows, first = 0, [], 0
         last = None
         for row in stream:

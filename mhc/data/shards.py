@@ -443,8 +443,6 @@ class ShardsDataModule(TaskDataModule):
         **loader: :class:`TaskDataModule` options (``batch_size``, ``num_workers``, ...).
     """
 
-    shards_itself = True  # litdata gives each process its own chunks (no DistributedSampler)
-
     def __init__(
         self,
         path: str,

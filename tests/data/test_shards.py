@@ -172,21 +172,6 @@ def recorded(folder: Path, rank: int) -> list[dict]:
     return [json.loads(line) for line in (folder / f"rows{rank}.jsonl").read_text().splitlines()]
 
 
-def test_two_ddp_processes_read_each_sample_once_an_epoch_in_equal_steps(tmp_path, shards):
-    """150 samples in batches of 32 do not split evenly between 2 processes: litdata gives
-    them 64 and 86; the first ends each epoch with an unlabelled filler batch, so both take the
-    same steps (no hang) and together read every sample exactly once an epoch."""
-    proc = run_train(tmp_path, shards, "trainer=ddp_cpu", "trainer.max_epochs=2")
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    ranks = [recorded(tmp_path, rank) for rank in (0, 1)]
-    assert len(ranks[0]) == len(ranks[1]) == 6  # 3 steps an epoch in each process
-    for epoch in (0, 1):
-        rows = [r for lines in ranks for line in lines if line["epoch"] == epoch for r in line["rows"]]
-        assert sorted(rows) == list(range(150)), Counter(rows).most_common(3)
-    orders = [[r for line in ranks[0] if line["epoch"] == e for r in line["rows"]] for e in (0, 1)]
-    assert orders[0] != orders[1]
-
-
 def killed_and_resumed(folder: Path, shards: Path, *overrides: str) -> tuple[list[list[dict]], list[list[dict]]]:
     """Each process's recorded steps of a run killed at step 3, up to its last checkpoint (step
     2), and of the run resumed from that checkpoint for 2 epochs."""
@@ -219,14 +204,20 @@ def test_a_killed_run_resumes_mid_epoch_as_if_never_stopped(tmp_path, shards):
     assert sorted(first_epoch) == list(range(150))
 
 
-def test_two_ddp_processes_resume_mid_epoch_each_where_it_was(tmp_path, shards):
-    """Under DDP every process saves its own position (they differ: 64 and 86 samples); the
-    resumed processes read the rest of each epoch exactly once between them."""
+def test_two_ddp_processes_read_each_sample_once_an_epoch_and_resume_each_where_it_was(tmp_path, shards):
+    """150 samples in batches of 32 do not split evenly between 2 processes: litdata gives them
+    64 and 86, and the first ends each epoch with an unlabelled filler batch, so both take 3
+    steps (no hang). Killed at step 3 and resumed from step 2, each process continues from its
+    own position (the first had read all its samples): between them the two runs read every
+    sample exactly once an epoch, in a new order each epoch."""
     killed, resumed = killed_and_resumed(tmp_path, shards, "trainer=ddp_cpu")
     for epoch in (0, 1):
         rows = [r for lines in killed + resumed for line in lines if line["epoch"] == epoch for r in line["rows"]]
         assert sorted(rows) == list(range(150)), (epoch, Counter(rows).most_common(3))
+    assert [line["batch"] for line in killed[0]] == [line["batch"] for line in killed[1]] == [0, 1]
     assert [line["batch"] for line in resumed[0]] == [line["batch"] for line in resumed[1]] == [2, 0, 1, 2]
+    orders = [[r for line in killed[1] + resumed[1] if line["epoch"] == e for r in line["rows"]] for e in (0, 1)]
+    assert orders[0][:10] != orders[1][:10]
 
 
 def test_training_evaluation_and_prediction_on_shards_match_the_source(tmp_path, shards, scenes_cache):
