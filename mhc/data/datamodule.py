@@ -268,18 +268,17 @@ class TaskDataModule(pl.LightningDataModule):
         if split not in self.splits:
             self.setup(split)
         dataset, sampler = self.splits[split], None
-        distributed = dist.is_available() and dist.is_initialized()
-        if shard and not shuffle and split in ("val", "test") and distributed:
+        world, rank = (dist.get_world_size(), dist.get_rank()) if dist.is_available() and dist.is_initialized() else (1, 0)
+        seed = int(os.environ.get("PL_GLOBAL_SEED", 0))  # the run's seed (Lightning's seed_everything)
+        if shard and not shuffle and split in ("val", "test") and world > 1:
             dataset = UnlabelledPadding(dataset)
             sampler = PaddedEvalSampler(dataset)
         if shuffle and self.balance:  # drawn with replacement: each process draws its share with its own generator
-            world, rank = (dist.get_world_size(), dist.get_rank()) if distributed else (1, 0)
-            generator = torch.Generator().manual_seed(int(os.environ.get("PL_GLOBAL_SEED", 0)) * 7919 + rank) if world > 1 else None
+            generator = torch.Generator().manual_seed(seed * 7919 + rank) if world > 1 else None
             sampler = WeightedRandomSampler(self.balancing_weights(dataset).tolist(), math.ceil(len(dataset) / world),
                                             replacement=True, generator=generator)
         elif shuffle:
-            world, rank = (dist.get_world_size(), dist.get_rank()) if distributed else (1, 0)
-            sampler = EpochSampler(len(dataset), seed=int(os.environ.get("PL_GLOBAL_SEED", 0)), world=world, rank=rank)  # type: ignore[arg-type]
+            sampler = EpochSampler(len(dataset), seed=seed, world=world, rank=rank)  # type: ignore[arg-type]
             dataset = UnlabelledPadding(dataset) if world > 1 else dataset
             if split == "train":
                 self.training_sampler = sampler

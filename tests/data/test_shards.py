@@ -4,9 +4,6 @@ sample once an epoch (in one process and across 2 DDP processes), resuming mid-e
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from collections import Counter
 from pathlib import Path
 
@@ -17,6 +14,7 @@ from mhc.api import evaluate, predict, shard, train
 from mhc.data import ScenesDataModule
 from mhc.data.shards import DESCRIPTION, ShardsDataModule, read_description
 from mhc.errors import ConfigError, DataError
+from tests.data.recording import killed_and_resumed, recorded, run_recorded
 
 pytest.importorskip("litdata")
 
@@ -140,67 +138,20 @@ def test_training_images_are_augmented_as_they_are_decoded(shards):
     assert all(torch.equal(plain.splits["val"][i]["image"], augmented.splits["val"][i]["image"]) for i in range(5))
 
 
-class RowRecorder:
-    """A callback (via ``+callbacks``) writing the rows of each labelled training sample per step,
-    and ending the process abruptly after ``kill_after`` steps, as a killed job ends."""
-
-    def __new__(cls, folder: str, kill_after: int = 0):
-        import pytorch_lightning as pl
-
-        class _Recorder(pl.Callback):
-            def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx):
-                labelled = torch.stack([m for m in batch["label_mask"].values()]).any(0)
-                line = {"epoch": trainer.current_epoch, "step": trainer.global_step, "batch": batch_idx,
-                        "rows": batch["row"][labelled].tolist()}
-                with open(Path(folder) / f"rows{trainer.global_rank}.jsonl", "a") as out:
-                    out.write(json.dumps(line) + "\n")
-                if kill_after and trainer.global_step >= kill_after:
-                    os._exit(9)
-
-        return _Recorder()
-
-
-def run_train(folder: Path, shards: Path, *overrides: str) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "mhc.cli.train", "data=shards", f"data.path={shards}", *TINY, "test=false",
-         "+callbacks.rows._target_=tests.data.test_shards.RowRecorder", f"+callbacks.rows.folder={folder}",
-         *overrides, f"hydra.run.dir={folder / 'run'}"],
-        capture_output=True, text=True, timeout=300)
-
-
-def recorded(folder: Path, rank: int) -> list[dict]:
-    return [json.loads(line) for line in (folder / f"rows{rank}.jsonl").read_text().splitlines()]
-
-
-def killed_and_resumed(folder: Path, shards: Path, *overrides: str) -> tuple[list[list[dict]], list[list[dict]]]:
-    """Each process's recorded steps of a run killed at step 3, up to its last checkpoint (step
-    2), and of the run resumed from that checkpoint for 2 epochs."""
-    proc = run_train(folder, shards, *overrides, "trainer.max_epochs=2", "callbacks.last_checkpoint.every_n_train_steps=2",
-                     "+callbacks.rows.kill_after=3")
-    assert proc.returncode == 9, proc.stderr[-3000:]
-    last = folder / "run" / "checkpoints" / "last.ckpt"
-    assert torch.load(last, weights_only=True)["global_step"] == 2
-    ranks = 2 if "trainer=ddp_cpu" in overrides else 1
-    killed = [[line for line in recorded(folder, rank) if line["step"] <= 2] for rank in range(ranks)]
-    for rank in range(ranks):
-        (folder / f"rows{rank}.jsonl").unlink()
-    proc = run_train(folder, shards, *overrides, "trainer.max_epochs=2", f"resume={last}")
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    return killed, [recorded(folder, rank) for rank in range(ranks)]
+def train_on(shards: Path) -> list[str]:
+    return ["data=shards", f"data.path={shards}", "data.batch_size=32"]
 
 
 def test_a_killed_run_resumes_mid_epoch_as_if_never_stopped(tmp_path, shards):
     """Checkpoints every 2 steps save the loader's position; the run is killed at step 3 (step 3
     is lost with it) and resumed from step 2: it reads the samples an uninterrupted run reads,
     in the same order, the rest of the first epoch and all of the second."""
-    killed, resumed = killed_and_resumed(tmp_path / "killed", shards)
-    assert [line["batch"] for line in resumed[0]] == [2, 3, 4, 0, 1, 2, 3, 4]
-    (tmp_path / "straight").mkdir()
-    proc = run_train(tmp_path / "straight", shards, "trainer.max_epochs=2")
+    (killed,), (resumed,) = killed_and_resumed(tmp_path / "killed", *train_on(shards))
+    assert [line["batch"] for line in resumed] == [2, 3, 4, 0, 1, 2, 3, 4]
+    proc = run_recorded(tmp_path / "straight", *train_on(shards), "trainer.max_epochs=2")
     assert proc.returncode == 0, proc.stderr[-3000:]
-    straight = recorded(tmp_path / "straight", 0)
-    assert [line["rows"] for line in killed[0] + resumed[0]] == [line["rows"] for line in straight]
-    first_epoch = [r for line in killed[0] + resumed[0] if line["epoch"] == 0 for r in line["rows"]]
+    assert [line["samples"] for line in killed + resumed] == [line["samples"] for line in recorded(tmp_path / "straight")]
+    first_epoch = [r for line in killed + resumed if line["epoch"] == 0 for r in line["samples"]]
     assert sorted(first_epoch) == list(range(150))
 
 
@@ -210,13 +161,13 @@ def test_two_ddp_processes_read_each_sample_once_an_epoch_and_resume_each_where_
     steps (no hang). Killed at step 3 and resumed from step 2, each process continues from its
     own position (the first had read all its samples): between them the two runs read every
     sample exactly once an epoch, in a new order each epoch."""
-    killed, resumed = killed_and_resumed(tmp_path, shards, "trainer=ddp_cpu")
+    killed, resumed = killed_and_resumed(tmp_path, *train_on(shards), "trainer=ddp_cpu", ranks=2)
     for epoch in (0, 1):
-        rows = [r for lines in killed + resumed for line in lines if line["epoch"] == epoch for r in line["rows"]]
+        rows = [r for lines in killed + resumed for line in lines if line["epoch"] == epoch for r in line["samples"]]
         assert sorted(rows) == list(range(150)), (epoch, Counter(rows).most_common(3))
     assert [line["batch"] for line in killed[0]] == [line["batch"] for line in killed[1]] == [0, 1]
     assert [line["batch"] for line in resumed[0]] == [line["batch"] for line in resumed[1]] == [2, 0, 1, 2]
-    orders = [[r for line in killed[1] + resumed[1] if line["epoch"] == e for r in line["rows"]] for e in (0, 1)]
+    orders = [[r for line in killed[1] + resumed[1] if line["epoch"] == e for r in line["samples"]] for e in (0, 1)]
     assert orders[0][:10] != orders[1][:10]
 
 
