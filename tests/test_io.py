@@ -56,6 +56,30 @@ def test_damaged_checkpoint_is_one_clear_error(tiny_net, tmp_path, damage):
         read_checkpoint(path)
 
 
+@pytest.mark.parametrize("content, expected", [
+    (b"", "is empty (0 bytes)"),
+    (b"hello\n", "is truncated or not a checkpoint (KeyError"),
+    (b"\x80", "is truncated or not a checkpoint"),
+    (b"PK\x03\x04" + bytes(40), "is truncated or not a checkpoint"),
+])
+def test_a_file_that_is_no_checkpoint_is_one_line_from_every_reader(tmp_path, content, expected):
+    """An empty or text file given as a checkpoint: one line naming it, from mhc.load and the
+    commands alike (before: IndexError inside the error handler, or KeyError: 101)."""
+    path = tmp_path / "m.ckpt"
+    path.write_bytes(content)
+    for read in (read_checkpoint, mhc.load):
+        with pytest.raises(CheckpointError) as err:
+            read(path)
+        assert expected in str(err.value) and str(path) in str(err.value) and "\n" not in str(err.value)
+
+
+def test_a_checkpoint_whose_description_is_not_a_mapping_is_refused(tmp_path):
+    path = tmp_path / "m.ckpt"
+    torch.save({"mhc": ["net"], "state_dict": {}}, path)
+    with pytest.raises(CheckpointError, match="is not an mhc checkpoint"):
+        read_checkpoint(path)
+
+
 def test_truncated_safetensors_is_one_clear_error(tiny_net, tmp_path):
     folder = save_export(tiny_net, tmp_path / "export")
     weights = folder / "model.safetensors"
