@@ -26,9 +26,8 @@ import numpy as np
 import torch
 
 from mhc.data.generated import generate_split, scene_tasks
-from mhc.data.shards import DESCRIPTION, FORMAT, VERSION, encode_image
+from mhc.data.shards import DESCRIPTION, describe, encode_image
 from mhc.processing.processors import ImageProcessor
-from mhc.tasks import tasks_to_dicts
 
 TASKS = ("shape", "tone")
 POOL = 1000
@@ -51,9 +50,7 @@ def write(folder: Path, size: int) -> float:
                               "labels": {t.name: int(rng.integers(t.num_classes)) for t in tasks}})
     writer.done()
     writer.merge()
-    description = {"format": FORMAT, "version": VERSION, "tasks": tasks_to_dicts(tasks),
-                   "processor": ImageProcessor(size=[32, 32]).to_dict(), "image_format": "png",
-                   "splits": {"train": {"samples": size}}}
+    description = describe(tasks, ImageProcessor(size=[32, 32]), "png", {"train": size})
     (folder / DESCRIPTION).write_text(json.dumps(description))
     return time.perf_counter() - start
 

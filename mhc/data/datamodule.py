@@ -19,7 +19,7 @@ from torch.utils.data.distributed import DistributedSampler
 from mhc.data import generated
 from mhc.data.augment import Augmentation, AugmentedDataset
 from mhc.data.balance import balancing_weights, encoded_labels
-from mhc.data.labels import ArrayDataset, GatheredBatches, collate
+from mhc.data.labels import ArrayDataset, GatheredBatches, collate, unlabelled
 from mhc.errors import ConfigError
 from mhc.processing.processors import TEXT, ImageProcessor, Processor
 from mhc.tasks import TaskSpec
@@ -62,6 +62,18 @@ def auto_workers(cores: int | None = None, processes: int | None = None) -> int:
     return 0 if share <= 2 else min(8, share - 1)
 
 
+def processes() -> tuple[int, int]:
+    """(the number of DDP processes, this one's rank): ``(1, 0)`` outside DDP."""
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_world_size(), dist.get_rank()
+    return 1, 0
+
+
+def trained_batches(trainer: Any) -> int:
+    """The batches of the current epoch that ``trainer`` has trained (where a resumed run goes on)."""
+    return int(trainer.fit_loop.epoch_loop.batch_progress.current.processed)
+
+
 def check_image_size(value: Any) -> list[int]:
     """``[height, width]`` of positive integers, else a :class:`ConfigError` naming ``data.image_size``."""
     size = list(value) if isinstance(value, Sequence) and not isinstance(value, str) else []
@@ -85,8 +97,7 @@ class UnlabelledPadding(Dataset):
     def __getitem__(self, index: int) -> dict[str, Any]:
         if index < len(self):
             return self.dataset[index]
-        sample = self.dataset[(index - len(self)) % len(self)]
-        return {**sample, "label_mask": {name: torch.zeros_like(m) for name, m in sample["label_mask"].items()}}
+        return unlabelled(self.dataset[(index - len(self)) % len(self)])
 
     def gather_padded(self, indices: Sequence[int]) -> dict[str, Any]:
         """The samples at ``indices`` in one gather of the dataset's, filler included."""
@@ -268,7 +279,7 @@ class TaskDataModule(pl.LightningDataModule):
         if split not in self.splits:
             self.setup(split)
         dataset, sampler = self.splits[split], None
-        world, rank = (dist.get_world_size(), dist.get_rank()) if dist.is_available() and dist.is_initialized() else (1, 0)
+        world, rank = processes()
         seed = int(os.environ.get("PL_GLOBAL_SEED", 0))  # the run's seed (Lightning's seed_everything)
         if shard and not shuffle and split in ("val", "test") and world > 1:
             dataset = UnlabelledPadding(dataset)
@@ -306,7 +317,7 @@ class TaskDataModule(pl.LightningDataModule):
         trainer = self.trainer
         if self.training_sampler is None or trainer is None:
             return {}
-        return {"epoch": int(trainer.current_epoch), "trained_batches": int(trainer.fit_loop.epoch_loop.batch_progress.current.processed)}
+        return {"epoch": int(trainer.current_epoch), "trained_batches": trained_batches(trainer)}
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         if "trained_batches" in state:

@@ -33,15 +33,15 @@ import dataclasses
 import io
 import logging
 import math
+from contextlib import contextmanager
 from functools import cached_property
 from pathlib import Path
 from typing import Any, Iterator, Mapping, Sequence
 
 import torch
-import torch.distributed as dist
 
-from mhc.data.datamodule import check_count
-from mhc.data.labels import collate, sample_of
+from mhc.data.datamodule import check_count, processes
+from mhc.data.labels import collate, sample_of, unlabelled
 from mhc.data.manifest import (
     ALLOWED_SUFFIX,
     IMAGE_COLUMN,
@@ -71,6 +71,31 @@ def require_datasets() -> Any:
     return datasets
 
 
+SAVED_FILES = ("dataset_dict.json", "dataset_info.json", "state.json")  # a save_to_disk folder holds one
+
+
+@contextmanager
+def reading(where: str, doing: str) -> Iterator[None]:
+    """Any failure inside as one :class:`DataError` naming the dataset and split (a split the
+    dataset lacks: :class:`MissingSplit`)."""
+    try:
+        yield
+    except DataError:
+        raise
+    except Exception as err:  # noqa: BLE001 - datasets raises many kinds (DatasetNotFoundError, ValueError, OSError, ...)
+        detail = " ".join(str(err).split())[:300]
+        kind = MissingSplit if "Unknown split" in str(err) or "Bad split" in str(err) else DataError
+        raise kind(f"{where}: could not {doing} the split ({type(err).__name__}: {detail})") from None
+
+
+def file_builder(local: Path, where: str) -> str:
+    """The ``load_dataset`` builder of one data file (``parquet``, ``csv``, ``json``, ``arrow``)."""
+    builder = DATA_FILES.get(local.suffix.lower())
+    if builder is None:
+        raise DataError(f"{where}: cannot read a '{local.suffix}' file; expected one of {sorted(DATA_FILES)}")
+    return builder
+
+
 def load_split(path: str, split: str, name: str | None = None, revision: str | None = None) -> Any:
     """One split of a dataset as a ``datasets.Dataset``: a ``save_to_disk`` folder, a data file,
     or anything ``load_dataset`` reads (a hub name, a folder of data files, an image folder). A
@@ -78,8 +103,8 @@ def load_split(path: str, split: str, name: str | None = None, revision: str | N
     datasets = require_datasets()
     where = f"{path}[{split}]"
     local = Path(path).expanduser()
-    try:
-        if local.is_dir() and any((local / f).is_file() for f in ("dataset_dict.json", "dataset_info.json", "state.json")):
+    with reading(where, "load"):
+        if local.is_dir() and any((local / f).is_file() for f in SAVED_FILES):
             loaded = datasets.load_from_disk(str(local))
             if isinstance(loaded, datasets.DatasetDict):
                 if split not in loaded:
@@ -89,17 +114,8 @@ def load_split(path: str, split: str, name: str | None = None, revision: str | N
                 raise MissingSplit(f"{where}: '{path}' holds one dataset without splits; use it as data.train_split=train only")
             return loaded
         if local.is_file():
-            builder = DATA_FILES.get(local.suffix.lower())
-            if builder is None:
-                raise DataError(f"{where}: cannot read a '{local.suffix}' file; expected one of {sorted(DATA_FILES)}")
-            return datasets.load_dataset(builder, data_files={split: str(local)}, split=split)
+            return datasets.load_dataset(file_builder(local, where), data_files={split: str(local)}, split=split)
         return datasets.load_dataset(path, name, split=split, revision=revision)
-    except DataError:
-        raise
-    except Exception as err:  # noqa: BLE001 - datasets raises many kinds (DatasetNotFoundError, ValueError, OSError, ...)
-        detail = " ".join(str(err).split())[:300]
-        kind = MissingSplit if "Unknown split" in str(err) or "Bad split" in str(err) else DataError
-        raise kind(f"{where}: could not load the split ({type(err).__name__}: {detail})") from None
 
 
 def load_stream(path: str, split: str, name: str | None = None, revision: str | None = None) -> tuple[Any, int | None]:
@@ -108,23 +124,14 @@ def load_stream(path: str, split: str, name: str | None = None, revision: str | 
     datasets = require_datasets()
     where = f"{path}[{split}]"
     local = Path(path).expanduser()
-    try:
-        if local.is_dir() and any((local / f).is_file() for f in ("dataset_dict.json", "dataset_info.json", "state.json")):
-            data = load_split(path, split, name, revision)
-            return data.to_iterable_dataset(num_shards=max(1, min(64, len(data) // 1000))), len(data)
+    if local.is_dir() and any((local / f).is_file() for f in SAVED_FILES):
+        data = load_split(path, split, name, revision)
+        return data.to_iterable_dataset(num_shards=max(1, min(64, len(data) // 1000))), len(data)
+    with reading(where, "stream"):
         if local.is_file():
-            builder = DATA_FILES.get(local.suffix.lower())
-            if builder is None:
-                raise DataError(f"{where}: cannot read a '{local.suffix}' file; expected one of {sorted(DATA_FILES)}")
-            stream = datasets.load_dataset(builder, data_files={split: str(local)}, split=split, streaming=True)
+            stream = datasets.load_dataset(file_builder(local, where), data_files={split: str(local)}, split=split, streaming=True)
         else:
             stream = datasets.load_dataset(path, name, split=split, revision=revision, streaming=True)
-    except DataError:
-        raise
-    except Exception as err:  # noqa: BLE001 - datasets raises many kinds
-        detail = " ".join(str(err).split())[:300]
-        kind = MissingSplit if "Unknown split" in str(err) or "Bad split" in str(err) else DataError
-        raise kind(f"{where}: could not stream the split ({type(err).__name__}: {detail})") from None
     splits = getattr(stream.info, "splits", None) or {}
     known = splits.get(split) if hasattr(splits, "get") else None
     return stream, (int(known.num_examples) if known is not None and known.num_examples else None)
@@ -215,36 +222,39 @@ class StreamedSplit(torch.utils.data.IterableDataset):
     def __len__(self) -> int:
         if self.rows is None:
             raise TypeError("the stream's length is unknown")
-        world = dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+        world, _ = processes()
         return math.ceil(self.rows / world)
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
         from datasets.distributed import split_dataset_by_node
 
-        stream, world, rank = self.stream, 1, 0
+        stream, (world, rank) = self.stream, processes()
         if self.shuffle:
             stream = stream.shuffle(seed=self.module.seed, buffer_size=self.module.shuffle_buffer)
             stream.set_epoch(self.epoch)
             self.epoch += 1
-        if dist.is_available() and dist.is_initialized():
-            world, rank = dist.get_world_size(), dist.get_rank()
+        if world > 1:
             stream = split_dataset_by_node(stream, rank=rank, world_size=world, strategy="examples")  # every world-th row
-        given, rows, first = 0, [], 0
-        last = None
-        for row in stream:
-            rows.append(row)
-            if len(rows) == self.block:
-                for last in self.samples(rows, first * world + rank):
-                    given += 1
-                    yield last
-                first, rows = first + len(rows), []
-        if rows:
+        given, last = 0, None
+        for first, rows in self.blocks(stream):
             for last in self.samples(rows, first * world + rank):
                 given += 1
                 yield last
         if self.rows is not None and world > 1 and last is not None:
             for _ in range(math.ceil(self.rows / world) - given):  # filler: the same number of batches everywhere
-                yield {**last, "label_mask": {name: torch.zeros_like(m) for name, m in last["label_mask"].items()}}
+                yield unlabelled(last)
+
+    def blocks(self, stream: Any) -> Iterator[tuple[int, list[dict[str, Any]]]]:
+        """(the index of its first row in this process's stream, a block of up to ``block`` rows)."""
+        rows: list[dict[str, Any]] = []
+        first = 0
+        for row in stream:
+            rows.append(row)
+            if len(rows) == self.block:
+                yield first, rows
+                first, rows = first + len(rows), []
+        if rows:
+            yield first, rows
 
     def samples(self, rows: list[dict[str, Any]], first_row: int) -> Iterator[dict[str, Any]]:
         data = require_datasets().Dataset.from_list(rows, features=self.stream.features)

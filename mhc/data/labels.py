@@ -117,6 +117,11 @@ def sample_of(batch: Mapping[str, Any], row: int = 0) -> dict[str, Any]:
     return {key: sample_of(value, row) if isinstance(value, Mapping) else value[row] for key, value in batch.items()}
 
 
+def unlabelled(sample: Mapping[str, Any]) -> dict[str, Any]:
+    """A sample (or batch) with every label masked: filler that adds nothing to losses or metrics."""
+    return {**sample, "label_mask": {name: torch.zeros_like(m) for name, m in sample["label_mask"].items()}}
+
+
 def batch_of(sample: Mapping[str, Any]) -> dict[str, Any]:
     """``sample`` as a batch of one (the inverse of :func:`sample_of`)."""
     return {key: batch_of(value) if isinstance(value, Mapping) else value.unsqueeze(0) for key, value in sample.items()}

@@ -20,11 +20,10 @@ import math
 from typing import Any, Iterator, Mapping, Sequence
 
 import torch
-import torch.distributed as dist
 from torch.utils.data import ConcatDataset, DataLoader, Dataset, Sampler
 
 from mhc.data.augment import Augmentation
-from mhc.data.datamodule import TaskDataModule
+from mhc.data.datamodule import TaskDataModule, processes
 from mhc.errors import ConfigError
 from mhc.processing.processors import Processor
 from mhc.tasks import TaskSpec
@@ -113,7 +112,7 @@ class SourceBatchSampler(Sampler[list[int]]):
 
     def __iter__(self) -> Iterator[list[int]]:
         batches = self._all_batches()
-        world, rank = (dist.get_world_size(), dist.get_rank()) if dist.is_available() and dist.is_initialized() else (1, 0)
+        world, rank = processes()
         if world > 1:  # each process its share; training shares are equal in length
             if self.shuffle and len(batches) >= world:
                 batches = batches[: len(batches) - len(batches) % world]

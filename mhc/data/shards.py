@@ -46,8 +46,8 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, IterableDataset
 
 from mhc.data.augment import Augmentation
-from mhc.data.datamodule import SPLITS, TaskDataModule, check_count, check_image_size
-from mhc.data.labels import collate
+from mhc.data.datamodule import SPLITS, TaskDataModule, check_count, check_image_size, processes, trained_batches
+from mhc.data.labels import collate, unlabelled
 from mhc.data.manifest import _plain
 from mhc.errors import CheckpointError, ConfigError, DataError
 from mhc.processing.processors import ImageProcessor, Processor, TextProcessor, processor_from_dict
@@ -181,6 +181,15 @@ def write_items(writer: Any, blocks: Iterable[list[dict[str, Any]]]) -> int:
     return index
 
 
+def describe(tasks: Sequence[TaskSpec], processor: Processor, image_format: str, counts: Mapping[str, int]) -> dict[str, Any]:
+    """The description ``mhc_shards.json`` holds (what :func:`read_description` checks)."""
+    return {
+        "format": FORMAT, "version": VERSION, "tasks": tasks_to_dicts(tasks), "processor": processor.to_dict(),
+        "image_format": None if isinstance(processor, TextProcessor) else image_format,
+        "splits": {split: {"samples": count} for split, count in counts.items()},
+    }
+
+
 def write_shards(
     datamodule: TaskDataModule,
     output: str | Path,
@@ -227,11 +236,7 @@ def write_shards(
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
-    description = {
-        "format": FORMAT, "version": VERSION, "tasks": tasks_to_dicts(tasks), "processor": processor.to_dict(),
-        "image_format": None if isinstance(processor, TextProcessor) else image_format,
-        "splits": {split: {"samples": count} for split, count in counts.items()},
-    }
+    description = describe(tasks, processor, image_format, counts)
     (staging / DESCRIPTION).write_text(json.dumps(description, indent=2))
     if root.exists():
         shutil.rmtree(root)
@@ -348,17 +353,11 @@ class SampleDecoder:
         return sample
 
 
-def filler(batch: Mapping[str, Any]) -> dict[str, Any]:
-    """``batch`` with every label masked: a batch that adds nothing to losses or metrics."""
-    masks = {name: torch.zeros_like(m) for name, m in batch["label_mask"].items()}
-    return {**batch, "label_mask": masks}
-
-
 class EvenBatches:
     """A litdata ``StreamingDataLoader`` whose epochs have the same number of batches in every
     DDP process: litdata gives each process its own samples (all of them once an epoch, with
     ``drop_last=False``) but not always the same number of them; a process that runs out first
-    ends its epoch with :func:`filler` batches.
+    ends its epoch with unlabelled filler batches.
 
     Its :meth:`position` after a number of batches (the loader's state after them) restores it
     there (:meth:`restore`), so a run resumes mid-epoch. Lightning's loop fetches a batch ahead
@@ -399,7 +398,7 @@ class EvenBatches:
             last = collate([self.loader.dataset[0]])
         while self.given < self.batches:
             self.given += 1
-            yield filler(last)
+            yield unlabelled(last)
         self.running = False
 
     def position(self, trained: int) -> dict[str, Any]:
@@ -569,10 +568,11 @@ class ShardsDataModule(TaskDataModule):
         loader, trainer = self.training_loader, self.trainer
         if loader is None or trainer is None:
             return {}
-        position = loader.position(int(trainer.fit_loop.epoch_loop.batch_progress.current.processed))
+        position = loader.position(trained_batches(trainer))
         positions = [position]
-        if dist.is_available() and dist.is_initialized():
-            positions = [None] * dist.get_world_size()
+        world, _ = processes()
+        if world > 1:
+            positions = [None] * world
             dist.all_gather_object(positions, position)  # every process saves, rank 0 writes
         return {"training_positions": positions}
 
@@ -580,8 +580,7 @@ class ShardsDataModule(TaskDataModule):
         positions = state.get("training_positions") or []
         if not positions:
             return
-        world = dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
-        rank = dist.get_rank() if world > 1 else 0
+        world, rank = processes()
         position = positions[rank] if len(positions) == world else {**positions[0], "loader": None}
         if len(positions) != world and positions[0].get("loader") is not None:
             log.warning(f"the checkpoint was saved by {len(positions)} processes and {world} resume it: "
