@@ -13,14 +13,12 @@ import os
 import socket
 import types
 import typing
-from pathlib import Path
 from typing import Any, Mapping
 from urllib.parse import urlparse
 
 import hydra
 import torch
 from hydra.core.hydra_config import HydraConfig
-from hydra.types import RunMode
 from omegaconf import DictConfig, MissingMandatoryValue, OmegaConf
 
 from mhc.config import config_dir
@@ -203,26 +201,6 @@ def wandb_online_problem(timeout: float = 3.0) -> str | None:
     except OSError:
         return f"wandb server {url.scheme}://{url.hostname}:{port} is out of reach"
     return None
-
-
-def resolve_resume(resume: str | None, output_root: Path) -> str | None:
-    """A checkpoint path from ``resume``: a file, a run directory, or ``auto`` (newest run)."""
-    if not resume:
-        return None
-    if resume == "auto":
-        if HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN:
-            raise ConfigError("resume=auto is ambiguous in a multirun (jobs share one sweep folder); give each job its checkpoint path")
-        candidates = sorted(output_root.glob("*/checkpoints/last.ckpt"), key=lambda p: p.stat().st_mtime)
-        if not candidates:
-            log.warning(f"resume=auto found no last.ckpt under {output_root}; starting afresh")
-            return None
-        return str(candidates[-1])
-    path = Path(resume)
-    if path.is_dir():
-        path = path / "checkpoints" / "last.ckpt"
-    if not path.is_file():
-        raise ConfigError(f"resume: no checkpoint at '{path}'")
-    return str(path)
 
 
 def build_module(cfg: DictConfig, datamodule: Any) -> MultiHeadModule:

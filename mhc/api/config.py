@@ -20,12 +20,16 @@ from omegaconf import DictConfig, OmegaConf
 from mhc.config import CONFIG_MODULE, check_top_level, register_configs
 from mhc.training.precision import default_precision
 
+RUN_ID = uuid.uuid4().hex[:6]  # this process's: two commands started in the same second get their own folders
+
 
 def register_resolvers() -> None:
     """The ``mhc.*`` resolvers the packaged configs use, and the schema they are merged onto."""
     register_configs()
     if not OmegaConf.has_resolver("mhc.precision"):
         OmegaConf.register_new_resolver("mhc.precision", default_precision)
+    if not OmegaConf.has_resolver("mhc.run_id"):
+        OmegaConf.register_new_resolver("mhc.run_id", lambda: RUN_ID)
 
 
 def new_output_dir(command: str, root: str | Path = "outputs") -> Path:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -20,10 +21,18 @@ from mhc.api.build import (
     build_optimizer,
     build_trainer,
     instantiate,
-    resolve_resume,
 )
 from mhc.api.calibrate import calibrate_module, save_report
 from mhc.api.config import ConfigLike, as_config
+from mhc.api.resume import (
+    check_compatible,
+    check_new_folder,
+    checkpoint_folder,
+    continued_options,
+    read_resumed,
+    remove_temporaries,
+    resolve_resume,
+)
 from mhc.io import read_checkpoint, save_backbone, update_checkpoint
 from mhc.training.pretraining import PretrainModule
 from mhc.training.selection import HeadSelection, swap_in_best_heads
@@ -67,17 +76,13 @@ def train(config: ConfigLike = None, *, output_dir: str | Path | None = None,
     module = build_module(cfg, datamodule)
     run_dir = Path(cfg.paths.output_dir)
     ckpt_path = resolve_resume(cfg.resume, run_dir.parent)
-    if ckpt_path:
-        read_checkpoint(ckpt_path)  # one clear error for a missing, damaged or unsafe file
-        log.info(f"resuming from {ckpt_path}")
     loggers = build_loggers(cfg)
     callbacks = build_callbacks(cfg, has_logger=bool(loggers))
-    if ckpt_path:  # keep best/last with the run being continued, so "best" spans the whole run
-        for callback in callbacks:
-            if isinstance(callback, ModelCheckpoint):
-                callback.dirpath = str(Path(ckpt_path).parent)
+    continue_checkpoints(module, callbacks, ckpt_path)
     trainer = build_trainer(cfg, module, datamodule, loggers, callbacks)
-    trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
+    with warnings.catch_warnings():  # a copied checkpoint is continued in this run's folder on purpose
+        warnings.filterwarnings("ignore", message="The dirpath has changed")
+        trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
 
     best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
     test = bool(cfg.test) and datamodule.has_split("test")
@@ -106,6 +111,28 @@ def train(config: ConfigLike = None, *, output_dir: str | Path | None = None,
     return TrainResult(output_dir=run_dir, metrics=metrics, best_checkpoint=Path(best) if best else None,
                        last_checkpoint=Path(best).with_name("last.ckpt") if best else None, log_dirs=log_dirs,
                        calibration=calibration, head_selection=head_report)
+
+
+def continue_checkpoints(module: Any, callbacks: list[Any], ckpt_path: str | None) -> None:
+    """Point the checkpoint callbacks at the folder they write to (the resumed run's, when its
+    checkpoint still lies there: :mod:`mhc.api.resume`), after checking that the resumed
+    checkpoint fits ``module``, that the folder holds no other run's checkpoints, and removing
+    what an interrupted write left there."""
+    savers = [c for c in callbacks if isinstance(c, ModelCheckpoint) and c.dirpath]
+    continued = None
+    if ckpt_path:
+        checkpoint = read_resumed(ckpt_path)
+        check_compatible(checkpoint, ckpt_path, module.net.config(),
+                         {k: tuple(v.shape) for k, v in module.state_dict().items()})
+        module.run_config = continued_options(checkpoint, module.run_config)
+        log.info(f"resuming from {ckpt_path}")
+        if savers:
+            continued = checkpoint_folder(checkpoint, ckpt_path, savers[0].dirpath)
+    for saver in savers:
+        folder = continued or Path(saver.dirpath)
+        check_new_folder(folder, continued)
+        saver.dirpath = str(folder)
+        remove_temporaries(folder)
 
 
 def select_heads(module: Any, datamodule: Any, trainer: pl.Trainer, best: str, selection: HeadSelection,

@@ -19,7 +19,11 @@ network saves it, so evaluation and prediction encode with the checkpoint's toke
 
 Cells:
 
-* an empty cell means the label is missing (the task becomes masked, see below);
+* an empty cell means the label is missing (the task becomes masked, see below), and so does
+  a label cell that is one of ``missing_cells`` (by default the words spreadsheets and
+  pandas write for a missing value: ``NaN``, ``NA``, ``N/A``, ``null``, ``None``, ...;
+  ``data.missing_cells=[]`` reads them as class names);
+* a label cell never holds a control character (a tab, a line break, ``\x00``, ...);
 * a multiclass or binary cell is a class name;
 * a multilabel cell is ``|``-separated class names; ``-`` or ``none`` is the empty set
   (both are reserved words in multilabel cells, never class names);
@@ -48,6 +52,7 @@ import io
 import logging
 import math
 import os
+import unicodedata
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from functools import cached_property
@@ -79,6 +84,8 @@ INPUT_COLUMNS = (IMAGE_COLUMN, TEXT_COLUMN)  # a manifest has exactly one of the
 ALLOWED_SUFFIX = "__allowed"
 SEPARATOR = "|"
 EMPTY_SET = frozenset({"-", "none"})
+# Label cells read as missing by default: what spreadsheets, pandas and R write for a missing value.
+MISSING_CELLS = ("NaN", "nan", "-NaN", "NA", "<NA>", "N/A", "n/a", "#N/A", "NULL", "null", "None")
 PARQUET_SUFFIXES = frozenset({".parquet", ".pq"})
 # Value pairs read as a binary task, each as (negative, positive), compared case-insensitively.
 BOOLEAN_PAIRS: tuple[tuple[str, str], ...] = (
@@ -208,6 +215,28 @@ def _cell_text(value: Any) -> str:
     return str(value).strip()
 
 
+def label_cells(manifest: Manifest, missing: Sequence[str] = MISSING_CELLS) -> Manifest:
+    """``manifest`` with its label cells that are one of ``missing`` made empty (missing labels,
+    counted in an INFO message); a label cell holding a control character is a :class:`DataError`."""
+    missing = frozenset(missing)
+    columns, found = dict(manifest.columns), {}
+    for column, cells in manifest.columns.items():
+        if column in INPUT_COLUMNS:
+            continue
+        for row, cell in enumerate(cells):
+            if any(unicodedata.category(c) == "Cc" for c in cell):
+                raise DataError(f"{manifest.where(row, column)}: the cell {cell!r} holds a control character; "
+                                "labels are printable text")
+        if missing & set(cells):
+            columns[column] = ["" if cell in missing else cell for cell in cells]
+            found[column] = sorted({cell for cell in cells if cell in missing})
+    for column, words in found.items():
+        count = sum(cell in missing for cell in manifest.columns[column])
+        log.info(f"{manifest.source}: {count} cell(s) of column '{column}' read as missing labels ({', '.join(words)}); "
+                 "data.missing_cells lists the words read so")
+    return replace(manifest, columns=columns) if found else manifest
+
+
 def split_set(cell: str) -> list[str]:
     """The class names of a ``|``-separated cell (empty parts dropped)."""
     return [part.strip() for part in cell.split(SEPARATOR) if part.strip()]
@@ -298,11 +327,15 @@ def _boolean_order(values: set[str]) -> list[str] | None:
 
 
 def _sorted_classes(names: set[str]) -> list[str]:
-    """Sorted names; numerically when every name is a number, so ``2`` comes before ``10``."""
+    """Sorted names; numerically when every name is a finite number, so ``2`` comes before ``10``
+    (a total order: the same classes in the same order in every process)."""
     try:
-        return sorted(names, key=float)
+        numbers = {name: float(name) for name in names}
     except ValueError:
         return sorted(names)
+    if not all(math.isfinite(number) for number in numbers.values()):
+        return sorted(names)
+    return sorted(names, key=lambda name: (numbers[name], name))
 
 
 # -- encoding --------------------------------------------------------------------------------
@@ -553,6 +586,8 @@ class ManifestDataModule(TaskDataModule):
         tokenizer: text manifests: ``char`` or ``wordpiece`` (fitted on the training split's
             texts) or ``byte``.
         max_length: text manifests: tokens per text (longer texts are cut).
+        missing_cells: label cells read as missing labels besides the empty cell
+            (:data:`MISSING_CELLS` by default; ``()``: every word is a class name).
         min_count, max_size: ``char`` and ``wordpiece`` tokenizers: keep characters (subwords)
             seen at least ``min_count`` times in training, at most ``max_size`` ids in all
             (reserved ids included).
@@ -580,6 +615,7 @@ class ManifestDataModule(TaskDataModule):
         max_size: int | None = None,
         cache: str = "auto",
         ignore_columns: Sequence[str] = (),
+        missing_cells: Sequence[str] = MISSING_CELLS,
         **loader: Any,
     ) -> None:
         super().__init__(**loader)
@@ -591,6 +627,9 @@ class ManifestDataModule(TaskDataModule):
         self.ignore_columns = [str(c) for c in _plain(ignore_columns) or ()]
         if set(self.ignore_columns) & set(INPUT_COLUMNS):
             raise ConfigError(f"data.ignore_columns may not name an input column {list(INPUT_COLUMNS)}; got {self.ignore_columns}")
+        self.missing_cells = [str(c) for c in _plain(missing_cells) or ()]
+        if "" in self.missing_cells:
+            raise ConfigError("data.missing_cells: an empty cell is always a missing label; list only words, e.g. [NaN, NA]")
         declared = _plain(tasks) or {}
         if not isinstance(declared, Mapping) or not all(isinstance(o, Mapping) or o is None for o in declared.values()):
             raise ConfigError(f"data.tasks must map task names to options, e.g. {{tags: {{kind: multilabel}}}}; got {declared!r}")
@@ -626,10 +665,11 @@ class ManifestDataModule(TaskDataModule):
         return self.without_ignored(manifest)
 
     def without_ignored(self, manifest: Manifest) -> Manifest:
-        """``manifest`` without the columns of ``ignore_columns`` (e.g. an output mask left out)."""
-        if not self.ignore_columns:
-            return manifest
-        return replace(manifest, columns={k: v for k, v in manifest.columns.items() if k not in self.ignore_columns})
+        """``manifest`` without the columns of ``ignore_columns`` (e.g. an output mask left out),
+        its ``missing_cells`` read as missing labels."""
+        if self.ignore_columns:
+            manifest = replace(manifest, columns={k: v for k, v in manifest.columns.items() if k not in self.ignore_columns})
+        return label_cells(manifest, self.missing_cells)
 
     def _path(self, split: str) -> str | Path:
         path = self.files.get(split)

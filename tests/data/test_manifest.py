@@ -81,6 +81,31 @@ def test_boolean_pairs_are_binary_negative_first(folder: Path, values: list[str]
     assert (task.kind, task.classes) == ("binary", classes)
 
 
+def test_missing_value_words_are_missing_labels_not_classes(folder: Path) -> None:
+    text = "image,flag,kind\nimg/0.png,0,a\nimg/1.png,NaN,NA\nimg/2.png,1,b\nimg/3.png,null,None\n"
+    train = write(folder, "train.csv", text)
+    flag, kind = data_module(train).task_specs()
+    assert (flag.kind, flag.classes, flag.masked) == ("binary", ["0", "1"], True)
+    assert (kind.kind, kind.classes, kind.masked) == ("multiclass", ["a", "b"], True)
+    dm = data_module(train)
+    dm.setup("fit")
+    missing, labelled = dm.splits["train"][1], dm.splits["train"][2]
+    assert missing["label_mask"]["flag"].item() is False and missing["label_mask"]["kind"].item() is False
+    assert labelled["targets"]["flag"].item() == 1.0 and labelled["targets"]["kind"].item() == 1
+
+    flag, kind = data_module(train, missing_cells=[]).task_specs()  # every word a class name
+    assert flag.classes == ["0", "1", "NaN", "null"] and kind.classes == ["NA", "None", "a", "b"]
+
+
+@pytest.mark.parametrize("order", [["10", "nan", "2", "1"], ["nan", "1", "2", "10"], ["2", "10", "1", "nan"]])
+def test_class_order_is_total_whatever_the_cells_order(folder: Path, order: list[str]) -> None:
+    rows = "".join(f"img/{i}.png,{value}\n" for i, value in enumerate(order))
+    (task,) = data_module(write(folder, "train.csv", "image,count\n" + rows), missing_cells=[]).task_specs()
+    assert task.classes == ["1", "10", "2", "nan"]  # not all finite numbers: sorted as text
+    (task,) = data_module(write(folder, "train.csv", "image,count\n" + rows)).task_specs()
+    assert task.classes == ["1", "2", "10"]  # nan read as missing: numerically
+
+
 def test_declarations_override_inference(train: Path) -> None:
     declared = {
         "tags": {"classes": ["x", "y", "z", "w"], "loss": "focal"},
@@ -249,6 +274,10 @@ BAD_DATA = {
     "empty split file": ({"val": ""}, ["val.csv", "empty"]),
     "task without labels": ({"train": "image,shape,flag\nimg/0.png,a,\nimg/1.png,b,\n"}, ["train.csv", "column 'flag' has no labels"]),
     "single class": ({"train": "image,shape\nimg/0.png,a\nimg/1.png,a\n"}, ["train.csv", "column 'shape'", "data.tasks.shape.classes"]),
+    "control character in a label": (
+        {"val": f"{VAL_HEADER}\nimg/0.png,circle,yes,x,2\nimg/1.png,square\x07,no,y,2\n"},
+        ["val.csv: row 2, column 'shape': the cell 'square\\x07' holds a control character; labels are printable text"],
+    ),
 }
 
 
