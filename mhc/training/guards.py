@@ -11,16 +11,24 @@
   step; the checkpoints already written stay as they are. ``skip`` also undoes what the forward
   pass did to buffers (batch-norm statistics), counts the batch, and goes on. Without this
   callback the module stops.
+
+  A finite loss can hide a diverged model (batch-norm statistics gone infinite, weights that
+  overflowed), so the callback also checks the gradients, weights and buffers at every logged
+  step (``trainer.log_every_n_steps``: one pass over the tensors, one device sync) and the
+  state of every checkpoint before it is written: a non-finite value stops the run with one
+  message naming the tensor, whatever the policy, and a checkpoint is never written from it.
 """
 
 from __future__ import annotations
 
 import random
-from typing import Any
+from pathlib import Path
+from typing import Any, Iterable
 
 import numpy as np
 import pytorch_lightning as pl
 import torch
+from torch import Tensor
 
 from mhc.errors import ConfigError, NonFiniteLossError
 
@@ -69,12 +77,52 @@ class NonFiniteLoss(pl.Callback):
                            batch_idx: int) -> None:
         error: NonFiniteLossError | None = pl_module.nonfinite
         if error is None:
+            if due(trainer):
+                self.check(trainer, pl_module.named_parameters(), "weight")
+                self.check(trainer, pl_module.named_buffers(), "buffer")
             return
         pl_module.nonfinite = None
         if self.policy == "stop":
-            folder = getattr(trainer.checkpoint_callback, "dirpath", None)
-            kept = f"; the checkpoints in {folder} are kept" if folder else ""
-            raise NonFiniteLossError(f"training stopped: {error}{kept} (nonfinite_loss=skip skips such batches)")
+            raise NonFiniteLossError(f"training stopped: {error}; {kept(trainer)} (nonfinite_loss=skip skips such batches)")
         pl_module.net.load_state_dict(self.buffers or {}, strict=False)
         pl_module.skipped_steps += 1
         pl_module.log("train/skipped_steps", float(pl_module.skipped_steps), on_step=True, on_epoch=False)
+
+    def on_before_optimizer_step(self, trainer: pl.Trainer, pl_module: pl.LightningModule, optimizer: Any) -> None:
+        if due(trainer):
+            self.check(trainer, ((name, p.grad) for name, p in pl_module.named_parameters()), "gradient")
+
+    def on_save_checkpoint(self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict[str, Any]) -> None:
+        self.check(trainer, checkpoint["state_dict"].items(), "value", " in the checkpoint about to be written (it was not)")
+
+    @staticmethod
+    def check(trainer: pl.Trainer, named: Iterable[tuple[str, Tensor | None]], what: str, where: str = "") -> None:
+        name = first_nonfinite(named)
+        if name is not None:
+            raise NonFiniteLossError(f"training stopped: the {what} '{name}' is not finite (NaN or infinite) at step "
+                                     f"{trainer.global_step} (epoch {trainer.current_epoch}){where}; the run diverged; "
+                                     f"{kept(trainer)} (a smaller optimizer.lr or trainer.gradient_clip_val may help)")
+
+
+def due(trainer: pl.Trainer) -> bool:
+    """Whether this step is a logged one, where the state is checked."""
+    return trainer.global_step % max(int(trainer.log_every_n_steps or 1), 1) == 0
+
+
+def first_nonfinite(named: Iterable[tuple[str, Tensor | None]]) -> str | None:
+    """The name of the first floating-point tensor holding a NaN or an infinity (one device sync)."""
+    tensors = [(name, t) for name, t in named if t is not None and t.is_floating_point() and t.numel()]
+    if not tensors:
+        return None
+    finite = torch.stack([torch.isfinite(t).all() for _, t in tensors])
+    if bool(finite.all()):
+        return None
+    return tensors[int((~finite).nonzero()[0])][0]
+
+
+def kept(trainer: pl.Trainer) -> str:
+    """What the run leaves: the folder of the checkpoints it wrote, or that it wrote none."""
+    folder = getattr(trainer.checkpoint_callback, "dirpath", None)
+    if folder and Path(folder).is_dir() and any(Path(folder).glob("*.ckpt")):
+        return f"the checkpoints in {folder} are kept"
+    return "no checkpoint was written"
