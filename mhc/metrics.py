@@ -184,6 +184,11 @@ class HeadMetrics(nn.Module):
                 results[name]["loss"] = float(self.losses[name].compute())
         return results
 
+    def names(self, task: str) -> list[str]:
+        """The metrics :meth:`compute` reports for ``task`` (with its loss, when losses are given)."""
+        found = list(self.binary_metrics.keys()) if task in self.binary else list(self.metrics[task].keys())
+        return [*found, *(["auroc"] if task in self.ranking else []), "loss"]
+
     def confusion_matrices(self, labelled_counts: Tensor | None = None) -> dict[str, Tensor]:
         """Per-task confusion matrices (synchronised like :meth:`compute`)."""
         if self.confusion is None:

@@ -245,6 +245,11 @@ class TaskSpec:
             raise ConfigError(f"{where}: bias_init must be one of {', '.join(BIAS_INITS)}, got '{self.bias_init}'")
         if any(h <= 0 for h in self.hidden):
             raise ConfigError(f"{where}: hidden layer widths must be positive, got {self.hidden}")
+        for option in ("class_weights", "pos_weight"):
+            value = getattr(self, option)
+            weights = value if isinstance(value, list) else [value] if isinstance(value, (int, float)) else []
+            if any(not (isinstance(w, (int, float)) and w >= 0) for w in weights):
+                raise ConfigError(f"{where}: {option} must be numbers >= 0, got {value}")
         if isinstance(self.class_weights, list) and len(self.class_weights) != self.num_classes:
             raise ConfigError(
                 f"{where}: class_weights has {len(self.class_weights)} values, expected one per class ({self.num_classes})"

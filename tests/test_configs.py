@@ -1,5 +1,6 @@
 """Every option of every config group composes with the train schema; each command has a schema of its own."""
 
+import re
 from dataclasses import fields
 
 import pytest
@@ -8,7 +9,9 @@ from omegaconf import OmegaConf
 from mhc.api import compose_config
 from mhc.config import group_options
 from mhc.config.schema import SCHEMAS
+from mhc.config.values import RULES, check_values
 from mhc.errors import ConfigError
+from mhc.weighting.base import OPTION_BOUNDS, check_options
 
 GROUPS = ["data", "backbone", "head", "loss", "weighting", "objective", "optimizer", "scheduler", "trainer", "logger", "callbacks",
           "experiment"]
@@ -133,3 +136,29 @@ def test_trainer_precision_resolves_from_accelerator_and_backbone(monkeypatch):
     assert cfg.trainer.precision == "bf16-mixed"
     cfg = compose_config("train", ["trainer.accelerator=cpu", "backbone=vit_tiny"], output_dir="/tmp/x")
     assert cfg.trainer.precision == "32-true"
+
+
+@pytest.mark.parametrize("key", sorted(RULES))
+def test_every_value_rule_refuses_a_bad_value_naming_the_key(key):
+    check, _ = RULES[key]
+    bad = next(v for v in (-5, 1.5, [0], [-1.0], 2**40, "x") if not check(v))
+    cfg = OmegaConf.create({})
+    OmegaConf.update(cfg, key, bad, force_add=True)
+    with pytest.raises(ConfigError, match=f"^{re.escape(key)} must be .*, got {re.escape(repr(bad))}$"):
+        check_values(cfg)
+
+
+@pytest.mark.parametrize("option", sorted(OPTION_BOUNDS))
+def test_every_weighting_option_bound_is_enforced(option):
+    low, inclusive, high = OPTION_BOUNDS[option]
+    check_options("m", {option: low if inclusive else low + 0.5})
+    with pytest.raises(ConfigError, match=f"^weighting=m: {option} must be "):
+        check_options("m", {option: low - 1})
+    if high is not None:
+        with pytest.raises(ConfigError, match=f"^weighting=m: {option} must be "):
+            check_options("m", {option: high + 1})
+
+
+def test_the_packaged_defaults_pass_the_value_checks():
+    for command in ("train", "pretrain", "eval", "predict"):
+        compose_config(command, [], output_dir="unused")  # composing runs every check

@@ -8,6 +8,7 @@ naming the config group.
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import logging
 import os
 import socket
@@ -43,6 +44,7 @@ log = logging.getLogger(__name__)
 def instantiate(node: Any, what: str, **kwargs: Any) -> Any:
     """``hydra.utils.instantiate`` with a one-line error naming the config group."""
     try:
+        check_known_options(node, what, kwargs)
         check_scalar_options(node, what)
         return hydra.utils.instantiate(node, **kwargs)
     except Exception as err:  # noqa: BLE001 - instantiate wraps every constructor error
@@ -55,6 +57,24 @@ def instantiate(node: Any, what: str, **kwargs: Any) -> Any:
 
 
 SCALAR_TYPES = {int: "an integer", float: "a number", bool: "true or false", str: "a string"}
+
+
+def check_known_options(node: Any, what: str, given: Mapping[str, Any] = {}) -> None:  # noqa: B006 - read only
+    """Every option of ``node`` is a parameter of its ``_target_`` (unless the target takes
+    ``**kwargs``): ``+scheduler.warmup=0.1`` is one error listing the options there are."""
+    if not isinstance(node, DictConfig) or not node.get("_target_"):
+        return
+    try:
+        target = hydra.utils.get_object(str(node._target_))
+        parameters = inspect.signature(target).parameters
+    except Exception:  # noqa: BLE001 - instantiate reports an unknown target; a target without a signature is skipped
+        return
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values()):
+        return
+    unknown = [key for key in node if not str(key).startswith("_") and key not in parameters and key not in given]
+    if unknown:
+        known = sorted(name for name, p in parameters.items() if p.default is not inspect.Parameter.empty or name in node)
+        raise ConfigError(f"{what}: unknown option(s) {unknown} for {node._target_}; its options are {known}")
 
 
 def check_scalar_options(node: Any, what: str) -> None:

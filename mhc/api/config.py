@@ -17,7 +17,7 @@ from typing import Sequence
 from hydra import compose, initialize_config_module
 from omegaconf import DictConfig, OmegaConf
 
-from mhc.config import CONFIG_MODULE, check_top_level, register_configs
+from mhc.config import CONFIG_MODULE, check_config, register_configs
 from mhc.training.precision import default_precision
 
 RUN_ID = uuid.uuid4().hex[:6]  # this process's: two commands started in the same second get their own folders
@@ -62,7 +62,7 @@ def compose_config(
         overrides.append(f"hydra.searchpath=[file://{os.fspath(Path(config_dir).absolute())}]")
     with initialize_config_module(CONFIG_MODULE, version_base="1.3"):
         cfg = compose(name, overrides=overrides)
-    check_top_level(cfg, name)
+    check_config(cfg, name)
     return cfg
 
 
@@ -85,4 +85,6 @@ def as_config(config: ConfigLike, name: str, output_dir: str | Path | None = Non
     for key, value in options.items():
         if value is not None:
             OmegaConf.update(cfg, key, str(value) if isinstance(value, Path) else value, merge=False)
+    if isinstance(config, DictConfig):
+        check_config(cfg, name)  # a config changed in code is checked like a composed one
     return cfg

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import difflib
 import logging
 import warnings
 from dataclasses import dataclass, field
@@ -33,6 +34,7 @@ from mhc.api.resume import (
     remove_temporaries,
     resolve_resume,
 )
+from mhc.errors import ConfigError
 from mhc.io import read_checkpoint, save_backbone, update_checkpoint
 from mhc.training.pretraining import PretrainModule
 from mhc.training.selection import HeadSelection, swap_in_best_heads
@@ -78,10 +80,12 @@ def train(config: ConfigLike = None, *, output_dir: str | Path | None = None,
     ckpt_path = resolve_resume(cfg.resume, run_dir.parent)
     loggers = build_loggers(cfg)
     callbacks = build_callbacks(cfg, has_logger=bool(loggers))
+    check_monitors(callbacks, module)
     continue_checkpoints(module, callbacks, ckpt_path)
     trainer = build_trainer(cfg, module, datamodule, loggers, callbacks)
-    with warnings.catch_warnings():  # a copied checkpoint is continued in this run's folder on purpose
+    with warnings.catch_warnings():  # the checkpoint folder was chosen and checked above (continue_checkpoints)
         warnings.filterwarnings("ignore", message="The dirpath has changed")
+        warnings.filterwarnings("ignore", message="Checkpoint directory .* exists and is not empty")
         trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
 
     best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
@@ -111,6 +115,19 @@ def train(config: ConfigLike = None, *, output_dir: str | Path | None = None,
     return TrainResult(output_dir=run_dir, metrics=metrics, best_checkpoint=Path(best) if best else None,
                        last_checkpoint=Path(best).with_name("last.ckpt") if best else None, log_dirs=log_dirs,
                        calibration=calibration, head_selection=head_report)
+
+
+def check_monitors(callbacks: list[Any], module: Any) -> None:
+    """A callback that monitors a validation metric (checkpoints, early stopping) names one the
+    module logs; a typo is one error now, not after an epoch with no checkpoint written."""
+    logged = module.logged_names("val")
+    for callback in callbacks:
+        monitor = getattr(callback, "monitor", None)
+        if isinstance(monitor, str) and monitor.startswith("val/") and monitor not in logged:
+            similar = difflib.get_close_matches(monitor, sorted(logged), n=3, cutoff=0.6)
+            raise ConfigError(f"{type(callback).__name__} monitors '{monitor}', which validation does not log; "
+                              f"{'similar: ' + str(similar) if similar else 'e.g. val/mean/acc, val/mean/f1, val/loss'} "
+                              "(val/<task>/<metric>, val/mean/<metric>, val/loss, val/delta_m with delta_m.baseline)")
 
 
 def continue_checkpoints(module: Any, callbacks: list[Any], ckpt_path: str | None) -> None:

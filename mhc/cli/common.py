@@ -19,7 +19,7 @@ from rich.table import Table
 
 from mhc.api.calibrate import summary_rows
 from mhc.api.config import register_resolvers
-from mhc.config import CONFIG_SEARCH_PATH, check_top_level
+from mhc.config import CONFIG_SEARCH_PATH, check_config
 from mhc.errors import MhcError
 
 console = Console(stderr=True, soft_wrap=True)  # one message, one line, whatever the terminal width
@@ -53,7 +53,7 @@ def hydra_app(config_name: str) -> Callable[[Callable[[DictConfig], Any]], Calla
         def guarded(cfg: DictConfig) -> Any:
             show_library_messages()
             try:
-                check_top_level(cfg, config_name)
+                check_config(cfg, config_name)
                 return fn(cfg)
             except MhcError as err:
                 print_error(err)

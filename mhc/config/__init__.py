@@ -10,6 +10,8 @@ from __future__ import annotations
 from importlib import resources
 from pathlib import Path
 
+from omegaconf import DictConfig
+
 from mhc.config.schema import (
     DeltaMOptions,
     HeadDefaults,
@@ -18,12 +20,23 @@ from mhc.config.schema import (
     SpeedOptions,
     TaskOptions,
     TrainConfig,
+    check_task_options,
     check_top_level,
     register_configs,
 )
+from mhc.config.values import check_values
 
 CONFIG_MODULE = "mhc.conf"
 CONFIG_SEARCH_PATH = f"pkg://{CONFIG_MODULE}"
+
+
+def check_config(cfg: DictConfig, command: str) -> None:
+    """What Hydra's schema merge leaves unchecked: top-level keys of other commands
+    (:func:`check_top_level`), option values (:func:`~mhc.config.values.check_values`) and the
+    per-task options' types (:func:`check_task_options`)."""
+    check_top_level(cfg, command)
+    check_values(cfg)
+    check_task_options(cfg)
 
 
 def config_dir() -> Path:
@@ -46,6 +59,7 @@ __all__ = [
     "SpeedOptions",
     "TaskOptions",
     "TrainConfig",
+    "check_config",
     "check_top_level",
     "config_dir",
     "group_options",

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field, fields, make_dataclass
 from typing import Any, Dict, List, Optional
 
 from hydra.core.config_store import ConfigStore
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf, ValidationError
 
 from mhc.errors import ConfigError
 from mhc.tasks import TASK_OPTIONS
@@ -112,7 +112,9 @@ class TrainConfig(FitConfig):
     """``mhc-train``."""
 
     task_name: str = "train"
-    tasks: Dict[str, TaskOptions] = field(default_factory=dict)
+    # {task: TaskOptions}, typed by check_task_options: an open mapping, so that
+    # +tasks.<name>.<option>=... can name a task the data defines (a manifest column)
+    tasks: Dict[str, Any] = field(default_factory=dict)
     head: HeadDefaults = field(default_factory=HeadDefaults)
     loss: LossDefaults = field(default_factory=LossDefaults)
     weighting: Dict[str, Any] = field(default_factory=dict)
@@ -242,6 +244,26 @@ def register_configs() -> None:
     store = ConfigStore.instance()
     for command, schema in SCHEMAS.items():
         store.store(name=f"{command}_schema", node=schema)
+    store.store(name="task_options", node=TaskOptions)  # a data set's tasks: each one's options, typed
+
+
+def check_task_options(cfg: DictConfig) -> None:
+    """Each ``tasks.<name>`` is a mapping of :data:`TaskOptions` with values of their types
+    (``tasks.shape.weight=abc`` is one error naming the key); unknown options and tasks the data
+    does not have are named when the tasks are resolved."""
+    for name, options in (cfg.get("tasks") or {}).items():
+        if options is None:
+            continue
+        if not isinstance(options, DictConfig):
+            raise ConfigError(f"tasks.{name} must map options to values (tasks.{name}.weight=2), got {options!r}")
+        typed = OmegaConf.structured(TaskOptions)
+        for key in options:
+            if key not in typed:
+                continue  # named with the options there are by mhc.tasks.resolve_tasks
+            try:
+                typed[key] = options[key]
+            except ValidationError as err:
+                raise ConfigError(f"tasks.{name}.{key}: {str(err).splitlines()[0]}") from None
 
 
 def check_top_level(cfg: DictConfig, command: str = "train") -> None:

@@ -79,7 +79,7 @@ class NonFiniteLoss(pl.Callback):
         if error is None:
             if due(trainer):
                 self.check(trainer, pl_module.named_parameters(), "weight")
-                self.check(trainer, pl_module.named_buffers(), "buffer")
+                self.check(trainer, pl_module.net.named_buffers(prefix="net"), "buffer")
             return
         pl_module.nonfinite = None
         if self.policy == "stop":
@@ -93,7 +93,10 @@ class NonFiniteLoss(pl.Callback):
             self.check(trainer, ((name, p.grad) for name, p in pl_module.named_parameters()), "gradient")
 
     def on_save_checkpoint(self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict[str, Any]) -> None:
-        self.check(trainer, checkpoint["state_dict"].items(), "value", " in the checkpoint about to be written (it was not)")
+        state = checkpoint["state_dict"]  # the weights and the network's buffers (a weighting method's may hold NaN: unset)
+        names = [name for name, _ in (*pl_module.named_parameters(), *pl_module.net.named_buffers(prefix="net"))]
+        self.check(trainer, ((name, state.get(name)) for name in names), "value",
+                   " in the checkpoint about to be written (it was not)")
 
     @staticmethod
     def check(trainer: pl.Trainer, named: Iterable[tuple[str, Tensor | None]], what: str, where: str = "") -> None:

@@ -282,6 +282,19 @@ class MultiHeadModule(pl.LightningModule):
             flat[f"{stage}/delta_m"] = delta_m(results, self.baseline, self.baseline_metric)
         return results, flat
 
+    def logged_names(self, stage: str = "val") -> set[str]:
+        """The names ``stage`` logs at each epoch end (what a checkpoint or early stopping may
+        monitor): ``stage/task/metric``, ``stage/mean/metric``, ``stage/loss``, the auxiliary
+        losses and, with a baseline, ``stage/delta_m``."""
+        metrics = self.stage_metrics(stage)
+        per_task = {task: metrics.names(task) for task in self.tasks}
+        names = {f"{stage}/{task}/{name}" for task, found in per_task.items() for name in found}
+        names |= {f"{stage}/mean/{name}" for found in per_task.values() for name in found}
+        names |= {f"{stage}/loss", *(f"{stage}/{name}/loss" for name in self.auxiliary)}
+        if self.baseline and stage != "train":
+            names.add(f"{stage}/delta_m")
+        return names
+
     def _log_epoch_metrics(self, stage: str) -> None:
         results, flat = self.epoch_scores(stage)
         self.last_results[stage] = results

@@ -47,10 +47,34 @@ def available() -> list[str]:
     return sorted(_REGISTRY)
 
 
+# What the methods' numeric options mean alike: (lowest value, whether it is allowed, highest or None).
+OPTION_BOUNDS: dict[str, tuple[float, bool, float | None]] = {
+    "lr": (0, False, None), "w_lr": (0, False, None), "robust_step_size": (0, False, None), "eps": (0, True, None),
+    "temperature": (0, False, None), "concentration": (0, False, None), "mu": (0, False, None),
+    "max_norm": (0, True, None), "alpha": (0, True, None), "gamma": (0, True, None), "rho": (0, True, None),
+    "lmbda": (0, True, None), "beta_sigma": (0, True, None), "gamma_sigma": (0, True, None),
+    "c": (0, True, None), "beta": (0, True, 1), "leak": (0, True, 1),
+    "update_weights_every": (1, True, None), "niter": (1, True, None),
+}
+
+
+def check_options(name: str, options: dict[str, Any]) -> None:
+    """Each numeric option of :data:`OPTION_BOUNDS` within its bounds; else one error naming it."""
+    for option, (low, inclusive, high) in OPTION_BOUNDS.items():
+        value = options.get(option)
+        if value is None or isinstance(value, bool) or not isinstance(value, (int, float)):
+            continue
+        if (value < low or (value == low and not inclusive)) or (high is not None and value > high):
+            bounds = f"{'>=' if inclusive else '>'} {low:g}" + (f" and <= {high:g}" if high is not None else "")
+            raise ConfigError(f"weighting={name}: {option} must be {bounds}, got {value!r}")
+
+
 def create(name: str, num_tasks: int, **options: Any) -> "Weighting":
-    """A method by name, for ``num_tasks`` tasks; unknown names and options are clear errors."""
+    """A method by name, for ``num_tasks`` tasks; unknown names and options, and option values out
+    of bounds, are clear errors."""
     if name not in _REGISTRY:
         raise ConfigError(f"weighting: unknown method {name!r}; choose one of {', '.join(available())}")
+    check_options(name, options)
     try:
         return _REGISTRY[name](num_tasks, **options)
     except TypeError as err:

@@ -1,6 +1,6 @@
 """Bad training inputs through ``mhc-train``'s entry point: exit code 1, one ``error:`` line
 naming the file, row and column (the last line on stderr, no traceback, also when a
-DataLoader worker hits it), and the files of an earlier run in the output folder untouched.
+DataLoader worker hits it), nothing written to the new run's folder and the files of an earlier run beside it untouched.
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ from tests.data.test_manifest import write
 HEADER = "image,shape,flag"
 ROWS = "".join(f"img/{i}.png,{'circle' if i % 2 else 'square'},{'yes' if i < 3 else 'no'}\n" for i in range(6))
 SAVED = {"checkpoints/last.ckpt": b"an earlier run's weights", "checkpoints/best-epoch03.ckpt": b"its best epoch"}
+EARLIER = "runs/earlier"  # an earlier run's folder beside the new run's, runs/new
 
 # name -> (manifest texts that replace the good ones, extra overrides, the line after "error: ")
 CASES: dict[str, tuple[dict[str, str], list[str], str]] = {
@@ -44,7 +45,30 @@ CASES: dict[str, tuple[dict[str, str], list[str], str]] = {
         r"<dir>/train\.csv: row 7, column 'image': image '<dir>/img/truncated\.png' could not be read "
         r"\(image file is truncated\)",
     ),
-    "non-integer epoch count": ({}, ["trainer.max_epochs=x"], r"trainer\.max_epochs must be an integer, got 'x'"),
+    "non-integer epoch count": (
+        {}, ["trainer.max_epochs=x"], r"trainer\.max_epochs must be an integer >= 1 \(or -1 with trainer\.max_steps set\), got 'x'"),
+    "negative epoch count": (
+        {}, ["trainer.max_epochs=-1"], r"trainer\.max_epochs must be an integer >= 1 \(or -1 with trainer\.max_steps set\), got -1"),
+    "negative learning rate": ({}, ["optimizer.lr=-0.1"], r"optimizer\.lr must be a number > 0, got -0\.1"),
+    "negative weight decay": ({}, ["optimizer.weight_decay=-1e-4"], r"optimizer\.weight_decay must be a number >= 0, got -0\.0001"),
+    "no gradient accumulation": (
+        {}, ["trainer.accumulate_grad_batches=0"], r"trainer\.accumulate_grad_batches must be an integer >= 1, got 0"),
+    "negative seed": ({}, ["seed=-1"], r"seed must be an integer in \[0, 2\*\*32\), got -1"),
+    "a layer of width 0": ({}, ["backbone.widths=[0]"], r"backbone\.widths must be a non-empty list, each an integer >= 1, got \[0\]"),
+    "negative backbone learning-rate scale": ({}, ["backbone_lr_scale=-1"], r"backbone_lr_scale must be a number >= 0, got -1\.0"),
+    "negative class weight": (
+        {}, ["+tasks.shape.class_weights=[-1,1]"], r"task 'shape': class_weights must be numbers >= 0, got \[-1\.0, 1\.0\]"),
+    "task option of the wrong type on data that defines its tasks": (
+        {}, ["+tasks.shape.weight=heavy"], r"tasks\.shape\.weight: Value 'heavy' of type 'str' could not be converted to Float"),
+    "weighting option out of bounds": ({}, ["weighting=gradnorm", "weighting.alpha=-1"], r"weighting=gradnorm: alpha must be >= 0, got -1"),
+    "unknown scheduler option": (
+        {}, ["+scheduler.warmup=0.1"],
+        r"scheduler: unknown option\(s\) \['warmup'\] for mhc\.training\.schedules\.warmup_cosine; "
+        r"its options are \['min_lr_ratio', 'warmup_fraction'\]"),
+    "misspelt checkpoint monitor": (
+        {}, ["callbacks.model_checkpoint.monitor=val/mean/acx"],
+        r"ModelCheckpoint monitors 'val/mean/acx', which validation does not log; similar: \['val/mean/acc', .*\] "
+        r"\(val/<task>/<metric>, val/mean/<metric>, val/loss, val/delta_m with delta_m\.baseline\)"),
     "Hugging Face backbone without a model": (
         {}, ["backbone=hf"], r"backbone\.model: this backbone needs a value \(backbone=hf backbone\.model=\.\.\.\)"),
     "misspelt timm model": (
@@ -66,7 +90,7 @@ HYDRA_CASES: dict[str, tuple[dict[str, str], list[str], list[str]]] = {
 
 def make_folder(folder: Path, manifests: dict[str, str]) -> Path:
     """Seven small images and a truncated one, the train/val manifests (good unless given), and
-    an earlier run's files in ``out/``."""
+    an earlier run's files in ``runs/earlier/``."""
     rng = np.random.default_rng(0)
     (folder / "img").mkdir()
     for i in range(7):
@@ -75,17 +99,17 @@ def make_folder(folder: Path, manifests: dict[str, str]) -> Path:
     for split in ("train", "val"):
         write(folder, f"{split}.csv", manifests.get(split, HEADER + "\n" + ROWS))
     for name, content in SAVED.items():
-        (folder / "out" / name).parent.mkdir(parents=True, exist_ok=True)
-        (folder / "out" / name).write_bytes(content)
+        (folder / EARLIER / name).parent.mkdir(parents=True, exist_ok=True)
+        (folder / EARLIER / name).write_bytes(content)
     return folder
 
 
 def train_command(folder: Path, overrides: list[str]) -> list[str]:
-    small = [] if any(o.startswith("backbone=") for o in overrides) else ["backbone.widths=[8,16]"]  # the default cnn's
+    small = [] if any(o.startswith("backbone") for o in overrides) else ["backbone.widths=[8,16]"]  # the default cnn's
     return [
         "mhc-train", "data=manifest", f"data.train={folder / 'train.csv'}",
         f"data.val={folder / 'val.csv'}", "data.image_size=[16,16]", "data.batch_size=4", *small,
-        "trainer.max_epochs=1", "test=false", "~callbacks.progress_bar", f"hydra.run.dir={folder / 'out'}",
+        "trainer.max_epochs=1", "test=false", "~callbacks.progress_bar", f"hydra.run.dir={folder / 'runs' / 'new'}",
         *[o.replace("<dir>", str(folder)) for o in overrides],
     ]
 
@@ -134,8 +158,9 @@ def test_a_bad_input_ends_the_real_process_with_code_1(tmp_path: Path) -> None:
 
 def assert_earlier_run_untouched(folder: Path) -> None:
     for name, content in SAVED.items():
-        assert (folder / "out" / name).read_bytes() == content
-    assert sorted(p.name for p in (folder / "out" / "checkpoints").iterdir()) == sorted(Path(n).name for n in SAVED)
+        assert (folder / EARLIER / name).read_bytes() == content
+    assert sorted(p.name for p in (folder / EARLIER / "checkpoints").iterdir()) == sorted(Path(n).name for n in SAVED)
+    assert not list(folder.glob("runs/new/checkpoints/*"))
 
 
 @pytest.mark.parametrize("name", list(CASES))
@@ -157,3 +182,14 @@ def test_override_of_the_wrong_type_is_hydras_compact_error(runs: dict, name: st
     assert "Traceback" not in proc.stderr
     assert proc.stderr.splitlines()[:2] == HYDRA_CASES[name][2]
     assert_earlier_run_untouched(folder)
+
+
+def test_a_task_option_reaches_the_model_on_data_that_defines_its_tasks(tmp_path: Path) -> None:
+    """``+tasks.<name>.<option>=...`` on a manifest: the tasks come from the file, not a config."""
+    import mhc
+
+    folder = make_folder(tmp_path, {})
+    finished = run_train(folder, ["+tasks.shape.weight=2", f"hydra.run.dir={folder / 'new'}"])
+    assert finished.returncode == 0, finished.stderr[-2000:]
+    model = mhc.load(folder / "new" / "checkpoints" / "last.ckpt")
+    assert model.tasks["shape"].weight == 2.0 and model.tasks["flag"].weight == 1.0

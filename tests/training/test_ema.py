@@ -136,5 +136,5 @@ def test_bad_options_fail_naming_them(options, problem):
 
 
 def test_an_unknown_monitor_fails_naming_the_metrics(tmp_path):
-    with pytest.raises(ConfigError, match="monitor 'val/mean/accuracy' is not a validation metric; one of .*val/mean/acc"):
+    with pytest.raises(ConfigError, match=r"WeightAverage monitors 'val/mean/accuracy', which validation does not log; similar: \[.*'val/mean/acc'"):
         run(tmp_path, "bad", "trainer.max_epochs=1", "callbacks=ema", "callbacks.ema.monitor=val/mean/accuracy")
