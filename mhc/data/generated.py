@@ -23,12 +23,16 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 from pathlib import Path
 
 import numpy as np
 
+from mhc.errors import first_line
 from mhc.tasks import TaskSpec
+
+log = logging.getLogger(__name__)
 
 SHAPES = ["circle", "square", "triangle", "diamond"]
 SIZES = ["small", "medium", "large"]
@@ -155,6 +159,23 @@ def generate_split(n: int, seed: int, missing_fraction: float, chunk: int = 1000
     return images, drop_labels(labels, scene_tasks(), missing_fraction, seed)
 
 
+def read_cached(path: Path, n: int) -> tuple[np.ndarray, dict[str, np.ndarray]] | None:
+    """A cached split, or ``None`` (with a warning) when the file is damaged: truncated, not an
+    ``.npz``, or without the images and labels of ``n`` samples; it is then generated again."""
+    try:
+        with np.load(path, allow_pickle=False) as cached:
+            images = cached["images"]
+            labels = {k[len("label_"):]: cached[k] for k in cached.files if k.startswith("label_")}
+    except Exception as err:  # noqa: BLE001 - a damaged file fails in many ways (BadZipFile, EOFError, KeyError, ...)
+        log.warning(f"the cached data {path} is damaged ({type(err).__name__}: {first_line(err)}); generating it again")
+        return None
+    names = {t.name for t in scene_tasks()}
+    if images.shape[:1] != (n,) or set(labels) != names or any(len(v) != n for v in labels.values()):
+        log.warning(f"the cached data {path} does not hold the {n} samples it should; generating it again")
+        return None
+    return images, labels
+
+
 def load_or_generate(
     cache_dir: str | os.PathLike, split: str, n: int, seed: int, missing_fraction: float
 ) -> tuple[np.ndarray, dict[str, np.ndarray]]:
@@ -163,8 +184,9 @@ def load_or_generate(
     digest = hashlib.sha1(key.encode()).hexdigest()[:12]
     path = Path(cache_dir).expanduser() / f"scenes-{split}-{digest}.npz"
     if path.is_file():
-        with np.load(path) as cached:
-            return cached["images"], {k[len("label_") :]: cached[k] for k in cached.files if k.startswith("label_")}
+        cached = read_cached(path, n)
+        if cached is not None:
+            return cached
     split_seed = seed + {"train": 0, "val": 1, "test": 2}.get(split, 3) * 100_000
     images, labels = generate_split(n, split_seed, missing_fraction)
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -55,3 +55,19 @@ def test_train_fraction_keeps_a_fixed_subset_of_the_training_split_only():
     assert subset.indices == again.indices and subset.indices == sorted(subset.indices)
     with pytest.raises(ConfigError, match=r"data.train_fraction must be in \(0, 1\]"):
         ScenesDataModule(train_fraction=0.0)
+
+
+@pytest.mark.parametrize("damage", ["empty", "truncated", "text", "other samples"])
+def test_a_damaged_cache_is_generated_again(tmp_path, damage, caplog):
+    images, labels = load_or_generate(tmp_path, "val", 40, seed=1, missing_fraction=0.1)
+    (path,) = tmp_path.glob("scenes-val-*.npz")
+    whole = path.read_bytes()
+    if damage == "other samples":  # a file that reads, with too few samples
+        np.savez(path, images=images[:3], **{f"label_{k}": v[:3] for k, v in labels.items()})
+    else:
+        path.write_bytes({"empty": b"", "truncated": whole[: len(whole) // 2], "text": b"not a cache"}[damage])
+    with caplog.at_level("WARNING", logger="mhc"):
+        again, again_labels = load_or_generate(tmp_path, "val", 40, seed=1, missing_fraction=0.1)
+    assert f"the cached data {path} " in caplog.text and "generating it again" in caplog.text
+    assert np.array_equal(again, images) and all(np.array_equal(again_labels[k], v) for k, v in labels.items())
+    assert path.read_bytes() == whole  # rebuilt, so the next run reads it
