@@ -17,6 +17,7 @@ from typing import Any, Iterable, Iterator, Mapping
 import torch
 
 from mhc.errors import CheckpointError, MhcError, first_line
+from mhc.model.description import check_description
 from mhc.model.net import MultiHeadNet
 from mhc.tasks import TaskSpec
 
@@ -111,6 +112,7 @@ def net_from_description(description: Any, source: str | Path, state: dict[str, 
     the stored ``state``, the described network is built on the meta device first (no memory)
     and must hold exactly its keys and shapes: a description cannot make the loader allocate
     more than the weights stored with it."""
+    check_description(description, source)
     if state is not None:
         with reading_description(source), torch.device("meta"):
             shell = MultiHeadNet.from_config(description)
@@ -158,7 +160,7 @@ def read_export_config(folder: str | Path) -> dict[str, Any]:
         raise CheckpointError(f"export folder '{folder}' has no {EXPORT_CONFIG}")
     try:
         description = json.loads(config.read_text(encoding="utf-8"))
-    except (ValueError, OSError) as err:  # ValueError: bad JSON or bad UTF-8
+    except (ValueError, OSError, RecursionError) as err:  # ValueError: bad JSON or bad UTF-8; RecursionError: nesting
         raise CheckpointError(f"export folder '{folder}': {EXPORT_CONFIG} is corrupt ({first_line(err)})") from None
     if not isinstance(description, dict) or not isinstance(description.get("net"), dict):
         raise CheckpointError(f"export folder '{folder}': {EXPORT_CONFIG} holds no model description (expected an object with 'net')")

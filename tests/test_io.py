@@ -123,3 +123,47 @@ def test_a_description_larger_than_its_weights_is_refused_before_allocating(tmp_
     with pytest.raises(CheckpointError, match=r"the weights do not fit the described model \(shapes "
                                               r"backbone.model.embeddings.word_embeddings.weight \[30, 16\] vs \[200000, 65536\]\)"):
         mhc.load(path)
+
+
+def nested(depth: int) -> list:
+    value: list = []
+    for _ in range(depth):
+        value = [value]
+    return value
+
+
+# name -> (a change to the stored backbone description, the message in parentheses)
+CRAFTED = {
+    "a weights file to open": ({"pretrained": "/nowhere/backbone.safetensors"},
+                               "the backbone names files to load weights from ['pretrained']; a stored description never does"),
+    "a state dict to open": ({"weights": "/nowhere/weights.pt"},
+                             "the backbone names files to load weights from ['weights']; a stored description never does"),
+    "a Hugging Face model to fetch": ({"name": "hf", "model": "/nowhere/model"},
+                                      "backbone 'hf' refused: it has no 'config', so the model's architecture would be "
+                                      "read from 'model' (a folder or the hub)"),
+    "a file for timm to read": ({"name": "timm", "model": "resnet18", "model_args": {"checkpoint_path": "/nowhere/w.pth"}},
+                                "backbone 'timm' refused: model_args ['checkpoint_path'] name files for timm to read"),
+    "nesting without end": ({"extra": nested(100)}, "nested deeper than 32 levels"),
+    "a size past any memory": ({"widths": [8, 2**40]}, "the integer 1099511627776 is beyond 2147483647"),
+    "an unknown backbone": ({"name": "resnet19"}, "unknown backbone 'resnet19'"),
+}
+
+
+@pytest.mark.parametrize("case", list(CRAFTED))
+def test_a_crafted_description_is_refused_before_anything_is_built_or_opened(tiny_net, tmp_path, case, monkeypatch):
+    change, message = CRAFTED[case]
+    path = save_checkpoint(tiny_net, tmp_path / "m.ckpt")
+    checkpoint = torch.load(path, weights_only=True)
+    checkpoint["mhc"]["net"]["backbone"].update(change)
+    torch.save(checkpoint, path)
+    monkeypatch.setattr(MultiHeadNet, "from_config", lambda *a: pytest.fail("built from a refused description"))
+    with pytest.raises(CheckpointError) as info:
+        mhc.load(path)
+    assert str(info.value) == f"'{path}' has an invalid model description ({message})"
+
+
+def test_an_export_description_nested_past_the_parser_is_one_line(tiny_net, tmp_path):
+    folder = save_export(tiny_net, tmp_path / "export")
+    (folder / "config.json").write_text("[" * 100_000 + "]" * 100_000)
+    with pytest.raises(CheckpointError, match=r"config.json is corrupt \(maximum recursion depth exceeded"):
+        mhc.load(folder)

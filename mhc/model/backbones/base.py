@@ -42,7 +42,7 @@ Nothing is probed with ``hasattr``: code asks :meth:`Backbone.supports`, and
 from __future__ import annotations
 
 import re
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Mapping
 
 from torch import Tensor, nn
 
@@ -88,6 +88,13 @@ class Backbone(nn.Module):
         (nothing is built or downloaded): an image backbone's ``mean`` and ``std`` (its pretrained
         weights' normalisation), a token backbone's ``tokenizer``; empty when nothing in particular."""
         return {}
+
+    @classmethod
+    def stored_problem(cls, options: Mapping[str, Any]) -> str | None:
+        """Why stored options (a checkpoint's or an export's description) would make building this
+        backbone open a file or fetch something, else ``None``: rebuilding a saved model reads
+        nothing but the description and its weights."""
+        return None
 
     def saved_options(self) -> dict[str, Any]:
         """Options resolved while building that, added to the configured ones, rebuild this

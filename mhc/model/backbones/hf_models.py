@@ -119,6 +119,12 @@ class HFEncoder(Backbone):
     pretrained weights, its config saved with checkpoints, and its attention heads."""
 
     own_weights = ("pretrained",)
+
+    @classmethod
+    def stored_problem(cls, options: Mapping[str, Any]) -> str | None:
+        if options.get("config") is None:
+            return "it has no 'config', so the model's architecture would be read from 'model' (a folder or the hub)"
+        return None
     pools: tuple[str, ...] = ()
 
     def __init__(self, model: str | None, pretrained: bool | str, pool: str, config: Mapping[str, Any] | None,

@@ -60,6 +60,11 @@ PRETRAINED_WEIGHTS = "backbone.safetensors"
 PRETRAINED_CONFIG = "backbone.json"
 
 
+def backbone_class(name: str) -> type | None:
+    """The :class:`Backbone` class a registered name builds (``None`` for a plain factory)."""
+    return _CLASSES.get(name)
+
+
 def create_backbone(name: str, weights: str | None = None, pretrained: str | bool | None = None, **kwargs: Any) -> nn.Module:
     """Build a registered backbone with its initial weights.
 

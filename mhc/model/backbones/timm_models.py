@@ -18,7 +18,7 @@ layer's output projection (:mod:`mhc.model.backbones.attention_views`).
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 from torch import Tensor
 
@@ -57,6 +57,12 @@ class TimmBackbone(Backbone):
     """
 
     own_weights = ("pretrained",)
+    file_arguments = ("checkpoint_path", "pretrained_cfg", "pretrained_cfg_overlay", "cache_dir")  # timm reads files from them
+
+    @classmethod
+    def stored_problem(cls, options: Mapping[str, Any]) -> str | None:
+        named = sorted(set(options.get("model_args") or {}) & set(cls.file_arguments))
+        return f"model_args {named} name files for timm to read" if named else None
 
     def __init__(
         self,
