@@ -71,9 +71,10 @@ def _sixteen_bit_to_rgb(grey: np.ndarray, path: str | Path) -> np.ndarray:
     return np.repeat(scaled[..., None], 3, axis=-1)
 
 
-def image_tensor(image: Any) -> Tensor:
+def image_tensor(image: Any, as_float: bool = True) -> Tensor:
     """One image as float [3, H, W] in [0, 1]: a path or an open file of an image file, a PIL
-    image, a uint8 array [H, W, 3] or [H, W], or a tensor [3, H, W]."""
+    image, a uint8 array [H, W, 3] or [H, W], or a tensor [3, H, W]. ``as_float=False`` keeps
+    8-bit pixels as uint8 (a large image is then reduced before it takes 4 bytes a value)."""
     if isinstance(image, (str, Path)) or hasattr(image, "read"):
         image = read_image(image)
     elif type(image).__module__.startswith("PIL"):
@@ -91,4 +92,6 @@ def image_tensor(image: Any) -> Tensor:
     if tensor.ndim != 3 or tensor.shape[0] not in (1, 3):
         raise DataError(f"an image tensor must be [3, H, W], got shape {list(tensor.shape)}")
     tensor = tensor.expand(3, -1, -1)
-    return tensor.float() / 255 if tensor.dtype == torch.uint8 else tensor.float()
+    if tensor.dtype == torch.uint8:
+        return tensor.float() / 255 if as_float else tensor
+    return tensor.float()

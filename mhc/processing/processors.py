@@ -30,6 +30,7 @@ from mhc.processing.images import image_tensor
 from mhc.processing.tokenizer import Tokenizer, tokenizer_from_dict
 
 IMAGE, TEXT = "image", "text"
+REDUCE_IN_8_BITS = 16  # an 8-bit image of more than this many times the target's pixels is resized in 8 bits
 MAX_SIDE = 16384  # a larger image size in a stored description is refused before anything is allocated
 MAX_LENGTH = 1 << 20
 
@@ -74,11 +75,20 @@ class ImageProcessor(Processor):
 
     def load(self, image: Any) -> Tensor:
         """One image (a path, PIL image, array or tensor) -> float ``[3, H, W]`` in [0, 1] at ``size``."""
-        return self.resize(image_tensor(image))
+        return self.resize(image_tensor(image, as_float=False))
 
     def resize(self, image: Tensor) -> Tensor:
-        """Float ``[3, h, w]`` -> ``[3, H, W]`` (bilinear, antialiased); the same size passes as it is."""
+        """``[3, h, w]`` -> float ``[3, H, W]`` (bilinear, antialiased); the same size passes as it
+        is. 8-bit pixels more than :data:`REDUCE_IN_8_BITS` times the target's area are resized
+        as they are (to within one level of 255 of the float result), so a large photo never
+        takes 4 bytes a value at its full size; others become floats in [0, 1] first."""
         size = tuple(self.size)
+        if image.dtype == torch.uint8:
+            large = image.shape[-2] * image.shape[-1] > REDUCE_IN_8_BITS * size[0] * size[1]
+            if large:
+                image = F.interpolate(image[None], size=size, mode="bilinear", antialias=True,
+                                      align_corners=False)[0]
+            image = image.float() / 255
         if tuple(image.shape[-2:]) == size:
             return image
         return F.interpolate(image[None], size=size, mode="bilinear", antialias=True, align_corners=False)[0]

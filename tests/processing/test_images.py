@@ -4,9 +4,13 @@ every other case keeps Pillow's reading and errors."""
 from __future__ import annotations
 
 import io
+import subprocess
+import sys
+import textwrap
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from mhc.errors import DataError
@@ -39,3 +43,34 @@ def test_a_truncated_jpeg_is_one_error_naming_the_file(tmp_path):
     path.write_bytes(path.read_bytes()[:300])
     with pytest.raises(DataError, match=r"image '.*cut\.jpg' could not be read"):
         read_image(path)
+
+
+def test_a_large_image_is_reduced_in_8_bits_to_within_one_level_of_the_float_result():
+    import torch.nn.functional as F
+
+    from mhc.processing.processors import ImageProcessor
+
+    pixels = np.random.default_rng(0).integers(0, 256, (1000, 900, 3), dtype=np.uint8)
+    reduced = ImageProcessor(size=[64, 64]).load(pixels)
+    exact = F.interpolate(torch.from_numpy(pixels).permute(2, 0, 1)[None].float() / 255, size=(64, 64), mode="bilinear",
+                          antialias=True, align_corners=False)[0]
+    assert reduced.dtype == torch.float32 and (reduced - exact).abs().max() <= 1 / 255
+
+
+def test_a_large_image_never_takes_4_bytes_a_value_at_full_size():
+    """A 6000 x 6000 photo (108 MB of 8-bit pixels) read for a 64 x 64 model: the peak memory
+    grows by about one copy of its pixels (float pixels at full size would be four more)."""
+    script = textwrap.dedent("""
+        import resource
+        import numpy as np
+        from mhc.processing.processors import ImageProcessor
+        photo = np.zeros((6000, 6000, 3), dtype=np.uint8)
+        photo[::7] = 200
+        processor = ImageProcessor(size=[64, 64])
+        processor.load(photo[:128, :128])
+        before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        processor.load(photo)
+        print((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024)
+    """)
+    grown = float(subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True).stdout)
+    assert grown < 2 * 108, f"{grown:.0f} MB"
