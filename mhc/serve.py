@@ -50,6 +50,8 @@ from mhc.model.net import MultiHeadNet
 from mhc.predictor import OutputDecoder, TaskPrediction
 
 MAX_IMAGE_PIXELS = 4096 * 4096  # larger images are refused before they are decoded
+MAX_QUOTED_CHARS = 100  # a value quoted in an error answer is cut to this many characters
+MAX_MESSAGE_CHARS = 400  # and the whole answer to this many
 IMAGE_FORMS = "a base64-encoded PNG/JPEG file or a nested list [H][W][3] or [3][H][W] of floats in [0, 1]"
 
 Forward = Callable[[Tensor], dict[str, Tensor]]
@@ -327,7 +329,40 @@ def prediction_entries(predictions: dict[str, TaskPrediction]) -> list[dict[str,
 
 
 def error_response(status: int, message: str) -> JSONResponse:
-    return JSONResponse(status_code=status, content={"error": " ".join(message.split())})
+    """``{"error": "<one line>"}``, its length bounded by :func:`bounded_message`."""
+    return JSONResponse(status_code=status, content={"error": bounded_message(message)})
+
+
+def bounded_message(message: str) -> str:
+    """``message`` on one line, each quoted value (a token, a field name) cut to
+    ``MAX_QUOTED_CHARS`` characters and the whole to ``MAX_MESSAGE_CHARS``, each cut marked by
+    an ellipsis: an answer never echoes a large input back."""
+    line = " ".join(cut_quoted(message, MAX_QUOTED_CHARS).split())
+    return line if len(line) <= MAX_MESSAGE_CHARS else line[: MAX_MESSAGE_CHARS - 1] + "…"
+
+
+def cut_quoted(text: str, limit: int) -> str:
+    """``text`` with each value between quotes (``'`` or ``"``) longer than ``limit`` cut to
+    ``limit`` characters and an ellipsis. Quotes are found with ``str.find``, so a value of
+    megabytes costs milliseconds."""
+    pieces, pos = [], 0
+    while (start := next_quote(text, pos)) != -1:
+        end = text.find(text[start], start + 1)
+        stop = len(text) if end == -1 else end
+        if stop - start - 1 > limit:
+            pieces += [text[pos:start + 1 + limit], "…"]
+        else:
+            pieces.append(text[pos:stop])
+        pieces.append(text[stop:stop + 1])  # the closing quote, if any
+        pos = stop + 1
+    pieces.append(text[pos:])
+    return "".join(pieces)
+
+
+def next_quote(text: str, pos: int) -> int:
+    """The index of the first ``'`` or ``"`` at or after ``pos``, or -1."""
+    found = [index for index in (text.find("'", pos), text.find('"', pos)) if index != -1]
+    return min(found, default=-1)
 
 
 def validation_message(errors: Sequence[dict[str, Any]], shown: int = 3) -> str:

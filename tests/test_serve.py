@@ -180,6 +180,22 @@ def test_malformed_bodies_and_uploads_are_one_line_errors(client):
     assert client.get("/health").json()["status"] == "ok"
 
 
+LONG = "z" * 200_000  # one 200 kB word or field name
+MAX_ANSWER_BYTES = 600  # MAX_MESSAGE_CHARS and the JSON around it
+
+
+def test_an_error_answer_never_echoes_a_large_input(client, sequence_model):
+    """An unknown 200 kB token (it was quoted twice: a 400 kB answer) and a 200 kB unknown field
+    name are cut to 100 characters with an ellipsis, the whole answer under 600 bytes."""
+    answer = client.post("/predict", json={"inputs": [GOOD], LONG: 1})
+    assert_one_line_error(answer, 422, "unknown field 'zzzz", "…'")
+    assert len(answer.content) < MAX_ANSWER_BYTES and "z" * 101 not in answer.text
+    with TestClient(create_app(sequence_model)) as tokens:
+        answer = tokens.post("/predict", json={"inputs": ["a0 " + LONG]})
+    assert_one_line_error(answer, 422, "input 0", "unknown token 'zzzz", "…")
+    assert len(answer.content) < MAX_ANSWER_BYTES and "z" * 101 not in answer.text
+
+
 def test_texts_and_token_ids_equal_net_predict(sequence_model):
     texts = ["a0 b1 | X c2 Y", "c3 c1 c2"]
     ids = sequence_model.tokenizer.encode(texts[1], max_length=32)[0]
