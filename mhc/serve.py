@@ -31,18 +31,23 @@ import asyncio
 import base64
 import binascii
 import io
+import os
 from collections import Counter
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from functools import partial
 from typing import Annotated, Any, AsyncIterator, Callable, Optional, Sequence
 
+import anyio
 import numpy as np
 import torch
 from fastapi import FastAPI, File, Form, Request, UploadFile
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel, ConfigDict, Field
-from starlette.concurrency import run_in_threadpool
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from starlette.datastructures import Headers
 from starlette.exceptions import HTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from torch import Tensor
 
 from mhc.errors import DataError, MhcError
@@ -374,6 +379,8 @@ def validation_message(errors: Sequence[dict[str, Any]], shown: int = 3) -> str:
             messages.append(f"unknown field '{field}' in the request body")
         elif error["type"] == "json_invalid":
             messages.append(f"the request body is not valid JSON ({error.get('ctx', {}).get('error', error['msg'])})")
+        elif error["type"] == "model_type":
+            messages.append('the request body must be a JSON object {"inputs": [...]}')
         elif error["type"] == "missing":
             messages.append(f"the request has no '{field}' field")
         else:
@@ -402,11 +409,140 @@ def add_error_handlers(app: FastAPI) -> None:
         return error_response(500, f"internal error: {type(err).__name__}: {err}")
 
 
+# --- request bodies -----------------------------------------------------------------------------
+
+
+MB = 1_000_000  # max_body_mb counts decimal megabytes
+
+
+class BodyTooLarge(HTTPException):
+    """A request body over the service's limit: a 413 whose message gives the size, if known, and the limit."""
+
+    def __init__(self, limit_bytes: int, size: int | None = None) -> None:
+        body = f"is {size / MB:.1f} MB" if size is not None else f"is over {limit_bytes / MB:g} MB"
+        super().__init__(413, f"the request body {body}; the service takes at most {limit_bytes / MB:g} MB (max_body_mb)")
+
+
+class BodyLimit:
+    """ASGI middleware holding every request body to ``limit_bytes``: a request whose
+    ``Content-Length`` is over it is answered 413 at once, before any of its body is read; a body
+    without one (chunked) is counted as it streams in and refused when it passes the limit.
+
+    FastAPI's own ``max_body_size`` answers a plain-text 413 outside the app's error handlers;
+    this one answers the service's one-line JSON error.
+    """
+
+    def __init__(self, app: ASGIApp, limit_bytes: int) -> None:
+        self.app, self.limit_bytes = app, limit_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        declared = content_length(scope)
+        if declared is not None and declared > self.limit_bytes:
+            too_large = BodyTooLarge(self.limit_bytes, declared)
+            return await error_response(too_large.status_code, too_large.detail)(scope, receive, send)
+        await self.app(scope, self.counted(receive), send)
+
+    def counted(self, receive: Receive) -> Receive:
+        """``receive``, raising :class:`BodyTooLarge` once the body read so far passes the limit."""
+        received = 0
+
+        async def receive_counted() -> Message:
+            nonlocal received
+            message = await receive()
+            received += len(message.get("body", b""))
+            if received > self.limit_bytes:
+                raise BodyTooLarge(self.limit_bytes)
+            return message
+
+        return receive_counted
+
+
+def content_length(scope: Scope) -> int | None:
+    """The request's ``Content-Length``, or None without one (a chunked body)."""
+    value = Headers(scope=scope).get("content-length")
+    return int(value) if value is not None and value.strip().isdigit() else None
+
+
+def parse_predict_body(body: bytes) -> PredictRequest:
+    """A ``POST /predict`` body -> the request; invalid JSON or fields raise :class:`RequestValidationError`."""
+    try:
+        return PredictRequest.model_validate_json(body)
+    except ValidationError as err:
+        raise RequestValidationError(err.errors(include_input=False)) from None
+
+
+def check_json_body(request: Request) -> None:
+    """``POST /predict`` reads JSON whatever the content type says, but a form upload goes elsewhere."""
+    if request.headers.get("content-type", "").startswith("multipart/"):
+        raise HTTPException(415, "POST /predict takes a JSON body {\"inputs\": [...]}; send image files to /predict/image")
+
+
 # --- the app ------------------------------------------------------------------------------------
 
 
+@dataclass
+class Job:
+    """One request's decoded rows and the decisions it asked for."""
+
+    rows: Tensor
+    threshold: float | None = None
+    min_confidence: float | None = None
+
+
+class PredictionService:
+    """The model behind the routes. A request's body is parsed and its inputs decoded in a
+    worker thread (at most ``decode_threads`` at once), its rows run through the
+    :class:`DynamicBatcher`, and its answer is built and serialised in a worker thread: the event
+    loop only moves bytes, so ``/health`` never waits on parsing or the model."""
+
+    def __init__(self, model: MultiHeadNet, batcher: DynamicBatcher, decoder: OutputDecoder, max_inputs: int,
+                 decode_threads: int) -> None:
+        self.model, self.batcher, self.decoder = model, batcher, decoder
+        self.max_inputs, self.decode_threads = max_inputs, decode_threads
+        self.limiter: anyio.CapacityLimiter | None = None  # made by start(), in the serving event loop
+
+    async def start(self) -> None:
+        self.limiter = anyio.CapacityLimiter(self.decode_threads)
+        await self.batcher.start()
+
+    async def stop(self) -> None:
+        await self.batcher.stop()
+
+    async def in_thread(self, function: Callable[..., Any], *args: Any) -> Any:
+        """``function(*args)`` in a worker thread, at most ``decode_threads`` at once."""
+        return await anyio.to_thread.run_sync(function, *args, limiter=self.limiter)
+
+    async def predict(self, read: Callable[[], Job]) -> JSONResponse:
+        """The answer to the request that ``read`` parses and decodes (in a worker thread)."""
+        job = await self.in_thread(read)
+        outputs = await self.batcher.submit(job.rows)
+        return await self.in_thread(self.answer, outputs, job)
+
+    def json_job(self, body: bytes) -> Job:
+        request = parse_predict_body(body)
+        return Job(self.decode(request.inputs, "input"), request.threshold, request.min_confidence)
+
+    def decode(self, items: Sequence[Any], what: str) -> Tensor:
+        """Network rows for a request's ``items``: 422 for none, 413 for more than ``max_inputs``."""
+        if len(items) == 0:
+            raise HTTPException(422, f"no {what}s given; send at least one")
+        if len(items) > self.max_inputs:
+            raise HTTPException(413, f"{len(items)} {what}s in one request; the limit is {self.max_inputs}")
+        return decode_inputs(self.model, items, what)
+
+    def answer(self, outputs: list[dict[str, Tensor]], job: Job) -> JSONResponse:
+        """Per-row outputs -> the serialised ``{"predictions": [...]}`` answer."""
+        probs = {name: torch.stack([out[name] for out in outputs]) for name in self.model.tasks}
+        return JSONResponse({"predictions": prediction_entries(self.decoder.decode(probs, job.threshold, job.min_confidence))})
+
+
+PREDICT_BODY = {"requestBody": {"required": True, "content": {"application/json": {"schema": PredictRequest.model_json_schema()}}}}
+
+
 def create_app(model: MultiHeadNet, max_batch_size: int = 32, batch_timeout_ms: float = 5.0,
-               max_inputs: int = 256) -> FastAPI:
+               max_inputs: int = 256, max_body_mb: float = 16.0, decode_threads: int | None = None) -> FastAPI:
     """A FastAPI app serving ``model`` (put in eval mode) with dynamic batching.
 
     Args:
@@ -414,45 +550,44 @@ def create_app(model: MultiHeadNet, max_batch_size: int = 32, batch_timeout_ms: 
         max_batch_size: most inputs in one forward pass; 1 turns batching off.
         batch_timeout_ms: longest wait for more inputs once a forward pass has its first one.
         max_inputs: most inputs in one request (more is a 413 answer).
+        max_body_mb: largest request body in MB (more is a 413 answer, before the body is read).
+        decode_threads: worker threads parsing bodies and decoding inputs at once (default: the CPU count, at most 8).
 
     The batching worker runs during the app's lifespan: use ``with TestClient(app)`` in tests.
     """
     model.eval()
     decoder = OutputDecoder(model.tasks.values())  # the decoding of every runtime
     batcher = DynamicBatcher(probabilities_forward(model, decoder), max_batch_size, batch_timeout_ms)
+    service = PredictionService(model, batcher, decoder, max_inputs, decode_threads or min(8, os.cpu_count() or 1))
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        await batcher.start()
+        await service.start()
         try:
             yield
         finally:
-            await batcher.stop()
+            await service.stop()
 
     app = FastAPI(title="mhc prediction service", lifespan=lifespan)
-    app.state.model, app.state.batcher = model, batcher
+    app.state.model, app.state.batcher, app.state.service = model, batcher, service
+    app.add_middleware(BodyLimit, limit_bytes=int(max_body_mb * MB))
     add_error_handlers(app)
-    task_names = list(model.tasks)
+    settings = {"batching": {"max_batch_size": max_batch_size, "batch_timeout_ms": batch_timeout_ms, "max_inputs": max_inputs},
+                "limits": {"max_inputs": max_inputs, "max_body_mb": max_body_mb}}
+    add_info_routes(app, service, settings)
+    add_predict_routes(app, service)
+    return app
 
-    def check_count(count: int, what: str) -> None:
-        if count == 0:
-            raise HTTPException(422, f"no {what}s given; send at least one")
-        if count > max_inputs:
-            raise HTTPException(413, f"{count} {what}s in one request; the limit is {max_inputs}")
 
-    async def predict_rows(items: Sequence[Any], threshold: float | None, min_confidence: float | None,
-                           what: str) -> dict[str, Any]:
-        check_count(len(items), what)
-        rows = await run_in_threadpool(decode_inputs, model, items, what)
-        outputs = await batcher.submit(rows)
-        probs = {name: torch.stack([out[name] for out in outputs]) for name in task_names}
-        return {"predictions": prediction_entries(decoder.decode(probs, threshold, min_confidence))}
+def add_info_routes(app: FastAPI, service: PredictionService, settings: dict[str, Any]) -> None:
+    """``/health``, ``/metadata`` and ``/metrics``: answered from memory, never waiting on the model."""
+    model, batcher = service.model, service.batcher
 
     @app.get("/health")
     async def health() -> JSONResponse:
         status = "ok" if batcher.running else "stopped"
         return JSONResponse(status_code=200 if batcher.running else 503,
-                            content={"status": status, "tasks": task_names, "input": input_description(model)})
+                            content={"status": status, "tasks": list(model.tasks), "input": input_description(model)})
 
     @app.get("/metadata")
     async def metadata() -> dict[str, Any]:
@@ -461,25 +596,29 @@ def create_app(model: MultiHeadNet, max_batch_size: int = 32, batch_timeout_ms: 
                       for t in model.tasks.values()],
             "input": input_description(model),
             "backbone": model.backbone_config.get("name"),
-            "batching": {"max_batch_size": max_batch_size, "batch_timeout_ms": batch_timeout_ms,
-                         "max_inputs": max_inputs},
+            **settings,
         }
 
     @app.get("/metrics")
     async def metrics() -> dict[str, Any]:
         return batcher.stats.to_dict()
 
-    @app.post("/predict")
-    async def predict(request: PredictRequest) -> dict[str, Any]:
-        return await predict_rows(request.inputs, request.threshold, request.min_confidence, "input")
+
+def add_predict_routes(app: FastAPI, service: PredictionService) -> None:
+    """``POST /predict`` (JSON) and ``POST /predict/image`` (multipart files)."""
+    model = service.model
+
+    @app.post("/predict", openapi_extra=PREDICT_BODY)
+    async def predict(request: Request) -> JSONResponse:
+        check_json_body(request)
+        body = await request.body()  # held to max_body_mb by BodyLimit
+        return await service.predict(partial(service.json_job, body))
 
     @app.post("/predict/image")
     async def predict_image(files: Annotated[list[UploadFile], File()],
                             threshold: Annotated[Optional[float], Form(ge=0.0, le=1.0)] = None,
-                            min_confidence: Annotated[Optional[float], Form(ge=0.0, le=1.0)] = None) -> dict[str, Any]:
+                            min_confidence: Annotated[Optional[float], Form(ge=0.0, le=1.0)] = None) -> JSONResponse:
         if model.takes_tokens:
             raise HTTPException(400, f"this model reads tokens, not images; POST {token_forms(model)} to /predict")
-        check_count(len(files), "file")
-        return await predict_rows([await file.read() for file in files], threshold, min_confidence, "file")
-
-    return app
+        contents = [await file.read() for file in files]
+        return await service.predict(lambda: Job(service.decode(contents, "file"), threshold, min_confidence))

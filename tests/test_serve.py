@@ -5,17 +5,26 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import dataclasses
+import http.client
 import io
+import json
+import socket
 import threading
+import time
+from typing import Iterable, Iterator
 
 import numpy as np
 import pytest
 import torch
+import uvicorn
+from fastapi import FastAPI
 from fastapi.testclient import TestClient
 from PIL import Image
 
 import mhc
+from mhc import serve
 from mhc.cli import serve as serve_cli
 from mhc.data import SequencesDataModule
 from mhc.data.sequences import VOCAB, sequence_tasks
@@ -77,6 +86,55 @@ def assert_one_line_error(response, status: int, *fragments: str) -> None:
     assert response.status_code == status, response.text
     message = response.json()["error"]
     assert "\n" not in message and all(fragment in message for fragment in fragments), message
+
+
+Address = tuple[str, int]
+
+
+@contextlib.contextmanager
+def live_server(app: FastAPI, **options) -> Iterator[Address]:
+    """``app`` served by uvicorn (with ``options``) in a thread on a free loopback port."""
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", **options))
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not server.started and thread.is_alive() and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert server.started, "the test server did not start"
+    try:
+        yield sock.getsockname()
+    finally:
+        server.should_exit = True
+        thread.join(30)
+
+
+def exchange(address: Address, head: bytes, body: Iterable[bytes] = (), timeout: float = 5.0) -> tuple[int, dict]:
+    """Sends a raw request (``head`` then the ``body`` parts) and reads the answer: status and JSON."""
+    with socket.create_connection(address, timeout=timeout) as sock:
+        sock.sendall(head)
+        for part in body:
+            sock.sendall(part)
+        response = http.client.HTTPResponse(sock)
+        response.begin()
+        return response.status, json.loads(response.read())
+
+
+def health_latency(address: Address) -> float:
+    """Seconds for one ``GET /health`` on a new connection."""
+    began = time.perf_counter()
+    connection = http.client.HTTPConnection(*address, timeout=10)
+    connection.request("GET", "/health")
+    assert connection.getresponse().status == 200
+    connection.close()
+    return time.perf_counter() - began
+
+
+def post_head(length: int | None, content_type: str = "application/json") -> bytes:
+    """The head of a ``POST /predict``: with a ``Content-Length``, or chunked without one."""
+    framing = f"Content-Length: {length}" if length is not None else "Transfer-Encoding: chunked"
+    return f"POST /predict HTTP/1.1\r\nHost: test\r\nContent-Type: {content_type}\r\n{framing}\r\n\r\n".encode()
 
 
 def test_health_and_metadata_describe_tasks_and_input(client, image_model):
@@ -196,6 +254,59 @@ def test_an_error_answer_never_echoes_a_large_input(client, sequence_model):
     assert len(answer.content) < MAX_ANSWER_BYTES and "z" * 101 not in answer.text
 
 
+def test_a_body_over_the_limit_is_refused_from_its_content_length_before_any_of_it_is_sent(image_model):
+    with live_server(create_app(image_model, max_body_mb=1)) as address:
+        status, answer = exchange(address, post_head(50_000_000))  # the head alone: the body never comes
+    assert (status, answer) == (413, {"error": "the request body is 50.0 MB; the service takes at most 1 MB (max_body_mb)"})
+
+
+def test_a_chunked_body_is_counted_as_it_streams_and_refused_past_the_limit(image_model):
+    chunk = b"%x\r\n%s\r\n" % (64_000, b" " * 64_000)
+    with live_server(create_app(image_model, max_body_mb=1)) as address:
+        status, answer = exchange(address, post_head(None), [chunk] * 20)  # 1.28 MB, no closing chunk
+    assert (status, answer) == (413, {"error": "the request body is over 1 MB; the service takes at most 1 MB (max_body_mb)"})
+
+
+def test_too_many_inputs_past_the_body_limit_are_refused_by_size_before_parsing(client):
+    body = b'{"inputs": [' + b"[0.5]," * 3_000_000 + b"[0.5]]}"  # 18 MB: over the default 16 MB
+    assert_one_line_error(client.post("/predict", content=body), 413, "18.0 MB", "at most 16 MB")
+
+
+def test_health_answers_at_once_while_a_large_body_is_sent(image_model):
+    """A 40 MB body of numbers (it was read and parsed on the event loop, stalling ``/health`` for
+    seconds) is refused from its length while it uploads, and ``/health`` keeps answering."""
+    body = b'{"inputs": [' + b"[0.5, 0.25, 0.125], " * 2_000_000 + b"[0.5]]}"
+    answers: list[tuple[int, dict]] = []
+    with live_server(create_app(image_model, max_body_mb=1)) as address:
+        upload = threading.Thread(target=lambda: answers.append(exchange(address, post_head(len(body)), [body], 30)))
+        upload.start()
+        latencies = []
+        while upload.is_alive() or not latencies:
+            latencies.append(health_latency(address))
+            time.sleep(0.01)
+        upload.join()
+    assert answers[0][0] == 413 and "40.0 MB" in answers[0][1]["error"]
+    assert max(latencies) < 0.25, latencies
+
+
+def test_bodies_are_parsed_away_from_the_event_loop(client, monkeypatch):
+    """The JSON of a request is read in a worker thread: no event loop runs where it is parsed."""
+    parsed_in_loop = []
+
+    def parse(body: bytes):
+        try:
+            asyncio.get_running_loop()
+            parsed_in_loop.append(True)
+        except RuntimeError:
+            parsed_in_loop.append(False)
+        return original(body)
+
+    original = serve.parse_predict_body
+    monkeypatch.setattr(serve, "parse_predict_body", parse)
+    assert client.post("/predict", json={"inputs": [GOOD]}).status_code == 200
+    assert parsed_in_loop == [False]
+
+
 def test_texts_and_token_ids_equal_net_predict(sequence_model):
     texts = ["a0 b1 | X c2 Y", "c3 c1 c2"]
     ids = sequence_model.tokenizer.encode(texts[1], max_length=32)[0]
@@ -269,9 +380,13 @@ def test_cli_bad_model_path_is_one_line_and_exit_1(tmp_path, capsys):
 def test_cli_serves_an_export_folder_with_the_given_options(image_model, tmp_path, monkeypatch):
     calls = {}
     monkeypatch.setattr(serve_cli.uvicorn, "run", lambda app, **kwargs: calls.update(app=app, **kwargs))
-    serve_cli.main([str(mhc.save_export(image_model, tmp_path / "export")), "--port", "8123", "--max-batch-size", "8"])
+    serve_cli.main([str(mhc.save_export(image_model, tmp_path / "export")), "--port", "8123", "--max-batch-size", "8",
+                    "--max-body-mb", "2.5"])
     assert calls["port"] == 8123 and calls["host"] == "127.0.0.1"
-    assert calls["app"].state.batcher.max_batch_size == 8 and list(calls["app"].state.model.tasks) == list(image_model.tasks)
+    with TestClient(calls["app"]) as client:
+        metadata = client.get("/metadata").json()
+    assert metadata["batching"]["max_batch_size"] == 8 and metadata["limits"]["max_body_mb"] == 2.5
+    assert [task["name"] for task in metadata["tasks"]] == list(image_model.tasks)
 
 
 def test_a_failing_forward_pass_fails_its_requests_only():

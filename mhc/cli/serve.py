@@ -37,6 +37,13 @@ def non_negative_float(text: str) -> float:
     return value
 
 
+def positive_float(text: str) -> float:
+    value = float(text)
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be above 0, got {text}")
+    return value
+
+
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="mhc-serve", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -49,6 +56,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                         help="longest wait for more inputs before a forward pass (default: %(default)s)")
     parser.add_argument("--max-inputs", type=positive_int, default=256,
                         help="most inputs in one request (default: %(default)s)")
+    parser.add_argument("--max-body-mb", type=positive_float, default=16.0,
+                        help="largest request body in MB, refused with 413 before it is read (default: %(default)s)")
     parser.add_argument("--device", default="cpu", help="torch device for the model (default: %(default)s)")
     parser.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
     return parser.parse_args(argv)
@@ -72,7 +81,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         print_error(err)
         sys.exit(1)
     app = create_app(model, max_batch_size=args.max_batch_size, batch_timeout_ms=args.batch_timeout_ms,
-                     max_inputs=args.max_inputs)
+                     max_inputs=args.max_inputs, max_body_mb=args.max_body_mb)
     console.print(f"serving {args.model}: {len(model.tasks)} tasks ({', '.join(model.tasks)}) on "
                   f"http://{args.host}:{args.port}, batches of up to {args.max_batch_size}", highlight=False, soft_wrap=True)
     uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level)
