@@ -39,6 +39,7 @@ from functools import partial
 from typing import Annotated, Any, AsyncIterator, Callable, Optional, Sequence
 
 import anyio
+import h11
 import numpy as np
 import torch
 from fastapi import FastAPI, File, Form, Request, UploadFile
@@ -49,6 +50,7 @@ from starlette.datastructures import Headers
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from torch import Tensor
+from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from mhc.errors import DataError, MhcError
 from mhc.model.net import MultiHeadNet
@@ -220,13 +222,22 @@ class BatchStats:
                 "batch_sizes": {str(size): n for size, n in sorted(self.batch_sizes.items())}}
 
 
+class BatcherClosed(RuntimeError):
+    """The batcher takes no rows: not started, or stopping."""
+
+
+Item = tuple[Tensor, asyncio.Future]
+STOP: Any = object()  # queued by stop(): the worker ends once the rows before it have run
+
+
 class DynamicBatcher:
     """Gathers rows submitted by concurrent requests into forward passes of up to
     ``max_batch_size`` rows, waiting at most ``timeout_ms`` after the first row for more.
 
     One worker task runs the passes one at a time, each in a thread (``asyncio.to_thread``),
     so requests keep arriving, and queueing, while the model runs. A request's rows may span
-    several passes; its answer is ready when all of them are.
+    several passes; its answer is ready when all of them are. :meth:`stop` runs the rows
+    already queued before the worker ends.
 
     Args:
         forward: network rows [B, ...] -> per-task outputs with a leading batch dimension.
@@ -239,30 +250,41 @@ class DynamicBatcher:
             raise ValueError(f"max_batch_size must be >= 1 and timeout_ms >= 0, got {max_batch_size} and {timeout_ms}")
         self.forward, self.max_batch_size, self.timeout_s = forward, max_batch_size, timeout_ms / 1000
         self.stats = BatchStats()
-        self._queue: asyncio.Queue[tuple[Tensor, asyncio.Future]] | None = None
+        self._queue: asyncio.Queue[Item] | None = None
         self._worker: asyncio.Task | None = None
+        self._closing = False
 
     @property
     def running(self) -> bool:
-        return self._worker is not None and not self._worker.done()
+        """Whether the batcher takes rows: started and not stopping."""
+        return self._worker is not None and not self._worker.done() and not self._closing
 
     async def start(self) -> None:
-        self._queue = asyncio.Queue()
+        self._queue, self._closing = asyncio.Queue(), False
         self._worker = asyncio.create_task(self._serve(), name="mhc-batcher")
 
-    async def stop(self) -> None:
-        if self._worker is not None:
+    async def stop(self, drain_timeout_s: float = 30.0) -> None:
+        """Takes no more rows, runs those already queued (for at most ``drain_timeout_s``), then
+        ends the worker; rows it could not run are cancelled."""
+        if self._worker is None or self._queue is None:
+            return
+        self._closing = True
+        self._queue.put_nowait(STOP)
+        try:
+            await asyncio.wait_for(asyncio.shield(self._worker), drain_timeout_s)
+        except asyncio.TimeoutError:
             self._worker.cancel()
             await asyncio.gather(self._worker, return_exceptions=True)
-        while self._queue is not None and not self._queue.empty():
-            _, future = self._queue.get_nowait()
-            future.cancel()
-        self._worker = None
+        while not self._queue.empty():
+            item = self._queue.get_nowait()
+            if item is not STOP:
+                item[1].cancel()
+        self._worker, self._closing = None, False
 
     async def submit(self, rows: Tensor) -> list[dict[str, Tensor]]:
         """Per-row outputs for ``rows`` [N, ...], in order, once their passes have run."""
         if not self.running or self._queue is None:
-            raise RuntimeError("the batcher is not running; start it first (the app's lifespan does)")
+            raise BatcherClosed("the batcher is not running" if not self._closing else "the batcher is stopping")
         loop = asyncio.get_running_loop()
         futures = [loop.create_future() for _ in range(len(rows))]
         for row, future in zip(rows, futures):
@@ -270,43 +292,61 @@ class DynamicBatcher:
         return list(await asyncio.gather(*futures))
 
     async def _serve(self) -> None:
-        while True:
+        stopping = False
+        while not stopping:
+            batch, stopping = await self._next_batch()
             # A request that went away has cancelled its futures: its rows are not run.
-            pending = [(row, future) for row, future in await self._next_batch() if not future.done()]
-            if not pending:
-                continue
-            try:
-                outputs = await asyncio.to_thread(self.forward, torch.stack([row for row, _ in pending]))
-            except asyncio.CancelledError:  # stopped mid-pass: nobody will answer these rows
-                for _, future in pending:
-                    future.cancel()
-                raise
-            except Exception as err:  # noqa: BLE001 - the waiting requests answer with it
-                for _, future in pending:
-                    if not future.done():
-                        future.set_exception(err)
-                continue
-            self.stats.record(len(pending))
-            for i, (_, future) in enumerate(pending):
-                if not future.done():
-                    future.set_result({name: value[i] for name, value in outputs.items()})
+            pending = [(row, future) for row, future in batch if not future.done()]
+            if pending:
+                await self._run(pending)
 
-    async def _next_batch(self) -> list[tuple[Tensor, asyncio.Future]]:
+    async def _run(self, pending: list[Item]) -> None:
+        """One forward pass over ``pending`` rows; their futures get its outputs or its error."""
+        try:
+            outputs = await asyncio.to_thread(self.forward, torch.stack([row for row, _ in pending]))
+        except asyncio.CancelledError:  # stopped mid-pass: nobody will answer these rows
+            for _, future in pending:
+                future.cancel()
+            raise
+        except Exception as err:  # noqa: BLE001 - the waiting requests answer with it
+            for _, future in pending:
+                if not future.done():
+                    future.set_exception(err)
+            return
+        self.stats.record(len(pending))
+        for i, (_, future) in enumerate(pending):
+            if not future.done():
+                future.set_result({name: value[i] for name, value in outputs.items()})
+
+    async def _next_batch(self) -> tuple[list[Item], bool]:
+        """The rows of the next pass, and whether :meth:`stop` came after them."""
         assert self._queue is not None
-        batch = [await self._queue.get()]
+        first = await self._queue.get()
+        if first is STOP:
+            return [], True
+        batch = [first]
         deadline = asyncio.get_running_loop().time() + self.timeout_s
         while len(batch) < self.max_batch_size:
-            if not self._queue.empty():
-                batch.append(self._queue.get_nowait())
-                continue
-            remaining = deadline - asyncio.get_running_loop().time()
-            if remaining <= 0:
+            item = await self._next_item(deadline)
+            if item is None:
                 break
-            try:
-                batch.append(await asyncio.wait_for(self._queue.get(), remaining))
-            except TimeoutError:
-                break
-        return batch
+            if item is STOP:
+                return batch, True
+            batch.append(item)
+        return batch, False
+
+    async def _next_item(self, deadline: float) -> Item | None:
+        """The next queued item, waiting until ``deadline`` (loop time) at most; None if none came."""
+        assert self._queue is not None
+        if not self._queue.empty():
+            return self._queue.get_nowait()
+        remaining = deadline - asyncio.get_running_loop().time()
+        if remaining <= 0:
+            return None
+        try:
+            return await asyncio.wait_for(self._queue.get(), remaining)
+        except asyncio.TimeoutError:
+            return None
 
 
 def probabilities_forward(net: MultiHeadNet, decoder: OutputDecoder) -> Forward:
@@ -400,6 +440,10 @@ def add_error_handlers(app: FastAPI) -> None:
     async def bad_request(request: Request, err: RequestValidationError) -> JSONResponse:
         return error_response(422, validation_message(err.errors()))
 
+    @app.exception_handler(BatcherClosed)
+    async def stopping(request: Request, err: BatcherClosed) -> JSONResponse:
+        return error_response(503, "the service is shutting down")
+
     @app.exception_handler(HTTPException)
     async def http_error(request: Request, err: HTTPException) -> JSONResponse:
         return error_response(err.status_code, str(err.detail))
@@ -477,6 +521,70 @@ def check_json_body(request: Request) -> None:
     """``POST /predict`` reads JSON whatever the content type says, but a form upload goes elsewhere."""
     if request.headers.get("content-type", "").startswith("multipart/"):
         raise HTTPException(415, "POST /predict takes a JSON body {\"inputs\": [...]}; send image files to /predict/image")
+
+
+# --- the server -------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ServerOptions:
+    """How uvicorn holds connections for ``mhc-serve``; :meth:`uvicorn_options` gives them as
+    ``uvicorn.run`` / ``uvicorn.Config`` arguments.
+
+    Attributes:
+        header_timeout_s: a connection whose request head is not complete this long after it
+            opened, or after its previous answer, is closed (see :func:`header_timeout_protocol`).
+        timeout_keep_alive_s: an idle keep-alive connection is closed after this long.
+        max_header_kb: largest request head being received (h11's incomplete-event limit); more is a 400.
+        limit_concurrency: most connections and requests at once; more are answered 503. None: no limit.
+        timeout_graceful_shutdown_s: on SIGINT / SIGTERM, requests in flight get this long to
+            finish before they are cancelled; then the batcher runs what is still queued.
+    """
+
+    header_timeout_s: float = 10.0
+    timeout_keep_alive_s: float = 5.0
+    max_header_kb: int = 16
+    limit_concurrency: int | None = 1024
+    timeout_graceful_shutdown_s: float = 30.0
+
+    def uvicorn_options(self) -> dict[str, Any]:
+        return {"http": header_timeout_protocol(self.header_timeout_s), "timeout_keep_alive": self.timeout_keep_alive_s,
+                "h11_max_incomplete_event_size": self.max_header_kb * 1024, "limit_concurrency": self.limit_concurrency,
+                "timeout_graceful_shutdown": self.timeout_graceful_shutdown_s}
+
+
+def header_timeout_protocol(seconds: float) -> type[H11Protocol]:
+    """uvicorn's h11 protocol, closing a connection whose request head is not complete ``seconds``
+    after the connection opened or after its previous answer. (uvicorn times out idle keep-alive
+    connections only: a client sending its head a byte at a time held a connection for ever.)"""
+
+    class HeaderTimeoutProtocol(H11Protocol):
+        header_timer: asyncio.TimerHandle | None = None
+
+        def connection_made(self, transport: asyncio.BaseTransport) -> None:  # type: ignore[override]
+            super().connection_made(transport)  # type: ignore[arg-type]
+            self.start_header_timer()
+
+        def on_response_complete(self) -> None:
+            super().on_response_complete()
+            self.start_header_timer()
+
+        def connection_lost(self, exc: Exception | None) -> None:
+            if self.header_timer is not None:
+                self.header_timer.cancel()
+            super().connection_lost(exc)
+
+        def start_header_timer(self) -> None:
+            if self.header_timer is not None:
+                self.header_timer.cancel()
+            if not self.transport.is_closing():
+                self.header_timer = self.loop.call_later(seconds, self.header_timed_out)
+
+        def header_timed_out(self) -> None:
+            if self.conn.their_state is h11.IDLE and not self.transport.is_closing():  # no complete head yet
+                self.transport.close()
+
+    return HeaderTimeoutProtocol
 
 
 # --- the app ------------------------------------------------------------------------------------

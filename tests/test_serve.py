@@ -22,6 +22,7 @@ import uvicorn
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
 from PIL import Image
+from uvicorn.protocols.http.h11_impl import H11Protocol
 
 import mhc
 from mhc import serve
@@ -30,7 +31,7 @@ from mhc.data import SequencesDataModule
 from mhc.data.sequences import VOCAB, sequence_tasks
 from mhc.io import save_checkpoint
 from mhc.model import MultiHeadNet
-from mhc.serve import DynamicBatcher, create_app
+from mhc.serve import BatcherClosed, DynamicBatcher, ServerOptions, create_app
 
 
 @pytest.fixture
@@ -91,8 +92,16 @@ def assert_one_line_error(response, status: int, *fragments: str) -> None:
 Address = tuple[str, int]
 
 
+@dataclasses.dataclass
+class LiveServer:
+    """A uvicorn server running in a thread, and where it listens."""
+
+    address: Address
+    server: uvicorn.Server
+
+
 @contextlib.contextmanager
-def live_server(app: FastAPI, **options) -> Iterator[Address]:
+def live_server(app: FastAPI, **options) -> Iterator[LiveServer]:
     """``app`` served by uvicorn (with ``options``) in a thread on a free loopback port."""
     sock = socket.socket()
     sock.bind(("127.0.0.1", 0))
@@ -104,7 +113,7 @@ def live_server(app: FastAPI, **options) -> Iterator[Address]:
         time.sleep(0.02)
     assert server.started, "the test server did not start"
     try:
-        yield sock.getsockname()
+        yield LiveServer(sock.getsockname(), server)
     finally:
         server.should_exit = True
         thread.join(30)
@@ -255,15 +264,15 @@ def test_an_error_answer_never_echoes_a_large_input(client, sequence_model):
 
 
 def test_a_body_over_the_limit_is_refused_from_its_content_length_before_any_of_it_is_sent(image_model):
-    with live_server(create_app(image_model, max_body_mb=1)) as address:
-        status, answer = exchange(address, post_head(50_000_000))  # the head alone: the body never comes
+    with live_server(create_app(image_model, max_body_mb=1)) as live:
+        status, answer = exchange(live.address, post_head(50_000_000))  # the head alone: the body never comes
     assert (status, answer) == (413, {"error": "the request body is 50.0 MB; the service takes at most 1 MB (max_body_mb)"})
 
 
 def test_a_chunked_body_is_counted_as_it_streams_and_refused_past_the_limit(image_model):
     chunk = b"%x\r\n%s\r\n" % (64_000, b" " * 64_000)
-    with live_server(create_app(image_model, max_body_mb=1)) as address:
-        status, answer = exchange(address, post_head(None), [chunk] * 20)  # 1.28 MB, no closing chunk
+    with live_server(create_app(image_model, max_body_mb=1)) as live:
+        status, answer = exchange(live.address, post_head(None), [chunk] * 20)  # 1.28 MB, no closing chunk
     assert (status, answer) == (413, {"error": "the request body is over 1 MB; the service takes at most 1 MB (max_body_mb)"})
 
 
@@ -277,12 +286,12 @@ def test_health_answers_at_once_while_a_large_body_is_sent(image_model):
     seconds) is refused from its length while it uploads, and ``/health`` keeps answering."""
     body = b'{"inputs": [' + b"[0.5, 0.25, 0.125], " * 2_000_000 + b"[0.5]]}"
     answers: list[tuple[int, dict]] = []
-    with live_server(create_app(image_model, max_body_mb=1)) as address:
-        upload = threading.Thread(target=lambda: answers.append(exchange(address, post_head(len(body)), [body], 30)))
+    with live_server(create_app(image_model, max_body_mb=1)) as live:
+        upload = threading.Thread(target=lambda: answers.append(exchange(live.address, post_head(len(body)), [body], 30)))
         upload.start()
         latencies = []
         while upload.is_alive() or not latencies:
-            latencies.append(health_latency(address))
+            latencies.append(health_latency(live.address))
             time.sleep(0.01)
         upload.join()
     assert answers[0][0] == 413 and "40.0 MB" in answers[0][1]["error"]
@@ -305,6 +314,107 @@ def test_bodies_are_parsed_away_from_the_event_loop(client, monkeypatch):
     monkeypatch.setattr(serve, "parse_predict_body", parse)
     assert client.post("/predict", json={"inputs": [GOOD]}).status_code == 200
     assert parsed_in_loop == [False]
+
+
+def closed_after(sock: socket.socket, trickle: bytes, limit_s: float = 3.0) -> float | None:
+    """Sends ``trickle`` every 0.1 s until the server closes ``sock``: the seconds that took, or
+    None if it stayed open ``limit_s``."""
+    began = time.monotonic()
+    sock.settimeout(0.1)
+    while time.monotonic() - began < limit_s:
+        try:
+            sock.sendall(trickle)
+            if sock.recv(1024) == b"":
+                return time.monotonic() - began
+        except socket.timeout:
+            continue
+        except (BrokenPipeError, ConnectionResetError):
+            return time.monotonic() - began
+    return None
+
+
+def test_a_request_head_sent_a_line_at_a_time_is_cut_off_at_the_header_timeout(image_model):
+    options = ServerOptions(header_timeout_s=0.5).uvicorn_options()
+    with live_server(create_app(image_model), **options) as live:
+        with socket.create_connection(live.address, timeout=5) as sock:
+            sock.sendall(b"GET /health HTTP/1.1\r\nHost: test\r\n")
+            seconds = closed_after(sock, b"X-Slow: 1\r\n")
+        assert health_latency(live.address) < 1
+    assert seconds is not None and 0.4 < seconds < 1.5, seconds
+
+
+def test_an_idle_keep_alive_connection_is_closed_after_its_timeout(image_model):
+    options = ServerOptions(timeout_keep_alive_s=0.3).uvicorn_options()
+    with live_server(create_app(image_model), **options) as live:
+        with socket.create_connection(live.address, timeout=5) as sock:
+            sock.sendall(b"GET /health HTTP/1.1\r\nHost: test\r\n\r\n")
+            response = http.client.HTTPResponse(sock)
+            response.begin()
+            response.read()
+            began = time.monotonic()
+            assert sock.recv(1024) == b"" and time.monotonic() - began < 1.5
+
+
+def test_an_oversized_request_head_is_a_400_and_connections_past_the_limit_a_503(image_model):
+    options = ServerOptions(max_header_kb=1, limit_concurrency=2).uvicorn_options()
+    with live_server(create_app(image_model), **options) as live:
+        with socket.create_connection(live.address, timeout=5) as sock:
+            sock.sendall(b"GET /health HTTP/1.1\r\nHost: test\r\nX-Big: " + b"a" * 4000)  # head unfinished
+            response = http.client.HTTPResponse(sock)
+            response.begin()
+            assert response.status == 400
+        with socket.create_connection(live.address), socket.create_connection(live.address):  # two idle connections
+            connection = http.client.HTTPConnection(*live.address, timeout=5)
+            connection.request("GET", "/health")
+            assert connection.getresponse().status == 503
+            connection.close()
+
+
+def test_stopping_the_batcher_runs_the_rows_already_queued():
+    def forward(rows):
+        time.sleep(0.1)
+        return {"same": rows}
+
+    async def run() -> tuple[list, Exception]:
+        batcher = DynamicBatcher(forward, max_batch_size=2, timeout_ms=0)
+        await batcher.start()
+        submitted = [asyncio.create_task(batcher.submit(torch.full((1,), float(i)))) for i in range(5)]
+        await asyncio.sleep(0.03)  # the first pass runs, three rows wait in the queue
+        await batcher.stop()
+        try:
+            await batcher.submit(torch.ones(1))
+        except BatcherClosed as err:
+            refused = err
+        return await asyncio.gather(*submitted, return_exceptions=True), refused
+
+    answers, refused = asyncio.run(run())
+    assert [answer[0]["same"].item() for answer in answers] == [0.0, 1.0, 2.0, 3.0, 4.0]
+    assert "not running" in str(refused)
+
+
+def test_shutdown_finishes_the_requests_in_flight_and_takes_no_new_connections(image_model):
+    app = create_app(image_model)
+    running = threading.Event()
+    forward = app.state.batcher.forward
+
+    def slow_forward(rows):
+        running.set()
+        time.sleep(0.5)
+        return forward(rows)
+
+    app.state.batcher.forward = slow_forward
+    answers = []
+    with live_server(app, **ServerOptions(timeout_graceful_shutdown_s=5).uvicorn_options()) as live:
+        body = json.dumps({"inputs": [GOOD]}).encode()
+        request = threading.Thread(target=lambda: answers.append(exchange(live.address, post_head(len(body)), [body])))
+        request.start()
+        assert running.wait(5)
+        live.server.should_exit = True
+        time.sleep(0.2)
+        with pytest.raises(ConnectionRefusedError):
+            socket.create_connection(live.address, timeout=1)
+        request.join()
+    assert answers[0][0] == 200 and set(answers[0][1]["predictions"][0]) == set(image_model.tasks)
 
 
 def test_texts_and_token_ids_equal_net_predict(sequence_model):
@@ -381,8 +491,13 @@ def test_cli_serves_an_export_folder_with_the_given_options(image_model, tmp_pat
     calls = {}
     monkeypatch.setattr(serve_cli.uvicorn, "run", lambda app, **kwargs: calls.update(app=app, **kwargs))
     serve_cli.main([str(mhc.save_export(image_model, tmp_path / "export")), "--port", "8123", "--max-batch-size", "8",
-                    "--max-body-mb", "2.5"])
+                    "--max-body-mb", "2.5",
+                    "--header-timeout", "3", "--timeout-keep-alive", "2", "--max-header-kb", "8", "--limit-concurrency", "64",
+                    "--timeout-graceful-shutdown", "7"])
     assert calls["port"] == 8123 and calls["host"] == "127.0.0.1"
+    assert (calls["timeout_keep_alive"], calls["h11_max_incomplete_event_size"], calls["limit_concurrency"],
+            calls["timeout_graceful_shutdown"]) == (2, 8 * 1024, 64, 7)
+    assert issubclass(calls["http"], H11Protocol)
     with TestClient(calls["app"]) as client:
         metadata = client.get("/metadata").json()
     assert metadata["batching"]["max_batch_size"] == 8 and metadata["limits"]["max_body_mb"] == 2.5
