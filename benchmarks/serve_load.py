@@ -33,6 +33,7 @@ from typing import Iterator
 import httpx
 import torch
 from PIL import Image
+from prometheus_client.parser import text_string_to_metric_families
 
 from mhc.data.generated import render_scenes, scene_tasks
 from mhc.io import save_checkpoint
@@ -111,7 +112,7 @@ async def run_load(url: str, bodies: list[bytes], concurrency: int, requests: in
     try:
         await asyncio.gather(*[c.post("/predict", content=bodies[i % len(bodies)], headers=headers)
                                for i, c in enumerate(clients)])
-        before = (await clients[0].get("/metrics")).json()
+        before = batch_totals((await clients[0].get("/metrics")).text)
         latencies: list[float] = []
         sent = 0
         start = time.perf_counter()
@@ -129,11 +130,18 @@ async def run_load(url: str, bodies: list[bytes], concurrency: int, requests: in
 
         await asyncio.gather(*[one_client(c) for c in clients])
         elapsed = time.perf_counter() - start
-        after = (await clients[0].get("/metrics")).json()
+        after = batch_totals((await clients[0].get("/metrics")).text)
     finally:
         await asyncio.gather(*[c.aclose() for c in clients])
-    passes = after["forward_passes"] - before["forward_passes"]
-    return LoadResult(len(latencies), elapsed, latencies, (after["inputs"] - before["inputs"]) / max(passes, 1))
+    passes, inputs = after[0] - before[0], after[1] - before[1]
+    return LoadResult(len(latencies), elapsed, latencies, inputs / max(passes, 1))
+
+
+def batch_totals(metrics: str) -> tuple[float, float]:
+    """Forward passes and inputs so far, from the batch-size histogram of ``GET /metrics``."""
+    samples = {sample.name: sample.value for family in text_string_to_metric_families(metrics)
+               for sample in family.samples if sample.name in ("mhc_batch_size_count", "mhc_batch_size_sum")}
+    return samples["mhc_batch_size_count"], samples["mhc_batch_size_sum"]
 
 
 def main() -> None:

@@ -32,7 +32,7 @@ import base64
 import binascii
 import io
 import os
-from collections import Counter
+import time
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from functools import partial
@@ -44,7 +44,9 @@ import numpy as np
 import torch
 from fastapi import FastAPI, File, Form, Request, UploadFile
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.exposition import choose_encoder
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from starlette.datastructures import Headers
 from starlette.exceptions import HTTPException
@@ -204,29 +206,12 @@ def input_description(net: MultiHeadNet) -> dict[str, Any]:
 # --- batching -----------------------------------------------------------------------------------
 
 
-class BatchStats:
-    """Forward passes run and their sizes, to show batching at work (``GET /metrics``)."""
-
-    def __init__(self) -> None:
-        self.forward_passes = 0
-        self.inputs = 0
-        self.batch_sizes: Counter[int] = Counter()
-
-    def record(self, size: int) -> None:
-        self.forward_passes += 1
-        self.inputs += size
-        self.batch_sizes[size] += 1
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"forward_passes": self.forward_passes, "inputs": self.inputs,
-                "batch_sizes": {str(size): n for size, n in sorted(self.batch_sizes.items())}}
-
-
 class BatcherClosed(RuntimeError):
     """The batcher takes no rows: not started, or stopping."""
 
 
 Item = tuple[Tensor, asyncio.Future]
+OnPass = Callable[[int, float], None]  # a forward pass's size and seconds
 STOP: Any = object()  # queued by stop(): the worker ends once the rows before it have run
 
 
@@ -243,13 +228,15 @@ class DynamicBatcher:
         forward: network rows [B, ...] -> per-task outputs with a leading batch dimension.
         max_batch_size: most rows in one forward pass; 1 turns batching off.
         timeout_ms: longest wait for more rows once a pass has its first one.
+        on_pass: called with each pass's size and seconds (the service's metrics).
     """
 
-    def __init__(self, forward: Forward, max_batch_size: int = 32, timeout_ms: float = 5.0) -> None:
+    def __init__(self, forward: Forward, max_batch_size: int = 32, timeout_ms: float = 5.0,
+                 on_pass: OnPass | None = None) -> None:
         if max_batch_size < 1 or timeout_ms < 0:
             raise ValueError(f"max_batch_size must be >= 1 and timeout_ms >= 0, got {max_batch_size} and {timeout_ms}")
         self.forward, self.max_batch_size, self.timeout_s = forward, max_batch_size, timeout_ms / 1000
-        self.stats = BatchStats()
+        self.on_pass = on_pass
         self._queue: asyncio.Queue[Item] | None = None
         self._worker: asyncio.Task | None = None
         self._closing = False
@@ -281,6 +268,11 @@ class DynamicBatcher:
                 item[1].cancel()
         self._worker, self._closing = None, False
 
+    @property
+    def queued(self) -> int:
+        """Rows waiting for a forward pass."""
+        return 0 if self._queue is None else self._queue.qsize()
+
     async def submit(self, rows: Tensor) -> list[dict[str, Tensor]]:
         """Per-row outputs for ``rows`` [N, ...], in order, once their passes have run."""
         if not self.running or self._queue is None:
@@ -302,6 +294,7 @@ class DynamicBatcher:
 
     async def _run(self, pending: list[Item]) -> None:
         """One forward pass over ``pending`` rows; their futures get its outputs or its error."""
+        began = time.perf_counter()
         try:
             outputs = await asyncio.to_thread(self.forward, torch.stack([row for row, _ in pending]))
         except asyncio.CancelledError:  # stopped mid-pass: nobody will answer these rows
@@ -313,7 +306,8 @@ class DynamicBatcher:
                 if not future.done():
                     future.set_exception(err)
             return
-        self.stats.record(len(pending))
+        if self.on_pass is not None:
+            self.on_pass(len(pending), time.perf_counter() - began)
         for i, (_, future) in enumerate(pending):
             if not future.done():
                 future.set_result({name: value[i] for name, value in outputs.items()})
@@ -523,6 +517,79 @@ def check_json_body(request: Request) -> None:
         raise HTTPException(415, "POST /predict takes a JSON body {\"inputs\": [...]}; send image files to /predict/image")
 
 
+# --- metrics ------------------------------------------------------------------------------------
+
+
+class ServiceMetrics:
+    """The service's Prometheus metrics, in a registry of its own (two apps in one process do not
+    clash): request latency, errors and requests in flight by route; forward-pass sizes and
+    durations; inputs waiting for a pass."""
+
+    def __init__(self, max_batch_size: int) -> None:
+        self.registry = CollectorRegistry()
+        self.latency = Histogram("mhc_request_duration_seconds", "Seconds to answer a request, by route.", ["route"],
+                                 registry=self.registry, buckets=LATENCY_BUCKETS)
+        self.errors = Counter("mhc_request_errors", "Requests answered with a 4xx or 5xx status, by route and status.",
+                              ["route", "status"], registry=self.registry)
+        self.in_flight = Gauge("mhc_requests_in_flight", "Requests being answered, by route.", ["route"],
+                               registry=self.registry)
+        self.batch_size = Histogram("mhc_batch_size", "Inputs per forward pass (its count: the passes; its sum: the inputs).",
+                                    registry=self.registry, buckets=batch_size_buckets(max_batch_size))
+        self.forward_seconds = Histogram("mhc_forward_duration_seconds", "Seconds of one forward pass.",
+                                         registry=self.registry, buckets=LATENCY_BUCKETS)
+        self.queued = Gauge("mhc_batch_queue_inputs", "Inputs waiting for a forward pass.", registry=self.registry)
+
+    def record_pass(self, size: int, seconds: float) -> None:
+        self.batch_size.observe(size)
+        self.forward_seconds.observe(seconds)
+
+    def record_request(self, route: str, status: int, seconds: float) -> None:
+        self.latency.labels(route).observe(seconds)
+        if status >= 400:
+            self.errors.labels(route, str(status)).inc()
+
+    def exposition(self, accept: str | None) -> Response:
+        """The metrics in the Prometheus text format, or OpenMetrics if ``accept`` asks (``GET /metrics``)."""
+        encode, content_type = choose_encoder(accept or "")
+        return Response(encode(self.registry), media_type=content_type)
+
+
+LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+
+
+def batch_size_buckets(max_batch_size: int) -> list[float]:
+    """Every size up to 32, so the histogram counts each size exactly, then powers of two up to ``max_batch_size``."""
+    sizes = set(range(1, min(max_batch_size, 32) + 1)) | {2.0**k for k in range(6, 31) if 2**k < max_batch_size}
+    return sorted(sizes | {max_batch_size})
+
+
+class RequestMetrics:
+    """ASGI middleware timing each request and counting its errors and those in flight, by
+    route: a path of the app's, or ``other`` (unknown paths make no new series)."""
+
+    def __init__(self, app: ASGIApp, metrics: ServiceMetrics, routes: frozenset[str]) -> None:
+        self.app, self.metrics, self.routes = app, metrics, routes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        route = scope["path"] if scope["path"] in self.routes else "other"
+        status = 500  # unless a response starts: an exception that escapes every handler
+
+        async def send_noting_status(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        began = time.perf_counter()
+        with self.metrics.in_flight.labels(route).track_inprogress():
+            try:
+                await self.app(scope, receive, send_noting_status)
+            finally:
+                self.metrics.record_request(route, status, time.perf_counter() - began)
+
+
 # --- the server -------------------------------------------------------------------------------
 
 
@@ -665,7 +732,9 @@ def create_app(model: MultiHeadNet, max_batch_size: int = 32, batch_timeout_ms: 
     """
     model.eval()
     decoder = OutputDecoder(model.tasks.values())  # the decoding of every runtime
-    batcher = DynamicBatcher(probabilities_forward(model, decoder), max_batch_size, batch_timeout_ms)
+    metrics = ServiceMetrics(max_batch_size)
+    batcher = DynamicBatcher(probabilities_forward(model, decoder), max_batch_size, batch_timeout_ms, metrics.record_pass)
+    metrics.queued.set_function(lambda: batcher.queued)
     service = PredictionService(model, batcher, decoder, max_inputs, decode_threads or min(8, os.cpu_count() or 1))
 
     @asynccontextmanager
@@ -677,13 +746,14 @@ def create_app(model: MultiHeadNet, max_batch_size: int = 32, batch_timeout_ms: 
             await service.stop()
 
     app = FastAPI(title="mhc prediction service", lifespan=lifespan)
-    app.state.model, app.state.batcher, app.state.service = model, batcher, service
-    app.add_middleware(BodyLimit, limit_bytes=int(max_body_mb * MB))
+    app.state.model, app.state.batcher, app.state.service, app.state.metrics = model, batcher, service, metrics
     add_error_handlers(app)
     settings = {"batching": {"max_batch_size": max_batch_size, "batch_timeout_ms": batch_timeout_ms, "max_inputs": max_inputs},
                 "limits": {"max_inputs": max_inputs, "max_body_mb": max_body_mb}}
     add_info_routes(app, service, settings)
     add_predict_routes(app, service)
+    app.add_middleware(BodyLimit, limit_bytes=int(max_body_mb * MB))
+    app.add_middleware(RequestMetrics, metrics=metrics, routes=frozenset(route.path for route in app.routes))  # outermost
     return app
 
 
@@ -708,8 +778,8 @@ def add_info_routes(app: FastAPI, service: PredictionService, settings: dict[str
         }
 
     @app.get("/metrics")
-    async def metrics() -> dict[str, Any]:
-        return batcher.stats.to_dict()
+    async def metrics(request: Request) -> Response:
+        return app.state.metrics.exposition(request.headers.get("accept"))
 
 
 def add_predict_routes(app: FastAPI, service: PredictionService) -> None:

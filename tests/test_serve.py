@@ -22,6 +22,7 @@ import uvicorn
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
 from PIL import Image
+from prometheus_client.parser import text_string_to_metric_families
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
 import mhc
@@ -440,6 +441,24 @@ def test_texts_and_token_ids_equal_net_predict(sequence_model):
                                "tokenizer": "word", "accepts": "texts or lists of integer token ids"}
 
 
+def metric_samples(text: str) -> dict[tuple[str, tuple], float]:
+    """Prometheus text -> {(sample name, sorted label items): value}, through prometheus-client's parser."""
+    return {(sample.name, tuple(sorted(sample.labels.items()))): sample.value
+            for family in text_string_to_metric_families(text) for sample in family.samples}
+
+
+def batch_sizes(samples: dict[tuple[str, tuple], float]) -> dict[int, int]:
+    """The forward passes of each size, from the batch-size histogram's cumulative buckets."""
+    cumulative = sorted((float(dict(labels)["le"]), count) for (name, labels), count in samples.items()
+                        if name == "mhc_batch_size_bucket")
+    passes, below = {}, 0.0
+    for le, count in cumulative:
+        if count > below:
+            passes[int(le)] = int(count - below)
+        below = count
+    return passes
+
+
 def test_concurrent_requests_share_forward_passes(image_model):
     images = random_images(12, seed=5)
     answers: dict[int, dict] = {}
@@ -455,28 +474,54 @@ def test_concurrent_requests_share_forward_passes(image_model):
             thread.start()
         for thread in threads:
             thread.join()
-        metrics = client.get("/metrics").json()
+        samples = metric_samples(client.get("/metrics").text)
     expected = image_model.predict(images)
     for i in range(len(images)):
         assert_matches(answers[i]["predictions"], expected, rows=range(i, i + 1))
-    sizes = {int(size): count for size, count in metrics["batch_sizes"].items()}
-    assert metrics["inputs"] == len(images) == sum(size * count for size, count in sizes.items())
-    assert 3 <= metrics["forward_passes"] < len(images) and max(sizes) <= 4
+    sizes = batch_sizes(samples)
+    assert samples[("mhc_batch_size_sum", ())] == len(images) == sum(size * count for size, count in sizes.items())
+    assert 3 <= samples[("mhc_batch_size_count", ())] < len(images) and max(sizes) <= 4
+
+
+def test_metrics_are_prometheus_text_with_latency_errors_in_flight_and_batch_sizes(client, image_model):
+    body = {"inputs": [GOOD, GOOD]}
+    assert [client.post("/predict", json=body).status_code for _ in range(2)] == [200, 200]
+    assert client.post("/predict", json={"inputs": [7]}).status_code == 422
+    assert client.post("/predict", content=b"{}", headers={"content-length": "99999999"}).status_code == 413
+    assert client.get("/nowhere/at/all").status_code == 404
+    assert client.get("/health").status_code == 200
+    with TestClient(create_app(image_model)) as other:  # a second app in the process has registries of its own
+        assert other.get("/metrics").status_code == 200
+    response = client.get("/metrics")
+    assert response.headers["content-type"].startswith("text/plain; version=0.0.4")
+    samples = metric_samples(response.text)
+    requests = {dict(labels)["route"]: count for (name, labels), count in samples.items()
+                if name == "mhc_request_duration_seconds_count"}
+    assert requests == {"/predict": 4, "/health": 1, "other": 1}
+    errors = {tuple(dict(labels).values()): count for (name, labels), count in samples.items()
+              if name == "mhc_request_errors_total"}
+    assert errors == {("/predict", "422"): 1, ("/predict", "413"): 1, ("other", "404"): 1}
+    assert samples[("mhc_requests_in_flight", (("route", "/metrics"),))] == 1  # this request
+    assert samples[("mhc_requests_in_flight", (("route", "/predict"),))] == 0
+    assert batch_sizes(samples) == {2: 2} and samples[("mhc_batch_size_sum", ())] == 4
+    assert samples[("mhc_forward_duration_seconds_count", ())] == 2 and samples[("mhc_batch_queue_inputs", ())] == 0
 
 
 def test_batcher_splits_a_large_request_into_passes_of_max_batch_size():
-    async def run() -> tuple[list, dict]:
-        batcher = DynamicBatcher(lambda rows: {"double": rows * 2}, max_batch_size=4, timeout_ms=0)
+    passes = []
+
+    async def run() -> list:
+        batcher = DynamicBatcher(lambda rows: {"double": rows * 2}, max_batch_size=4, timeout_ms=0,
+                                 on_pass=lambda size, seconds: passes.append(size))
         await batcher.start()
         try:
-            outputs = await batcher.submit(torch.arange(10.0))
+            return await batcher.submit(torch.arange(10.0))
         finally:
             await batcher.stop()
-        return outputs, batcher.stats.to_dict()
 
-    outputs, stats = asyncio.run(run())
+    outputs = asyncio.run(run())
     assert [out["double"].item() for out in outputs] == [2.0 * i for i in range(10)]
-    assert stats == {"forward_passes": 3, "inputs": 10, "batch_sizes": {"2": 1, "4": 2}}
+    assert passes == [4, 4, 2]
 
 
 def test_cli_bad_model_path_is_one_line_and_exit_1(tmp_path, capsys):
