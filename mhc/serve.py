@@ -33,6 +33,7 @@ import binascii
 import io
 import os
 import time
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from functools import partial
@@ -217,28 +218,33 @@ STOP: Any = object()  # queued by stop(): the worker ends once the rows before i
 
 class DynamicBatcher:
     """Gathers rows submitted by concurrent requests into forward passes of up to
-    ``max_batch_size`` rows, waiting at most ``timeout_ms`` after the first row for more.
+    ``max_batch_size`` rows.
 
-    One worker task runs the passes one at a time, each in a thread (``asyncio.to_thread``),
-    so requests keep arriving, and queueing, while the model runs. A request's rows may span
-    several passes; its answer is ready when all of them are. :meth:`stop` runs the rows
-    already queued before the worker ends.
+    One worker task gathers the passes and runs them one at a time on a thread of their own, so
+    requests keep arriving, and queueing, while the model runs: the next pass takes the rows
+    queued meanwhile. Once a pass has its first row it waits up to ``timeout_ms`` for more, but
+    only while ``more_coming()`` says other requests are on their way (being parsed and
+    decoded): a lone request runs at once. A request's rows may span several passes; its answer
+    is ready when all of them are. :meth:`stop` runs the rows already queued before the worker ends.
 
     Args:
         forward: network rows [B, ...] -> per-task outputs with a leading batch dimension.
         max_batch_size: most rows in one forward pass; 1 turns batching off.
         timeout_ms: longest wait for more rows once a pass has its first one.
         on_pass: called with each pass's size and seconds (the service's metrics).
+        more_coming: whether rows are on their way; None: always wait up to ``timeout_ms``.
     """
 
     def __init__(self, forward: Forward, max_batch_size: int = 32, timeout_ms: float = 5.0,
-                 on_pass: OnPass | None = None) -> None:
+                 on_pass: OnPass | None = None, more_coming: Callable[[], bool] | None = None) -> None:
         if max_batch_size < 1 or timeout_ms < 0:
             raise ValueError(f"max_batch_size must be >= 1 and timeout_ms >= 0, got {max_batch_size} and {timeout_ms}")
         self.forward, self.max_batch_size, self.timeout_s = forward, max_batch_size, timeout_ms / 1000
         self.on_pass = on_pass
+        self.more_coming = more_coming or (lambda: True)
         self._queue: asyncio.Queue[Item] | None = None
         self._worker: asyncio.Task | None = None
+        self._executor: ThreadPoolExecutor | None = None  # the forward passes' thread
         self._closing = False
 
     @property
@@ -248,6 +254,7 @@ class DynamicBatcher:
 
     async def start(self) -> None:
         self._queue, self._closing = asyncio.Queue(), False
+        self._executor = ThreadPoolExecutor(1, thread_name_prefix="mhc-forward")
         self._worker = asyncio.create_task(self._serve(), name="mhc-batcher")
 
     async def stop(self, drain_timeout_s: float = 30.0) -> None:
@@ -266,7 +273,9 @@ class DynamicBatcher:
             item = self._queue.get_nowait()
             if item is not STOP:
                 item[1].cancel()
-        self._worker, self._closing = None, False
+        if self._executor is not None:
+            self._executor.shutdown(wait=False)  # a pass cut short by the timeout ends on its own
+        self._worker, self._executor, self._closing = None, None, False
 
     @property
     def queued(self) -> int:
@@ -295,8 +304,9 @@ class DynamicBatcher:
     async def _run(self, pending: list[Item]) -> None:
         """One forward pass over ``pending`` rows; their futures get its outputs or its error."""
         began = time.perf_counter()
+        rows = [row for row, _ in pending]
         try:
-            outputs = await asyncio.to_thread(self.forward, torch.stack([row for row, _ in pending]))
+            outputs = await asyncio.get_running_loop().run_in_executor(self._executor, self.forward_rows, rows)
         except asyncio.CancelledError:  # stopped mid-pass: nobody will answer these rows
             for _, future in pending:
                 future.cancel()
@@ -311,6 +321,10 @@ class DynamicBatcher:
         for i, (_, future) in enumerate(pending):
             if not future.done():
                 future.set_result({name: value[i] for name, value in outputs.items()})
+
+    def forward_rows(self, rows: list[Tensor]) -> dict[str, Tensor]:
+        """One pass over ``rows``, stacked: on the forward thread."""
+        return self.forward(torch.stack(rows))
 
     async def _next_batch(self) -> tuple[list[Item], bool]:
         """The rows of the next pass, and whether :meth:`stop` came after them."""
@@ -330,12 +344,13 @@ class DynamicBatcher:
         return batch, False
 
     async def _next_item(self, deadline: float) -> Item | None:
-        """The next queued item, waiting until ``deadline`` (loop time) at most; None if none came."""
+        """The next queued item, waiting until ``deadline`` (loop time) at most while more are
+        coming; None if none came."""
         assert self._queue is not None
         if not self._queue.empty():
             return self._queue.get_nowait()
         remaining = deadline - asyncio.get_running_loop().time()
-        if remaining <= 0:
+        if remaining <= 0 or not self.more_coming():
             return None
         try:
             return await asyncio.wait_for(self._queue.get(), remaining)
@@ -677,6 +692,7 @@ class PredictionService:
         self.model, self.batcher, self.decoder = model, batcher, decoder
         self.max_inputs, self.decode_threads = max_inputs, decode_threads
         self.limiter: anyio.CapacityLimiter | None = None  # made by start(), in the serving event loop
+        self.preparing = 0  # requests being parsed and decoded: their rows are on their way to the batcher
 
     async def start(self) -> None:
         self.limiter = anyio.CapacityLimiter(self.decode_threads)
@@ -691,7 +707,11 @@ class PredictionService:
 
     async def predict(self, read: Callable[[], Job]) -> JSONResponse:
         """The answer to the request that ``read`` parses and decodes (in a worker thread)."""
-        job = await self.in_thread(read)
+        self.preparing += 1
+        try:
+            job = await self.in_thread(read)
+        finally:
+            self.preparing -= 1
         outputs = await self.batcher.submit(job.rows)
         return await self.in_thread(self.answer, outputs, job)
 
@@ -733,7 +753,8 @@ def create_app(model: MultiHeadNet, max_batch_size: int = 32, batch_timeout_ms: 
     model.eval()
     decoder = OutputDecoder(model.tasks.values())  # the decoding of every runtime
     metrics = ServiceMetrics(max_batch_size)
-    batcher = DynamicBatcher(probabilities_forward(model, decoder), max_batch_size, batch_timeout_ms, metrics.record_pass)
+    batcher = DynamicBatcher(probabilities_forward(model, decoder), max_batch_size, batch_timeout_ms, metrics.record_pass,
+                             more_coming=lambda: service.preparing > 0)
     metrics.queued.set_function(lambda: batcher.queued)
     service = PredictionService(model, batcher, decoder, max_inputs, decode_threads or min(8, os.cpu_count() or 1))
 

@@ -524,6 +524,74 @@ def test_batcher_splits_a_large_request_into_passes_of_max_batch_size():
     assert passes == [4, 4, 2]
 
 
+def test_the_batcher_waits_for_rows_on_their_way_and_only_for_them():
+    """With requests being decoded it waits (up to the timeout) and gathers their rows into one
+    pass; with none, a lone row runs at once instead of waiting out the timeout."""
+    passes, coming = [], {"more": True}
+
+    async def run() -> float:
+        batcher = DynamicBatcher(lambda rows: {"same": rows}, max_batch_size=8, timeout_ms=300,
+                                 on_pass=lambda size, seconds: passes.append(size), more_coming=lambda: coming["more"])
+        await batcher.start()
+        try:
+            first = asyncio.create_task(batcher.submit(torch.ones(1)))
+            await asyncio.sleep(0.05)
+            await asyncio.gather(first, batcher.submit(torch.ones(2)))  # one pass of 3
+            coming["more"] = False
+            began = time.perf_counter()
+            await batcher.submit(torch.ones(1))
+            return time.perf_counter() - began
+        finally:
+            await batcher.stop()
+
+    lone_seconds = asyncio.run(run())
+    assert passes == [3, 1] and lone_seconds < 0.5
+
+
+def test_rows_queued_while_the_model_runs_make_the_next_pass():
+    passes = []
+
+    def forward(rows):
+        time.sleep(0.1)
+        return {"same": rows}
+
+    async def run() -> None:
+        batcher = DynamicBatcher(forward, max_batch_size=8, timeout_ms=0, on_pass=lambda size, seconds: passes.append(size))
+        await batcher.start()
+        try:
+            first = asyncio.create_task(batcher.submit(torch.ones(1)))
+            await asyncio.sleep(0.03)  # the first pass is running: the event loop keeps taking rows
+            await asyncio.gather(first, *[batcher.submit(torch.ones(1)) for _ in range(10)])
+        finally:
+            await batcher.stop()
+
+    asyncio.run(run())
+    assert passes == [1, 8, 2]
+
+
+def test_a_lone_request_does_not_wait_out_the_batch_timeout_and_health_never_waits_on_the_model(image_model):
+    app = create_app(image_model, batch_timeout_ms=3000)
+    with TestClient(app) as client:
+        began = time.perf_counter()
+        assert client.post("/predict", json={"inputs": [GOOD]}).status_code == 200
+        assert time.perf_counter() - began < 1.5
+        running, forward = threading.Event(), app.state.batcher.forward
+
+        def slow_forward(rows):
+            running.set()
+            time.sleep(1.0)
+            return forward(rows)
+
+        app.state.batcher.forward = slow_forward
+        request = threading.Thread(target=lambda: client.post("/predict", json={"inputs": [GOOD]}))
+        request.start()
+        assert running.wait(5)
+        began = time.perf_counter()
+        assert client.get("/health").status_code == 200
+        assert time.perf_counter() - began < 0.3
+        request.join()
+
+
 def test_cli_bad_model_path_is_one_line_and_exit_1(tmp_path, capsys):
     with pytest.raises(SystemExit) as exit_info:
         serve_cli.main([str(tmp_path / "missing.ckpt")])
@@ -535,6 +603,7 @@ def test_cli_bad_model_path_is_one_line_and_exit_1(tmp_path, capsys):
 def test_cli_serves_an_export_folder_with_the_given_options(image_model, tmp_path, monkeypatch):
     calls = {}
     monkeypatch.setattr(serve_cli.uvicorn, "run", lambda app, **kwargs: calls.update(app=app, **kwargs))
+    monkeypatch.setattr(serve_cli.gc, "freeze", lambda: calls.update(froze=True))
     serve_cli.main([str(mhc.save_export(image_model, tmp_path / "export")), "--port", "8123", "--max-batch-size", "8",
                     "--max-body-mb", "2.5",
                     "--header-timeout", "3", "--timeout-keep-alive", "2", "--max-header-kb", "8", "--limit-concurrency", "64",
@@ -543,6 +612,7 @@ def test_cli_serves_an_export_folder_with_the_given_options(image_model, tmp_pat
     assert (calls["timeout_keep_alive"], calls["h11_max_incomplete_event_size"], calls["limit_concurrency"],
             calls["timeout_graceful_shutdown"]) == (2, 8 * 1024, 64, 7)
     assert issubclass(calls["http"], H11Protocol)
+    assert calls["froze"]  # the objects alive after loading are left out of garbage collections
     with TestClient(calls["app"]) as client:
         metadata = client.get("/metadata").json()
     assert metadata["batching"]["max_batch_size"] == 8 and metadata["limits"]["max_body_mb"] == 2.5
