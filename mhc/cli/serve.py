@@ -4,7 +4,9 @@
 
 One process, one model: its requests share a dynamic batcher (see :mod:`mhc.serve`). The
 model is loaded safely with :func:`mhc.load`; a missing or unusable MODEL is one error line
-and exit code 1.
+and exit code 1. Request bodies are held to --max-body-mb; connections to --header-timeout,
+--timeout-keep-alive, --max-header-kb and --limit-concurrency; on SIGTERM or Ctrl-C, requests
+in flight get --timeout-graceful-shutdown seconds to finish.
 """
 
 from __future__ import annotations
