@@ -688,38 +688,38 @@ class Job:
 class PredictionService:
     """The model behind the routes. A request's body is parsed and its inputs decoded in a
     worker thread (at most ``decode_threads`` at once), its rows run through the
-    :class:`DynamicBatcher`, and its answer is built and serialised in a worker thread: the event
-    loop only moves bytes, so ``/health`` never waits on parsing or the model."""
+    :class:`DynamicBatcher`, and its answer is built and serialised in a worker thread (as many
+    again, so answers never queue behind decoding): the event loop only moves bytes, so
+    ``/health`` never waits on parsing or the model."""
 
     def __init__(self, model: MultiHeadNet, batcher: DynamicBatcher, decoder: OutputDecoder, max_inputs: int,
                  decode_threads: int) -> None:
         self.model, self.batcher, self.decoder = model, batcher, decoder
         self.max_inputs, self.decode_threads = max_inputs, decode_threads
-        self.limiter: anyio.CapacityLimiter | None = None  # made by start(), in the serving event loop
+        # Made by start(), in the serving event loop: the threads decoding requests, and answering them.
+        self.decoding: anyio.CapacityLimiter | None = None
+        self.answering: anyio.CapacityLimiter | None = None
         self.preparing = 0  # requests being parsed and decoded: their rows are on their way to the batcher
 
     async def start(self) -> None:
-        self.limiter = anyio.CapacityLimiter(self.decode_threads)
+        self.decoding, self.answering = anyio.CapacityLimiter(self.decode_threads), anyio.CapacityLimiter(self.decode_threads)
         await self.batcher.start()
 
     async def stop(self) -> None:
         await self.batcher.stop()
 
-    async def in_thread(self, function: Callable[..., Any], *args: Any) -> Any:
-        """``function(*args)`` in a worker thread, at most ``decode_threads`` at once."""
-        return await anyio.to_thread.run_sync(function, *args, limiter=self.limiter)
-
     async def predict(self, read: Callable[[], Job]) -> JSONResponse:
         """The answer to the request that ``read`` parses and decodes (in a worker thread)."""
         self.preparing += 1
         try:
-            job = await self.in_thread(read)
+            job = await anyio.to_thread.run_sync(read, limiter=self.decoding)
         finally:
             self.preparing -= 1
         outputs = await self.batcher.submit(job.rows)
-        return await self.in_thread(self.answer, outputs, job)
+        return await anyio.to_thread.run_sync(self.answer, outputs, job, limiter=self.answering)
 
     def json_job(self, body: bytes) -> Job:
+        """A ``POST /predict`` body -> its rows and decisions."""
         request = parse_predict_body(body)
         return Job(self.decode(request.inputs, "input"), request.threshold, request.min_confidence)
 

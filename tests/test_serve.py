@@ -296,7 +296,7 @@ def test_health_answers_at_once_while_a_large_body_is_sent(image_model):
             time.sleep(0.01)
         upload.join()
     assert answers[0][0] == 413 and "40.0 MB" in answers[0][1]["error"]
-    assert max(latencies) < 0.25, latencies
+    assert max(latencies) < 0.5, latencies
 
 
 def test_bodies_are_parsed_away_from_the_event_loop(client, monkeypatch):
@@ -341,7 +341,7 @@ def test_a_request_head_sent_a_line_at_a_time_is_cut_off_at_the_header_timeout(i
             sock.sendall(b"GET /health HTTP/1.1\r\nHost: test\r\n")
             seconds = closed_after(sock, b"X-Slow: 1\r\n")
         assert health_latency(live.address) < 1
-    assert seconds is not None and 0.4 < seconds < 1.5, seconds
+    assert seconds is not None and 0.4 < seconds < 2.0, seconds
 
 
 def test_an_idle_keep_alive_connection_is_closed_after_its_timeout(image_model):
@@ -588,7 +588,7 @@ def test_a_lone_request_does_not_wait_out_the_batch_timeout_and_health_never_wai
         assert running.wait(5)
         began = time.perf_counter()
         assert client.get("/health").status_code == 200
-        assert time.perf_counter() - began < 0.3
+        assert time.perf_counter() - began < 0.5
         request.join()
 
 
