@@ -1,24 +1,25 @@
-"""Throughput and latency of ``mhc-serve`` under concurrent load, dynamic batching on and off.
+"""Latency and throughput of ``mhc-serve`` under concurrent load, dynamic batching on and off,
+and how fast ``/health`` answers meanwhile.
 
 Two servers run side by side on 127.0.0.1 as subprocesses (``python -m mhc.cli.serve``), both
 serving the same compact CNN with random weights (the default ``backbone=cnn`` and the seven
-generated-scene heads): one with ``--max-batch-size 32``, one with ``--max-batch-size 1``.
-For each concurrency level, ``httpx.AsyncClient`` clients each send one 64x64 scene PNG per
-``POST /predict`` request, back to back, until ``--requests`` requests or ``--seconds`` have
-passed; at each concurrency level the two servers run one after the other. The table
-gives requests/s, latency percentiles and the mean forward-pass size (from ``/metrics``).
-The clients share the machine with the servers, so absolute figures are a floor.
+generated-scene heads; nothing downloads): one with ``--max-batch-size 32``, one with
+``--max-batch-size 1``. For each number of clients, each client (an ``httpx.AsyncClient`` with
+its own connection) sends one 64x64 scene PNG per ``POST /predict``, back to back, for
+``--seconds``; the two servers take turns. Meanwhile a separate process asks ``GET /health``
+every 20 ms on a new connection, as a load balancer would. The table gives requests/s, latency
+percentiles, the ``/health`` p99 and the mean forward-pass size (from ``/metrics``). The clients
+share the machine with the servers, so absolute figures are a floor.
 
-    python benchmarks/serve_load.py [--concurrency 8 32] [--requests 3000] [--seconds 8]
+    python benchmarks/serve_load.py [--concurrency 1 32 200] [--seconds 4]
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import base64
 import contextlib
-import io
+import http.client
 import json
 import socket
 import statistics
@@ -29,14 +30,13 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
+from urllib.parse import urlsplit
 
 import httpx
-import torch
-from PIL import Image
+from prometheus_client.parser import text_string_to_metric_families
 
-from mhc.data.generated import render_scenes, scene_tasks
-from mhc.io import save_checkpoint
-from mhc.model import MultiHeadNet
+# torch, PIL and mhc are imported where the model and bodies are made, so that the /health
+# probe (this script with --probe) starts in a fraction of a second.
 
 BACKBONE = {"name": "cnn", "widths": [32, 64, 128, 128], "stem_stride": 2}
 MODES = {"on (max 32)": 32, "off (max 1)": 1}
@@ -44,13 +44,20 @@ MODES = {"on (max 32)": 32, "off (max 1)": 1}
 
 @dataclass
 class LoadResult:
+    """One run: requests answered, its length, their latencies, the /health latencies, the mean pass size."""
+
     requests: int
     seconds: float
     latencies_ms: list[float]
+    health_ms: list[float]
     mean_batch: float
 
-    def percentile(self, q: int) -> float:
-        return statistics.quantiles(self.latencies_ms, n=100)[q - 1]
+    @property
+    def rate(self) -> float:
+        return self.requests / self.seconds
+
+    def percentile(self, q: int, values: list[float] | None = None) -> float:
+        return statistics.quantiles(self.latencies_ms if values is None else values, n=100, method="inclusive")[q - 1]
 
 
 def free_port() -> int:
@@ -61,6 +68,8 @@ def free_port() -> int:
 
 @dataclass
 class Server:
+    """A running ``mhc-serve`` subprocess: its URL, process and log."""
+
     url: str
     process: subprocess.Popen
     log: Path
@@ -88,81 +97,145 @@ def server(model: Path, max_batch_size: int, timeout_ms: float) -> Iterator[Serv
         yield Server(f"http://127.0.0.1:{port}", process, log)
     finally:
         process.terminate()
-        process.wait(timeout=30)
+        process.wait(timeout=60)
 
 
-def request_bodies(count: int) -> list[bytes]:
-    """JSON bodies of ``POST /predict``, one generated scene PNG each, encoded once up front."""
+def save_model(folder: Path) -> Path:
+    """The compact CNN with random weights and the scene heads, as a checkpoint in ``folder``."""
+    import torch
+
+    from mhc.data.generated import scene_tasks
+    from mhc.io import save_checkpoint
+    from mhc.model import MultiHeadNet
+
+    torch.manual_seed(0)
+    return save_checkpoint(MultiHeadNet(BACKBONE, scene_tasks()), folder / "model.ckpt")
+
+
+def request_bodies(count: int, form: str = "png") -> list[bytes]:
+    """JSON bodies of ``POST /predict``, one generated scene each, encoded once up front: as a
+    base64 PNG file, or (``form="list"``) as a nested list [64][64][3] of floats to 3 decimals."""
+    import base64
+    import io
+
+    from PIL import Image
+
+    from mhc.data.generated import render_scenes
+
     images, _ = render_scenes(count, seed=0)
     bodies = []
     for image in images:
+        if form == "list":
+            bodies.append(json.dumps({"inputs": [(image / 255).round(3).tolist()]}).encode())
+            continue
         buffer = io.BytesIO()
         Image.fromarray(image).save(buffer, format="PNG")
         bodies.append(json.dumps({"inputs": [base64.b64encode(buffer.getvalue()).decode("ascii")]}).encode())
     return bodies
 
 
-async def run_load(url: str, bodies: list[bytes], concurrency: int, requests: int, seconds: float) -> LoadResult:
-    """``concurrency`` clients, each with its own connection, sending requests back to back
-    until ``requests`` or ``seconds``. (One shared ``AsyncClient`` pool of 32 connections
-    caps a 2-core machine near 300 requests/s by itself; separate clients do not.)"""
+def probe_health(url: str, seconds: float, every_s: float = 0.02) -> list[float]:
+    """``GET /health`` on a new connection every ``every_s`` for ``seconds``: each answer's milliseconds."""
+    address = urlsplit(url)
+    latencies = []
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        began = time.perf_counter()
+        connection = http.client.HTTPConnection(address.hostname, address.port, timeout=120)
+        connection.request("GET", "/health")
+        status = connection.getresponse().status
+        connection.close()
+        if status != 200:
+            raise RuntimeError(f"/health answered {status}")
+        latencies.append((time.perf_counter() - began) * 1e3)
+        time.sleep(every_s)
+    return latencies
+
+
+@contextlib.contextmanager
+def health_probe(url: str, seconds: float) -> Iterator[list[float]]:
+    """:func:`probe_health` in a process of its own (the load's event loop would delay it); the
+    list it yields holds the latencies once the block ends."""
+    process = subprocess.Popen([sys.executable, __file__, "--probe", url, "--seconds", str(seconds)],
+                               stdout=subprocess.PIPE, text=True)
+    latencies: list[float] = []
+    try:
+        yield latencies
+    finally:
+        output, _ = process.communicate(timeout=seconds + 120)
+    latencies += json.loads(output)
+
+
+def batch_totals(metrics: str) -> tuple[float, float]:
+    """Forward passes and inputs so far, from the batch-size histogram of ``GET /metrics``."""
+    samples = {sample.name: sample.value for family in text_string_to_metric_families(metrics)
+               for sample in family.samples if sample.name in ("mhc_batch_size_count", "mhc_batch_size_sum")}
+    return samples["mhc_batch_size_count"], samples["mhc_batch_size_sum"]
+
+
+async def run_load(url: str, bodies: list[bytes], concurrency: int, seconds: float) -> LoadResult:
+    """``concurrency`` clients, each with its own connection, sending requests back to back for
+    ``seconds`` while :func:`health_probe` asks ``/health``. (One shared ``AsyncClient`` pool of
+    32 connections caps a 2-core machine near 300 requests/s by itself; separate clients do not.)"""
     headers = {"content-type": "application/json"}
-    clients = [httpx.AsyncClient(base_url=url, timeout=60) for _ in range(concurrency)]
+    clients = [httpx.AsyncClient(base_url=url, timeout=120) for _ in range(concurrency)]
     try:
         await asyncio.gather(*[c.post("/predict", content=bodies[i % len(bodies)], headers=headers)
-                               for i, c in enumerate(clients)])
-        before = (await clients[0].get("/metrics")).json()
+                               for i, c in enumerate(clients)])  # connections open, model warm
+        before = batch_totals((await clients[0].get("/metrics")).text)
         latencies: list[float] = []
-        sent = 0
-        start = time.perf_counter()
-        deadline = start + seconds
 
-        async def one_client(client: httpx.AsyncClient) -> None:
-            nonlocal sent
-            while sent < requests and time.perf_counter() < deadline:
-                body = bodies[sent % len(bodies)]
-                sent += 1
+        async def one_client(client: httpx.AsyncClient, deadline: float) -> None:
+            while time.perf_counter() < deadline:
                 began = time.perf_counter()
-                response = await client.post("/predict", content=body, headers=headers)
+                response = await client.post("/predict", content=bodies[len(latencies) % len(bodies)], headers=headers)
                 latencies.append((time.perf_counter() - began) * 1e3)
                 response.raise_for_status()
 
-        await asyncio.gather(*[one_client(c) for c in clients])
-        elapsed = time.perf_counter() - start
-        after = (await clients[0].get("/metrics")).json()
+        with health_probe(url, seconds) as health:
+            start = time.perf_counter()
+            await asyncio.gather(*[one_client(c, start + seconds) for c in clients])
+            elapsed = time.perf_counter() - start
+        after = batch_totals((await clients[0].get("/metrics")).text)
     finally:
         await asyncio.gather(*[c.aclose() for c in clients])
-    passes = after["forward_passes"] - before["forward_passes"]
-    return LoadResult(len(latencies), elapsed, latencies, (after["inputs"] - before["inputs"]) / max(passes, 1))
+    passes, inputs = after[0] - before[0], after[1] - before[1]
+    return LoadResult(len(latencies), elapsed, latencies, health, inputs / max(passes, 1))
+
+
+def print_table(results: dict[tuple[int, str], LoadResult]) -> None:
+    print("| clients | batching | req/s | p50 ms | p99 ms | /health p99 ms | mean batch |")
+    print("|---:|---|---:|---:|---:|---:|---:|")
+    for (concurrency, mode), r in results.items():
+        print(f"| {concurrency} | {mode.split()[0]} | {r.rate:.1f} | {r.percentile(50):.1f} | {r.percentile(99):.1f} | "
+              f"{r.percentile(99, r.health_ms):.1f} | {r.mean_batch:.1f} |")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--concurrency", type=int, nargs="+", default=[8, 32])
-    parser.add_argument("--requests", type=int, default=3000, help="most requests per run")
-    parser.add_argument("--seconds", type=float, default=8.0, help="longest run, per server and concurrency")
+    parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 32, 200])
+    parser.add_argument("--seconds", type=float, default=4.0, help="length of each run, per server and concurrency")
     parser.add_argument("--batch-timeout-ms", type=float, default=5.0)
+    parser.add_argument("--inputs", choices=["png", "list"], default="png",
+                        help="each image as a base64 PNG (12 kB) or a nested list of floats (93 kB of JSON)")
+    parser.add_argument("--probe", metavar="URL", help=argparse.SUPPRESS)  # the /health probe's process
     args = parser.parse_args()
-    torch.manual_seed(0)
-    bodies = request_bodies(64)
+    if args.probe:
+        print(json.dumps(probe_health(args.probe, args.seconds)))
+        return
+    bodies = request_bodies(64, args.inputs)
+    results = {}
     with tempfile.TemporaryDirectory() as folder, contextlib.ExitStack() as stack:
-        model = save_checkpoint(MultiHeadNet(BACKBONE, scene_tasks()), Path(folder) / "model.ckpt")
+        model = save_model(Path(folder))
         servers = {mode: stack.enter_context(server(model, size, args.batch_timeout_ms)) for mode, size in MODES.items()}
         for running in servers.values():
             running.wait_until_ready()
-        print(f"mhc-serve, compact CNN (random weights), 7 heads, one 64x64 PNG per request, "
-              f"batch timeout {args.batch_timeout_ms:g} ms, runs of <= {args.requests} requests or {args.seconds:g} s")
-        print(f"{'clients':>7}  {'batching':<12}{'req/s':>8}{'p50 ms':>9}{'p90 ms':>9}{'p99 ms':>9}{'mean batch':>12}")
+        print(f"mhc-serve, compact CNN (random weights), 7 heads, one 64x64 image per request ({args.inputs}), "
+              f"batch timeout {args.batch_timeout_ms:g} ms, {args.seconds:g} s per run", flush=True)
         for concurrency in args.concurrency:
-            results = {mode: asyncio.run(run_load(running.url, bodies, concurrency, args.requests, args.seconds))
-                       for mode, running in servers.items()}
-            for mode, r in results.items():
-                print(f"{concurrency:>7}  {mode:<12}{r.requests / r.seconds:>8.1f}{r.percentile(50):>9.1f}"
-                      f"{r.percentile(90):>9.1f}{r.percentile(99):>9.1f}{r.mean_batch:>12.1f}")
-            on, off = results.values()
-            print(f"{concurrency:>7}  {'on / off':<12}{(on.requests / on.seconds) / (off.requests / off.seconds):>8.2f}"
-                  f"{on.percentile(50) / off.percentile(50):>9.2f}{on.percentile(90) / off.percentile(90):>9.2f}"
-                  f"{on.percentile(99) / off.percentile(99):>9.2f}")
+            for mode, running in servers.items():
+                results[concurrency, mode] = asyncio.run(run_load(running.url, bodies, concurrency, args.seconds))
+    print_table(results)
 
 
 if __name__ == "__main__":
