@@ -28,7 +28,7 @@ import torch
 from torch import Tensor, nn
 
 from mhc.calibration import report_by_split
-from mhc.errors import CheckpointError, ConfigError, MhcError
+from mhc.errors import CheckpointError, ConfigError, DataError, MhcError
 from mhc.io import (
     EXPORT_CONFIG,
     EXPORT_WEIGHTS,
@@ -44,7 +44,7 @@ from mhc.io import (
 from mhc.model.backbones.adapters import uses_lora
 from mhc.model.net import MultiHeadNet
 from mhc.predictor import Predictor, TaskPrediction
-from mhc.processing.processors import processor_of
+from mhc.processing.processors import TextProcessor, processor_of
 from mhc.tasks import tasks_from_dicts
 
 FORMATS: dict[str, str] = {"safetensors": EXPORT_WEIGHTS, "onnx": "model.onnx", "torch_export": "model.pt2"}
@@ -90,7 +90,7 @@ def input_spec(net: MultiHeadNet) -> dict[str, Any]:
     """Name, dtype and shape (symbolic ``batch``/``length``) of the graph input."""
     if net.takes_tokens:
         return {"name": INPUT_NAME, "dtype": "int64", "shape": ["batch", "length"], "max_length": max_tokens(net),
-                "pad_id": int(net.backbone.pad_id)}
+                "pad_id": int(net.backbone.pad_id), "vocab_size": int(net.backbone.vocab_size)}
     height, width = net.processor.size
     return {"name": INPUT_NAME, "dtype": "float32", "shape": ["batch", 3, height, width], "range": [0.0, 1.0]}
 
@@ -475,10 +475,20 @@ class OnnxModel:
         except Exception as err:  # noqa: BLE001 - onnxruntime raises its own untyped errors
             raise CheckpointError(f"export folder '{folder}': {path.name} is corrupt ({str(err).splitlines()[0][:200]})") from None
         self.output_names = list(graph["outputs"])
+        self.input = description.get("input") if isinstance(description.get("input"), dict) else {}
+        self.processor = processor
+        if isinstance(processor, TextProcessor) and isinstance(self.input.get("vocab_size"), int):
+            processor.vocab_size = self.input["vocab_size"]  # the graph's embedding would read past its rows
         self.predictor = Predictor(tasks, processor, self.logits)
 
     def logits(self, batch: Tensor) -> dict[str, Tensor]:
-        """Raw logits per task for a graph input batch (see :func:`input_spec`)."""
+        """Raw logits per task for a graph input batch (see :func:`input_spec`); token ids longer
+        than the graph's ``max_length`` or outside its vocabulary are a :class:`DataError`, as in torch."""
+        limit = self.input.get("max_length")
+        if self.input.get("dtype") == "int64" and isinstance(limit, int) and batch.shape[-1] > limit:
+            raise DataError(f"token ids of length {batch.shape[-1]}; this model reads at most {limit}")
+        if isinstance(self.processor, TextProcessor):
+            self.processor.check_ids(batch)
         outputs = self.session.run(self.output_names, {INPUT_NAME: batch.cpu().numpy()})
         return {name: torch.from_numpy(out) for name, out in zip(self.output_names, outputs)}
 

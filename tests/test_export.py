@@ -6,7 +6,7 @@ import pytest
 import torch
 
 import mhc
-from mhc.errors import CheckpointError, ConfigError
+from mhc.errors import CheckpointError, ConfigError, DataError
 from mhc.export import (
     FORMATS,
     ExportError,
@@ -111,12 +111,27 @@ def test_onnx_predicts_text_with_the_saved_tokenizer(exported):
         torch.testing.assert_close(prediction.probs, expected[task].probs, atol=1e-5, rtol=0)
 
 
+def test_token_ids_outside_the_vocabulary_or_too_long_are_refused_by_torch_and_onnx_alike(exported):
+    net, folder = exported["seq_tiny"]
+    vocab = net.backbone.vocab_size
+    ids = torch.ones(2, 8, dtype=torch.long)
+    ids[1, 5] = vocab
+    message = f"input 1: token id {vocab} at position 5 is outside the model's vocabulary of {vocab} ids (0 to {vocab - 1})"
+    for model in (mhc.load(folder), OnnxModel(folder)):
+        with pytest.raises(DataError) as info:
+            model.predict(ids)
+        assert str(info.value) == message
+    with pytest.raises(DataError, match="^token ids of length 40; this model reads at most 32$"):
+        OnnxModel(folder).logits(torch.ones(1, 40, dtype=torch.long))
+
+
 def test_config_json_records_files_and_graph_names(exported):
     net, folder = exported["seq_tiny"]
     config = json.loads((folder / "config.json").read_text())
     assert config["files"] == ["model.safetensors", "model.onnx", "model.pt2", "config.json", "README.md"]
     assert all((folder / name).is_file() for name in config["files"])
-    assert config["input"] == {"name": "input", "dtype": "int64", "shape": ["batch", "length"], "max_length": 32, "pad_id": 0}
+    assert config["input"] == {"name": "input", "dtype": "int64", "shape": ["batch", "length"], "max_length": 32, "pad_id": 0,
+                               "vocab_size": net.backbone.vocab_size}
     assert config["onnx"]["input"] == "input" and list(config["onnx"]["outputs"]) == list(net.tasks)
     assert config["onnx"]["outputs"]["fine"] == ["batch", 3]
     assert config["net"]["processor"]["tokenizer"]["kind"] == "char"

@@ -55,6 +55,8 @@ class MultiHeadNet(nn.Module):
             raise ConfigError(f"backbone '{self.backbone_config.get('name')}' reads {self.backbone.modality} but the "
                               f"processor gives {processor.kind} input")
         self.processor = processor
+        if self.takes_tokens:
+            processor.vocab_size = int(self.backbone.vocab_size)  # type: ignore[attr-defined]
         dim = self.backbone.num_features
         self.heads = nn.ModuleDict(
             {t.name: ClassificationHead(dim, t.num_outputs, t.hidden, t.dropout) for t in tasks}

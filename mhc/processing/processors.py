@@ -125,6 +125,7 @@ class TextProcessor(Processor):
     tokenizer: Tokenizer | None = None
     max_length: int = 128
     pad_id: int = 0
+    vocab_size: int | None = field(default=None, compare=False)  # the model's ids: given ids are checked against it
 
     def __post_init__(self) -> None:
         self.max_length = int(self.max_length)
@@ -144,7 +145,7 @@ class TextProcessor(Processor):
     def batch(self, items: Sequence[Any] | Tensor) -> Tensor:
         """Token ids as given (integer tensors), texts through the tokenizer."""
         if isinstance(items, Tensor) and not items.is_floating_point():
-            return items.long()[:, : self.max_length]
+            return self.check_ids(items.long()[:, : self.max_length])
         if self.tokenizer is None:
             raise DataError("this model reads token ids and has no saved tokenizer for text; give ids as an integer tensor [B, L]")
         other = next((item for item in items if not isinstance(item, str)), None)
@@ -152,6 +153,17 @@ class TextProcessor(Processor):
             raise DataError(f"this model reads text ({self.tokenizer.kind} tokenizer); got {type(other).__name__}, "
                             "expected a string or a list of strings")
         return self.tokenizer.encode(list(items), max_length=self.max_length)
+
+    def check_ids(self, ids: Tensor) -> Tensor:
+        """``ids`` [B, L], each within the model's vocabulary (when known), else a :class:`DataError`
+        naming the first id outside it (an embedding would fail on it, or read another row)."""
+        if self.vocab_size is not None and ids.numel():
+            outside = (ids < 0) | (ids >= self.vocab_size)
+            if bool(outside.any()):
+                row, position = (int(i) for i in outside.nonzero()[0])
+                raise DataError(f"input {row}: token id {int(ids[row, position])} at position {position} is outside "
+                                f"the model's vocabulary of {self.vocab_size} ids (0 to {self.vocab_size - 1})")
+        return ids
 
     def pad(self, ids: Sequence[int]) -> Tensor:
         """One sequence of token ids -> ids long ``[max_length]``, cut and right-padded."""
