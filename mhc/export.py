@@ -46,6 +46,7 @@ from mhc.model.net import MultiHeadNet
 from mhc.predictor import Predictor, TaskPrediction
 from mhc.processing.processors import TextProcessor, processor_of
 from mhc.tasks import tasks_from_dicts
+from mhc.text import markdown_cell
 
 FORMATS: dict[str, str] = {"safetensors": EXPORT_WEIGHTS, "onnx": "model.onnx", "torch_export": "model.pt2"}
 MODEL_CARD = "README.md"
@@ -288,7 +289,7 @@ def model_card(net: MultiHeadNet, description: Mapping[str, Any], metrics: Mappi
 def tasks_table(net: MultiHeadNet) -> str:
     rows = ["| task | kind | classes | head |", "|---|---|---|---|"]
     for task in net.tasks.values():
-        classes = ", ".join(task.classes[:20]) + (f", ... ({task.num_classes} classes)" if task.num_classes > 20 else "")
+        classes = ", ".join(map(markdown_cell, task.classes[:20])) + (f", ... ({task.num_classes} classes)" if task.num_classes > 20 else "")
         head = ("masked" if task.masked else "unmasked") + (f", classes allowed by `{task.parent}`" if task.parent else "")
         rows.append(f"| {task.name} | {task.kind} | {classes} | {head} |")
     return "\n".join(rows)
@@ -370,7 +371,7 @@ def thresholds_text(net: MultiHeadNet, tasks: Mapping[str, Any], split: str) -> 
             continue
         names = task.classes[1:] if task.kind == "binary" else task.classes
         for cls, cut, old, new in zip(names, task.decision_thresholds(), entry["before"]["f1"], entry["after"]["f1"]):
-            rows.append(f"| {name} | {cls} | {cut:.3f} | {old:.4f} | {new:.4f} |")
+            rows.append(f"| {name} | {markdown_cell(cls)} | {cut:.3f} | {old:.4f} | {new:.4f} |")
     if len(rows) == 2:
         return "Multiclass heads only: each predicts its most probable class."
     objectives = ", ".join(f"`{t.name}`: `{t.threshold}`" for t in net.tasks.values() if t.kind != "multiclass")

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +15,7 @@ from mhc.api.config import ConfigLike, as_config
 from mhc.errors import ConfigError
 from mhc.io import atomic_path
 from mhc.metrics import per_class_scores
+from mhc.text import spreadsheet_cell
 
 SPLITS = ("val", "test")
 
@@ -52,12 +52,13 @@ def metrics_file(cfg: DictConfig) -> Path:
 
 
 def predictions_table(input_column: str, inputs: list[str], predictions: dict[str, Any]) -> pd.DataFrame:
-    """One row per input: the input cell under ``input_column``, the classes, the probabilities."""
-    columns: dict[str, list] = {input_column: inputs}
+    """One row per input: the input cell under ``input_column``, the classes, the probabilities;
+    text a spreadsheet would run as a formula is written as text (:func:`mhc.text.spreadsheet_cell`)."""
+    columns: dict[str, list] = {input_column: [spreadsheet_cell(v) for v in inputs]}
     for name, pred in predictions.items():
-        columns[name] = ["|".join(v) if isinstance(v, list) else v for v in pred.labels]
+        columns[name] = [spreadsheet_cell("|".join(v) if isinstance(v, list) else v) for v in pred.labels]
         for j, cls in enumerate(pred.classes):
-            columns[f"{name}__p_{cls}"] = pred.probs[:, j].tolist()
+            columns[spreadsheet_cell(f"{name}__p_{cls}")] = pred.probs[:, j].tolist()
     return pd.DataFrame(columns)
 
 
@@ -76,7 +77,6 @@ def predict(config: ConfigLike = None, *, ckpt: str | Path | None = None, inputs
     table = predictions_table(*datamodule.predict_inputs(), module.decoder.decode(probs))
     out = Path(cfg.output)
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp")
-    table.to_csv(tmp, index=False, float_format="%.6g")
-    os.replace(tmp, out)
+    with atomic_path(out) as tmp:
+        table.to_csv(tmp, index=False, float_format="%.6g")
     return out
