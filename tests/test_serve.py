@@ -26,13 +26,13 @@ from prometheus_client.parser import text_string_to_metric_families
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
 import mhc
-from mhc import serve
 from mhc.cli import serve as serve_cli
 from mhc.data import SequencesDataModule
 from mhc.data.sequences import VOCAB, sequence_tasks
 from mhc.io import save_checkpoint
 from mhc.model import MultiHeadNet
 from mhc.serve import BatcherClosed, DynamicBatcher, ServerOptions, create_app
+from mhc.serve import app as serve_app
 
 
 @pytest.fixture
@@ -311,8 +311,8 @@ def test_bodies_are_parsed_away_from_the_event_loop(client, monkeypatch):
             parsed_in_loop.append(False)
         return original(body)
 
-    original = serve.parse_predict_body
-    monkeypatch.setattr(serve, "parse_predict_body", parse)
+    original = serve_app.parse_predict_body
+    monkeypatch.setattr(serve_app, "parse_predict_body", parse)
     assert client.post("/predict", json={"inputs": [GOOD]}).status_code == 200
     assert parsed_in_loop == [False]
 
