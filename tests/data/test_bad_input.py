@@ -126,7 +126,7 @@ CATALOGUE: dict[str, BadInput] = {
         val=f"{HEADER}\nimg/0.png,circle,yes,x|w\n",
     ),
     "label with a line break": BadInput(
-        rf"<dir>/val\.csv: row 1, column 'shape': unknown class 'hex\\nagon' for task 'shape'; expected one of {SHAPES}",
+        r"<dir>/val\.csv: row 1, column 'shape': the cell 'hex\\nagon' holds a control character; labels are printable text",
         val=f'{HEADER}\nimg/0.png,"hex\nagon",yes,x\n',
     ),
     "declared classes leave out a label": BadInput(
