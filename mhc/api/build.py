@@ -118,7 +118,51 @@ def chosen_option(cfg: DictConfig, group: str) -> str:
 
 
 def build_datamodule(cfg: DictConfig) -> Any:
-    return instantiate(cfg.data, "data")
+    """The configured data module (with ``data=checkpoint``, the checkpoint's: :func:`checkpoint_data`)."""
+    return instantiate(checkpoint_data(cfg), "data")
+
+
+def checkpoint_data(cfg: DictConfig) -> DictConfig:
+    """The data config of a command that reads a checkpoint: ``cfg.data``, or with ``data=checkpoint``
+    the data config the checkpoint records, checked to build only packaged data modules, with
+    the options set in ``cfg.data`` on top. A ``data.predict`` file for a checkpoint trained on
+    data that takes none (the built-in sets) is read as a manifest."""
+    if not cfg.get("data") or not cfg.data.get("from_checkpoint"):
+        return cfg.data
+    stored = (read_checkpoint(cfg.ckpt)["mhc"].get("config") or {}).get("data")
+    if not isinstance(stored, Mapping) or not stored.get("_target_"):
+        raise ConfigError(f"data=checkpoint: '{cfg.ckpt}' records no data config (it was saved outside a training run); "
+                          "choose the data, e.g. data=manifest data.test=test.csv")
+    known = packaged_targets("data")
+    for target in targets_in(stored):
+        if target not in known:
+            raise ConfigError(f"data=checkpoint: '{cfg.ckpt}' records the data module {str(target)[:100]!r}, which is not "
+                              f"one of mhc's {sorted(known)}; choose the data, e.g. data=manifest")
+    given = {key: value for key, value in OmegaConf.to_container(cfg.data, resolve=True).items()
+             if value is not None and key != "from_checkpoint"}
+    if given.get("predict") and "predict" not in accepted_parameters(str(stored["_target_"])):
+        stored = OmegaConf.to_container(OmegaConf.load(config_dir() / "data" / "manifest.yaml"), resolve=False)
+    return OmegaConf.merge(OmegaConf.create(dict(stored)), given)
+
+
+def accepted_parameters(target: str) -> set[str]:
+    """The keyword parameters of a target's constructor (what its config may set)."""
+    return set(inspect.signature(hydra.utils.get_object(target)).parameters)
+
+
+def packaged_targets(group: str) -> set[str]:
+    """Every ``_target_`` the packaged configs of ``group`` name (nested ones included)."""
+    return {t for path in (config_dir() / group).glob("*.yaml")
+            for t in targets_in(OmegaConf.to_container(OmegaConf.load(path), resolve=False))}
+
+
+def targets_in(node: Any) -> list[Any]:
+    """The ``_target_`` values anywhere in plain config data."""
+    if isinstance(node, Mapping):
+        return [*([node["_target_"]] if "_target_" in node else []), *(t for v in node.values() for t in targets_in(v))]
+    if isinstance(node, list):
+        return [t for v in node for t in targets_in(v)]
+    return []
 
 
 def checkpoint_with_data(cfg: DictConfig) -> tuple[Any, Any, Any]:
@@ -178,9 +222,23 @@ def fill_defaults(task: TaskSpec, defaults: dict[str, Any]) -> TaskSpec:
     return TaskSpec.from_dict({**task.to_dict(), **fill})
 
 
+AUTO_MONITOR = "auto"
+
+
+def default_monitor(cfg: DictConfig) -> str:
+    """What ``monitor: auto`` means: ``val/delta_m`` when a ``delta_m.baseline`` is set, else
+    ``val/mean/f1``: F1 per head (macro over classes for multiclass and multilabel heads),
+    meaningful for every kind, unlike a multilabel head's label-wise accuracy."""
+    return "val/delta_m" if OmegaConf.select(cfg, "delta_m.baseline", default=None) is not None else "val/mean/f1"
+
+
 def build_callbacks(cfg: DictConfig, has_logger: bool = True) -> list[Any]:
-    """The configured callbacks; those that only feed a logger are left out of a run without one."""
+    """The configured callbacks, a ``monitor: auto`` made :func:`default_monitor`; those that only
+    feed a logger are left out of a run without one."""
     callbacks = [instantiate(node, f"callbacks.{name}") for name, node in (cfg.get("callbacks") or {}).items() if node]
+    for callback in callbacks:
+        if getattr(callback, "monitor", None) == AUTO_MONITOR:
+            callback.monitor = default_monitor(cfg)
     if not has_logger:
         from pytorch_lightning.callbacks import LearningRateMonitor
 

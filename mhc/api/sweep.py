@@ -54,7 +54,7 @@ def objective_value(metrics: Mapping[str, Mapping[str, float]], metric: str) -> 
 
 
 def run_sweep(space: Mapping[str, Mapping[str, Any]], overrides: Sequence[str], trials: int, output: Path,
-              metric: str = "acc", direction: str = "maximize", seed: int = 0, storage: str | None = None,
+              metric: str = "f1", direction: str = "maximize", seed: int = 0, storage: str | None = None,
               study_name: str | None = None) -> Any:
     """Run ``trials`` training runs chosen by Optuna's TPE sampler; returns the study."""
     import optuna

@@ -58,8 +58,10 @@ class TrainResult:
     log_dirs: dict[str, str] = field(default_factory=dict)  # {logger class name: its folder}
     calibration: dict[str, Any] | None = None  # calibrate=true: the report (mhc.api.calibrate)
     head_selection: dict[str, Any] | None = None  # callbacks=per_head: per head, whether its own best weights were kept
+    monitor: str | None = None  # the metric that chose the best checkpoint (val/mean/f1 unless configured)
+    score: float | None = None  # its value at the best checkpoint
 
-    def mean(self, metric: str = "acc", split: str = "val") -> float | None:
+    def mean(self, metric: str = "f1", split: str = "val") -> float | None:
         """The mean over heads of ``metric`` on ``split`` (``None`` when no head reports it)."""
         values = [v[metric] for v in self.metrics.get(split, {}).values() if metric in v]
         return sum(values) / len(values) if values else None
@@ -88,7 +90,9 @@ def train(config: ConfigLike = None, *, output_dir: str | Path | None = None,
         warnings.filterwarnings("ignore", message="Checkpoint directory .* exists and is not empty")
         trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
 
-    best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
+    saver = trainer.checkpoint_callback
+    best = saver.best_model_path if saver else ""
+    score = saver.best_model_score if saver and best else None
     test = bool(cfg.test) and datamodule.has_split("test")
     if cfg.test and not test:
         log.warning("test=true, but the data has no test split (data.test); the test is skipped")
@@ -114,7 +118,8 @@ def train(config: ConfigLike = None, *, output_dir: str | Path | None = None,
     finish_wandb(trainer.loggers)
     return TrainResult(output_dir=run_dir, metrics=metrics, best_checkpoint=Path(best) if best else None,
                        last_checkpoint=Path(best).with_name("last.ckpt") if best else None, log_dirs=log_dirs,
-                       calibration=calibration, head_selection=head_report)
+                       calibration=calibration, head_selection=head_report, monitor=saver.monitor if saver else None,
+                       score=None if score is None else float(score))
 
 
 def check_monitors(callbacks: list[Any], module: Any) -> None:

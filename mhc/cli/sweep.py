@@ -42,7 +42,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("overrides", nargs="*", help="mhc-train overrides shared by every trial")
     parser.add_argument("--trials", type=int, default=20)
     parser.add_argument("--space", default=None, help="search-space YAML (default: the packaged mhc/conf/sweep/default.yaml)")
-    parser.add_argument("--metric", default="acc", help="per-head validation metric, averaged over heads")
+    parser.add_argument("--metric", default="f1", help="per-head validation metric, averaged over heads")
     parser.add_argument("--direction", choices=["maximize", "minimize"], default="maximize")
     parser.add_argument("--output", default="outputs/sweep", help="one folder per trial, and best.json")
     parser.add_argument("--seed", type=int, default=0, help="seed of the sampler")

@@ -37,7 +37,7 @@ def show(result: TrainResult) -> None:
 def main(cfg: DictConfig) -> float | None:
     result = train(cfg)
     show(result)
-    return result.mean("acc")  # the value a Hydra sweeper optimises
+    return result.score if result.score is not None else result.mean("f1")  # the value a Hydra sweeper optimises
 
 
 if __name__ == "__main__":

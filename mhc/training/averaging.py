@@ -67,7 +67,7 @@ class WeightAverage(WeightAveraging):
     """
 
     def __init__(self, decay: float | None = 0.999, warmup: bool = True, start: float = 0.0, every_n_steps: int = 1,
-                 keep: str = "better", monitor: str = "val/mean/acc", mode: str = "max", use_buffers: bool = True) -> None:
+                 keep: str = "better", monitor: str = "val/mean/f1", mode: str = "max", use_buffers: bool = True) -> None:
         if decay is not None and not 0.0 <= decay < 1.0:
             raise ConfigError(f"weight averaging: decay must be in [0, 1) (or null for SWA), got {decay!r}")
         if not 0.0 <= start < 1.0:

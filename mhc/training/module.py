@@ -298,7 +298,7 @@ class MultiHeadModule(pl.LightningModule):
     def _log_epoch_metrics(self, stage: str) -> None:
         results, flat = self.epoch_scores(stage)
         self.last_results[stage] = results
-        headline = f"{stage}/mean/acc"
+        headline = f"{stage}/mean/f1"  # the progress bar's (what checkpoints monitor by default)
         self.log_dict({k: v for k, v in flat.items() if k != headline})
         if headline in flat:
             self.log(headline, flat[headline], prog_bar=stage == "val")

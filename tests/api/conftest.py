@@ -14,13 +14,9 @@ TINY = [
 ]
 
 
-TINY_BY_COMMAND = {  # the tiny settings each command has options for
+TINY_BY_COMMAND = {  # the tiny settings each command has options for (a checkpoint's own data is tiny already)
     "train": [*TINY_SCENES, *TINY],
     "pretrain": [*TINY_SCENES, *TINY],
-    "eval": TINY_SCENES,
-    "calibrate": TINY_SCENES,
-    "analyze": TINY_SCENES,
-    "prune": TINY_SCENES,
 }
 
 

@@ -1,4 +1,5 @@
 import json
+import re
 
 import numpy as np
 import pandas as pd
@@ -40,3 +41,48 @@ def test_predict_writes_one_row_per_image_matching_load_predict(make_cfg, traine
     p_cols = [f"shape__p_{c}" for c in direct["shape"].classes]
     assert np.allclose(table[p_cols].to_numpy(), direct["shape"].probs.numpy(), atol=1e-5)
     assert np.allclose(table[[c for c in table.columns if c.startswith("color__p_")]].sum(axis=1), 1.0, atol=1e-4)
+
+
+def test_eval_and_predict_take_the_data_from_the_checkpoint(tmp_path):
+    """A manifest run at 16 px: ``mhc-eval ckpt=X`` and ``mhc-predict ckpt=X data.predict=FILE``
+    need nothing else; an option given replaces the checkpoint's (data.val=another file)."""
+    from mhc.api import train
+    from tests.cli.test_bad_input import make_folder
+
+    folder = make_folder(tmp_path, {})
+    run = train(["data=manifest", f"data.train={folder / 'train.csv'}", f"data.val={folder / 'val.csv'}",
+                 "data.image_size=[16,16]", "data.batch_size=4", "backbone.widths=[8,16]", "trainer.max_epochs=1",
+                 "test=false", "~callbacks.progress_bar"], output_dir=tmp_path / "run")
+    ckpt = run.best_checkpoint
+    given = evaluate(["split=val"], ckpt=ckpt, output_dir=tmp_path / "eval")
+    spelled_out = evaluate(["split=val", "data=manifest", f"data.val={folder / 'val.csv'}", "data.image_size=[16,16]",
+                            "data.batch_size=4"], ckpt=ckpt, output_dir=tmp_path / "eval2")
+    assert given == spelled_out
+    assert set(given) == set(run.metrics["val"]) == {"shape", "flag"}
+
+    (folder / "fewer.csv").write_text("image,shape,flag\nimg/0.png,square,yes\nimg/1.png,circle,yes\n")
+    evaluate(["split=val", f"data.val={folder / 'fewer.csv'}"], ckpt=ckpt, output_dir=tmp_path / "eval3")
+    report = json.loads((tmp_path / "eval3" / "metrics.json").read_text())
+    assert sum(row["support"] for row in report["per_class"]["shape"]) == 2
+
+    (folder / "new.csv").write_text("image\nimg/2.png\nimg/5.png\n")
+    table = pd.read_csv(predict([f"data.predict={folder / 'new.csv'}"], ckpt=ckpt, output_dir=tmp_path / "pred"))
+    assert table["image"].tolist() == ["img/2.png", "img/5.png"]
+    assert table["shape"].tolist() == mhc.load(ckpt).predict([str(folder / "img/2.png"), str(folder / "img/5.png")])["shape"].labels
+
+
+@pytest.mark.parametrize(("data", "message"), [
+    ({"_target_": "os.system", "command": "touch hacked"}, "records the data module 'os.system', which is not one of mhc's"),
+    (None, "records no data config (it was saved outside a training run); choose the data, e.g. data=manifest"),
+])
+def test_a_checkpoints_data_config_builds_only_packaged_data_modules(trained_checkpoint, tmp_path, data, message):
+    import torch
+
+    from mhc.errors import ConfigError
+
+    checkpoint = torch.load(trained_checkpoint, weights_only=True)
+    checkpoint["mhc"]["config"]["data"] = data
+    torch.save(checkpoint, tmp_path / "edited.ckpt")
+    with pytest.raises(ConfigError, match=re.escape(f"data=checkpoint: '{tmp_path / 'edited.ckpt'}' {message}")):
+        evaluate([], ckpt=tmp_path / "edited.ckpt", output_dir=tmp_path / "eval")
+    assert not (tmp_path / "hacked").exists()

@@ -19,6 +19,7 @@ def test_short_run_writes_checkpoints_and_metrics(make_cfg, tmp_path):
     assert all(0.0 <= values["loss"] < float("inf") for values in metrics.values() if "loss" in values)
     assert set(result.metrics["test"]) == set(metrics)  # test=true: the best checkpoint tested too
     assert result.mean("acc") == sum(v["acc"] for v in metrics.values()) / len(metrics)
+    assert result.monitor == "val/mean/f1" and result.score == pytest.approx(result.mean("f1"), abs=1e-6)  # chosen on F1
     assert result.output_dir == tmp_path and result.last_checkpoint == tmp_path / "checkpoints" / "last.ckpt"
     assert result.best_checkpoint.parent == tmp_path / "checkpoints" and result.best_checkpoint.name.startswith("best-epoch")
     assert result.log_dirs == {"CSVLogger": str(tmp_path / "csv" / "version_0")}
@@ -56,6 +57,20 @@ def test_resume_continues_from_last_checkpoint(make_cfg, tmp_path):
     train(make_cfg("test=false", "trainer.max_epochs=2", f"resume={first_run}", output_dir=tmp_path / "second"))
     assert torch.load(last, weights_only=True)["global_step"] == 2 * first  # continued in the first run's folder
     assert not (tmp_path / "second" / "checkpoints").exists()
+
+
+@pytest.mark.parametrize(("overrides", "monitor"), [
+    ([], "val/mean/f1"),
+    (["+delta_m.baseline={shape: 0.5, size: 0.5}"], "val/delta_m"),
+    (["callbacks.model_checkpoint.monitor=val/mean/acc"], "val/mean/acc"),
+    (["callbacks=early_stop"], "val/mean/f1"),
+])
+def test_monitor_auto_is_f1_or_delta_m_with_a_baseline(make_cfg, overrides, monitor):
+    from mhc.api.build import build_callbacks
+
+    callbacks = build_callbacks(make_cfg(*overrides), has_logger=False)
+    monitored = [c.monitor for c in callbacks if getattr(c, "monitor", None)]
+    assert monitored and set(monitored) == {monitor}
 
 
 def test_task_override_reaches_the_model(make_cfg, tmp_path):
