@@ -36,6 +36,7 @@ from mhc.processing.processors import ImageProcessor, Processor, TextProcessor
 from mhc.tasks import TaskSpec, resolve_tasks, tasks_to_dicts
 from mhc.training import MultiHeadModule
 from mhc.training.checkpoint_io import AtomicCheckpointIO
+from mhc.training.console import quiet_dependencies
 from mhc.training.guards import NonFiniteLoss
 
 log = logging.getLogger(__name__)
@@ -174,6 +175,7 @@ def checkpoint_with_data(cfg: DictConfig) -> tuple[Any, Any, Any]:
     datamodule = build_datamodule(cfg)
     datamodule.set_tasks(list(module.tasks.values()))
     datamodule.use_processor(module.net.processor)  # e.g. the saved tokenizer, never refitted
+    quiet_dependencies()
     # One process: a distributed sampler would pad the split with repeated samples.
     trainer = instantiate(cfg.trainer, "trainer", logger=False, enable_checkpointing=False, callbacks=[],
                           devices=1, num_nodes=1, strategy="auto")
@@ -281,6 +283,14 @@ def wandb_online_problem(timeout: float = 3.0) -> str | None:
     return None
 
 
+def speed_options(cfg: DictConfig) -> dict[str, Any] | None:
+    """``perf.*`` for the network (:func:`~mhc.training.speed.apply_speed_options`); ``perf.threads``
+    is the process's (:func:`~mhc.training.speed.use_threads`)."""
+    if not cfg.get("perf"):
+        return None
+    return {key: value for key, value in OmegaConf.to_container(cfg.perf).items() if key != "threads"}
+
+
 def build_module(cfg: DictConfig, datamodule: Any) -> MultiHeadModule:
     check_tta(cfg.get("tta"))
     tasks = config_tasks(cfg, datamodule.task_specs())
@@ -310,7 +320,7 @@ def build_module(cfg: DictConfig, datamodule: Any) -> MultiHeadModule:
                            baseline=baseline, baseline_metric=cfg.delta_m.metric,
                            augmentation=on_device, mixing=build_mixing(cfg),
                            run_config=OmegaConf.to_container(cfg, resolve=True),
-                           speed=OmegaConf.to_container(cfg.perf) if cfg.get("perf") else None)
+                           speed=speed_options(cfg))
     priors = [task for task in tasks if task.bias_init == "prior"]  # the heads start at the training base rates
     if priors:
         datamodule.setup("train")
@@ -422,6 +432,7 @@ def build_trainer(cfg: DictConfig, module: Any, datamodule: Any, loggers: list[A
     ``nonfinite_loss`` policy; a module that steps its optimizer itself (gradient methods)
     accumulates and clips on its own; data that shards itself (multi-source batches) gets no
     ``DistributedSampler``."""
+    quiet_dependencies()
     if cfg.get("nonfinite_loss"):
         callbacks = [*callbacks, NonFiniteLoss(cfg.nonfinite_loss)]
     options: dict[str, Any] = {}

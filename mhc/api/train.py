@@ -38,6 +38,7 @@ from mhc.errors import ConfigError
 from mhc.io import read_checkpoint, save_backbone, update_checkpoint
 from mhc.training.pretraining import PretrainModule
 from mhc.training.selection import HeadSelection, swap_in_best_heads
+from mhc.training.speed import use_threads
 
 log = logging.getLogger(__name__)
 Results = dict[str, dict[str, float]]  # {task: {metric: value}}
@@ -76,6 +77,7 @@ def train(config: ConfigLike = None, *, output_dir: str | Path | None = None,
     """
     cfg = as_config(config, "train", output_dir, config_dir)
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
+    use_threads(cfg.perf.get("threads", "auto") if cfg.get("perf") else "auto")
     datamodule = build_datamodule(cfg)
     module = build_module(cfg, datamodule)
     run_dir = Path(cfg.paths.output_dir)

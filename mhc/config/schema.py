@@ -74,6 +74,7 @@ class SpeedOptions:
     channels_last: Any = "auto"  # true | false | auto (on for convolutional backbones)
     compile: Any = False  # false | true | a torch.compile mode
     fuse_heads: bool = True
+    threads: Any = "auto"  # auto | N: torch's intra-op threads (mhc.training.speed.use_threads)
 
 
 @dataclass

@@ -74,6 +74,7 @@ RULES: dict[str, tuple[Check, str]] = {
     "trainer.max_steps": steps_or_unlimited(),
     "trainer.num_sanity_val_steps": ((lambda v: is_integer(v) and v >= -1), "an integer >= 0, or -1 (all)"),
     "backbone_lr_scale": number_at_least(0),
+    "perf.threads": ((lambda v: v == "auto" or (is_integer(v) and v >= 1)), "auto or an integer >= 1"),
     "backbone.widths": each(integer_at_least(1)),
     "backbone.kernel_sizes": each(integer_at_least(1)),
     "backbone.dropout": fraction(),

@@ -181,7 +181,9 @@ class MultiHeadModule(pl.LightningModule):
         return self.net(images)
 
     def configure_callbacks(self) -> list[pl.Callback]:
-        return [RestoreRNG()]
+        """:class:`RestoreRNG` in every run (once: a trainer that validates after fitting has it)."""
+        attached = self._trainer is not None and any(isinstance(c, RestoreRNG) for c in self._trainer.callbacks)
+        return [] if attached else [RestoreRNG()]
 
     # -- steps ------------------------------------------------------------------------------
     def _auxiliary_loss(self, inputs: Tensor, stage: str) -> Tensor | float:

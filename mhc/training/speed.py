@@ -7,12 +7,52 @@ them loads anywhere. Mixed precision is Lightning's (``trainer.precision=bf16-mi
 
 from __future__ import annotations
 
+import logging
+import math
+import os
+from pathlib import Path
+
 import torch
 
 from mhc.errors import ConfigError
 from mhc.model.net import MultiHeadNet
 
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
+CGROUP_CPU_MAX = Path("/sys/fs/cgroup/cpu.max")  # cgroup v2: "<quota> <period>", or "max <period>"
+log = logging.getLogger(__name__)
+
+
+def cpu_budget() -> int:
+    """The CPUs this process may use: those it may run on, capped by a cgroup CPU quota (a
+    container's limit, which torch's default of every physical core ignores)."""
+    count = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    try:
+        quota, period = CGROUP_CPU_MAX.read_text().split()[:2]
+        if quota != "max":
+            count = min(count, math.ceil(int(quota) / int(period)))
+    except (OSError, ValueError):
+        pass
+    return max(1, count)
+
+
+def use_threads(threads: int | str | None = "auto") -> int:
+    """Set torch's intra-op threads; the number set. ``auto``: ``OMP_NUM_THREADS`` when it is set,
+    else :func:`cpu_budget` (DDP processes then share them out: Lightning divides by the processes
+    on the node). A number is also exported as ``OMP_NUM_THREADS`` so DDP processes keep it. On a
+    machine shared with other work, fewer threads than cores is faster (one thread per free core)."""
+    if threads is None or threads == "auto":
+        if os.environ.get("OMP_NUM_THREADS"):
+            return torch.get_num_threads()
+        count = cpu_budget()
+    elif isinstance(threads, int) and not isinstance(threads, bool) and threads >= 1:
+        count = threads
+        os.environ["OMP_NUM_THREADS"] = str(count)
+    else:
+        raise ConfigError(f"perf.threads must be auto or an integer >= 1, got {threads!r}")
+    torch.set_num_threads(count)
+    log.info(f"torch uses {count} thread{'s' * (count > 1)} (perf.threads={threads}); on a machine shared with "
+             "other work, perf.threads=N with N the free cores is faster")
+    return count
 
 
 def has_convolutional_backbone(net: MultiHeadNet) -> bool:

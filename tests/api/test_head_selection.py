@@ -14,10 +14,11 @@ def test_a_run_stops_when_every_head_has_stopped_and_keeps_each_heads_best(make_
                             "optimizer.lr=0.05"))
     logged = pd.read_csv(tmp_path / "csv" / "version_0" / "metrics.csv")
     fitted = set(logged.dropna(subset=["train/mean/acc"])["epoch"])  # the validations after fitting log no training
-    epochs = logged[logged["epoch"].isin(fitted)].dropna(subset=["val/shape/acc"]).drop_duplicates("epoch").set_index("epoch")
-    tasks = [c.split("/")[1] for c in epochs.columns if c.startswith("val/") and c.endswith("/acc") and "/mean/" not in c]
-    # the epoch each head last improved, recomputed from the log; the run stops when all waited out
-    best_epoch = {task: int(epochs[f"val/{task}/acc"].idxmax()) for task in tasks}
+    epochs = logged[logged["epoch"].isin(fitted)].dropna(subset=["val/shape/f1"]).drop_duplicates("epoch").set_index("epoch")
+    tasks = [c.split("/")[1] for c in epochs.columns if c.startswith("val/") and c.endswith("/f1") and "/mean/" not in c]
+    # the epoch each head last improved on its F1 (the selection's metric), recomputed from the log;
+    # the run stops when all waited out
+    best_epoch = {task: int(epochs[f"val/{task}/f1"].idxmax()) for task in tasks}
     last_epoch = int(epochs.index.max())
     patience = {task: 2 if task == "shape" else 1 for task in tasks}
     stop = max(best_epoch[t] + patience[t] for t in tasks)

@@ -98,3 +98,47 @@ def test_compiled_backbone_keeps_its_parameter_names_and_outputs():
     assert set(net.state_dict()) == keys  # checkpoints load anywhere
     for name in out:
         torch.testing.assert_close(out[name], expected[name], atol=1e-5, rtol=1e-4)
+
+
+@pytest.fixture
+def threads_restored():
+    """torch's thread count and OMP_NUM_THREADS as they were, after the test."""
+    import os
+
+    before, omp = torch.get_num_threads(), os.environ.pop("OMP_NUM_THREADS", None)
+    yield
+    torch.set_num_threads(before)
+    os.environ.pop("OMP_NUM_THREADS", None)
+    if omp is not None:
+        os.environ["OMP_NUM_THREADS"] = omp
+
+
+def test_threads_auto_is_the_cpus_this_process_may_use(threads_restored, monkeypatch, tmp_path):
+    from mhc.training import speed
+
+    cpu_max = tmp_path / "cpu.max"
+    cpu_max.write_text("150000 100000\n")  # a container's quota of 1.5 CPUs
+    monkeypatch.setattr(speed, "CGROUP_CPU_MAX", cpu_max)
+    monkeypatch.setattr(speed.os, "sched_getaffinity", lambda pid: {0, 1, 2, 3})
+    assert speed.cpu_budget() == 2 and speed.use_threads("auto") == 2 and torch.get_num_threads() == 2
+    cpu_max.write_text("max 100000\n")
+    assert speed.cpu_budget() == 4
+
+
+def test_threads_given_are_set_and_kept_for_ddp_processes(threads_restored):
+    import os
+
+    from mhc.training.speed import use_threads
+
+    assert use_threads(1) == 1 and torch.get_num_threads() == 1 and os.environ["OMP_NUM_THREADS"] == "1"
+    torch.set_num_threads(2)
+    assert use_threads("auto") == 2  # OMP_NUM_THREADS set: auto leaves torch as it is
+
+
+def test_threads_must_be_auto_or_a_positive_integer(threads_restored):
+    from mhc.errors import ConfigError
+    from mhc.training.speed import use_threads
+
+    for bad in (0, -1, "many", 1.5, True):
+        with pytest.raises(ConfigError, match="^perf.threads must be auto or an integer >= 1, got "):
+            use_threads(bad)
