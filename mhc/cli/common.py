@@ -72,7 +72,7 @@ def print_error(err: Exception) -> None:
 def results_table(results: dict[str, dict[str, float]], title: str) -> Table:
     """A rich table: one row per head, one column per metric (F1 first: what checkpoints are
     chosen on by default), and a mean row."""
-    order = ["f1", "acc", "auroc", "loss"]
+    order = ["f1", "f1_open", "acc", "acc_open", "auroc", "loss"]
     names = sorted({m for values in results.values() for m in values}, key=lambda m: (order.index(m) if m in order else len(order), m))
     table = Table(title=title, title_justify="left")
     table.add_column("task")

@@ -161,6 +161,11 @@ class MultiHeadModule(pl.LightningModule):
             {f"{stage}_": HeadMetrics(self.tasks, confusion=confusion and stage != "train", auroc=stage != "train")
              for stage in STAGES}
         )
+        # Validation and test of the multiclass heads decoded without the data's allowed sets, as for
+        # new inputs that have none (reported as <metric>_open where the data gives allowed sets).
+        multiclass = {name: task for name, task in self.tasks.items() if task.kind == "multiclass"}
+        self.open_metrics = torch.nn.ModuleDict(
+            {f"{stage}_": HeadMetrics(multiclass, auroc=False) for stage in STAGES if stage != "train" and multiclass})
         self.last_results: dict[str, dict[str, dict[str, float]]] = {}
 
     def use_tasks(self, tasks: Iterable[TaskSpec]) -> None:
@@ -198,9 +203,15 @@ class MultiHeadModule(pl.LightningModule):
     def _update_metrics(self, stage: str, batch: Mapping[str, Any], logits: Mapping[str, Tensor],
                         losses: Mapping[str, Tensor]) -> None:
         views = self.views(batch_inputs(batch), {k: v.detach() for k, v in logits.items()}, training=stage == "train")
-        probs = self.decoder.probabilities(views, batch.get("allowed"))
+        allowed = batch.get("allowed") or {}
+        probs = self.decoder.probabilities(views, allowed)
         # Per-task losses are averaged over each task's labelled samples by the stage metrics.
         self.stage_metrics(stage).update(probs, batch["targets"], batch["label_mask"], losses)
+        opened = self.open_metrics[f"{stage}_"] if f"{stage}_" in self.open_metrics and allowed else None
+        if opened is not None:  # the same outputs decoded without the data's allowed sets
+            free = self.decoder.probabilities(views)
+            given = {name: batch["label_mask"][name] & (name in allowed) for name in opened.tasks}
+            opened.update({n: free[n] for n in opened.tasks}, {n: batch["targets"][n] for n in opened.tasks}, given)
 
     def _log_loss(self, stage: str, logits: Mapping[str, Tensor], losses: Mapping[str, Tensor],
                   auxiliary: Tensor | float) -> None:
@@ -279,6 +290,12 @@ class MultiHeadModule(pl.LightningModule):
         the means over tasks and, with a baseline, ``stage/delta_m``. ``counts``: the labelled
         samples per task over all processes, when known."""
         results = self.stage_metrics(stage).compute(self.labelled_counts(stage) if counts is None else counts)
+        if f"{stage}_" in self.open_metrics:
+            opened = self.open_metrics[f"{stage}_"]
+            seen = opened.labelled_counts().to(self.device)
+            seen = self.trainer.strategy.reduce(seen, reduce_op="sum") if self._trainer is not None else seen
+            for task, values in opened.compute(seen).items():
+                results.setdefault(task, {}).update({f"{name}_open": value for name, value in values.items() if name != "loss"})
         flat = flatten_results(results, stage)
         if self.baseline and stage != "train":
             flat[f"{stage}/delta_m"] = delta_m(results, self.baseline, self.baseline_metric)
@@ -290,6 +307,10 @@ class MultiHeadModule(pl.LightningModule):
         losses and, with a baseline, ``stage/delta_m``."""
         metrics = self.stage_metrics(stage)
         per_task = {task: metrics.names(task) for task in self.tasks}
+        if f"{stage}_" in self.open_metrics:  # where the data gives allowed sets
+            opened = self.open_metrics[f"{stage}_"]
+            for task in opened.tasks:
+                per_task[task] = [*per_task[task], *(f"{name}_open" for name in opened.names(task) if name != "loss")]
         names = {f"{stage}/{task}/{name}" for task, found in per_task.items() for name in found}
         names |= {f"{stage}/mean/{name}" for found in per_task.values() for name in found}
         names |= {f"{stage}/loss", *(f"{stage}/{name}/loss" for name in self.auxiliary)}
@@ -315,9 +336,15 @@ class MultiHeadModule(pl.LightningModule):
 
     def on_validation_epoch_start(self) -> None:
         self.stage_metrics("val").reset()
+        self.reset_open_metrics("val")
 
     def on_test_epoch_start(self) -> None:
         self.stage_metrics("test").reset()
+        self.reset_open_metrics("test")
+
+    def reset_open_metrics(self, stage: str) -> None:
+        if f"{stage}_" in self.open_metrics:
+            self.open_metrics[f"{stage}_"].reset()
 
     def on_test_epoch_end(self) -> None:
         self._log_epoch_metrics("test")

@@ -1,5 +1,6 @@
 """Optimizer groups of the training module: a zero learning-rate scale freezes exactly its part."""
 
+import pytest
 import torch
 
 from mhc.processing.processors import ImageProcessor
@@ -41,3 +42,34 @@ def test_train_and_val_loss_are_the_same_quantity(tasks):
     expected = sum(t.weight * float(losses[t.name]) for t in tasks)
     assert abs(logged["val/loss"] - expected) < 1e-5
     assert abs(float(objective) - expected) > 1e-3  # uncertainty weighting trains on another combination
+
+
+def test_heads_with_data_given_allowed_sets_are_also_measured_as_decoded_for_new_inputs():
+    """``acc``/``f1`` of a head whose data gives allowed sets count the decisions under them;
+    ``acc_open``/``f1_open`` the decisions without them, as a model decides for new inputs."""
+    from sklearn.metrics import accuracy_score, f1_score
+
+    task = TaskSpec("label", "multiclass", ["a", "b", "c", "d"], masked=True)
+    config = {"backbone": {"name": "cnn", "widths": [8]}, "tasks": [task.to_dict()], "processor": ImageProcessor().to_dict()}
+    module = MultiHeadModule(config)
+    generator = torch.Generator().manual_seed(0)
+    logits = torch.randn(40, 4, generator=generator)
+    targets = torch.randint(0, 4, (40,), generator=generator)
+    allowed = torch.rand(40, 4, generator=generator) < 0.5
+    allowed[torch.arange(40), targets] = True  # a sample's own class is always allowed
+    batch = {"image": torch.zeros(40, 3, 8, 8), "targets": {"label": targets}, "label_mask": {"label": torch.ones(40, dtype=torch.bool)},
+             "allowed": {"label": allowed}}
+    module._update_metrics("val", batch, {"label": logits}, {"label": torch.tensor(1.0)})
+    results, flat = module.epoch_scores("val")
+    given, free = logits.masked_fill(~allowed, float("-inf")).argmax(-1), logits.argmax(-1)
+    assert results["label"]["acc"] == pytest.approx(accuracy_score(targets, given))
+    assert results["label"]["f1"] == pytest.approx(f1_score(targets, given, average="macro"))
+    assert results["label"]["acc_open"] == pytest.approx(accuracy_score(targets, free))
+    assert results["label"]["f1_open"] == pytest.approx(f1_score(targets, free, average="macro"))
+    assert flat["val/mean/acc_open"] == results["label"]["acc_open"] and "val/label/acc_open" in module.logged_names()
+
+    module.reset_open_metrics("val")
+    module.stage_metrics("val").reset()
+    del batch["allowed"]  # data without allowed sets: one decoding, reported once
+    module._update_metrics("val", batch, {"label": logits}, {"label": torch.tensor(1.0)})
+    assert "acc_open" not in module.epoch_scores("val")[0]["label"]
