@@ -5,10 +5,12 @@ precision as an autocast context, and the speed options."""
 from __future__ import annotations
 
 import contextlib
-from typing import ContextManager
+from typing import Any, Callable, ContextManager
 
 import torch
 
+from mhc.data import ScenesDataModule
+from mhc.losses import batch_losses
 from mhc.model import MultiHeadNet
 from mhc.training.precision import default_precision
 from mhc.training.speed import apply_speed_options
@@ -37,3 +39,24 @@ def as_trained(net: MultiHeadNet) -> MultiHeadNet:
 
 def describe(backbone: str = "cnn") -> str:
     return f"precision {cpu_default_precision(backbone)}, default speed options"
+
+
+def scenes_batch(batch_size: int) -> tuple[list[Any], dict[str, Any]]:
+    """The generated scenes' tasks and one shuffled training batch of ``batch_size`` (seed 0)."""
+    data = ScenesDataModule(num_train=batch_size, num_val=10, num_test=10, batch_size=batch_size, seed=0)
+    data.set_tasks(data.task_specs())
+    return data.tasks, next(iter(data.loader("train", shuffle=True)))
+
+
+def adamw_step(net: MultiHeadNet, batch: dict[str, Any], autocast: ContextManager | None = None) -> Callable[[], None]:
+    """One training step of ``net`` on ``batch`` (forward, masked losses, backward, AdamW), as a call."""
+    optimizer = torch.optim.AdamW(net.parameters(), lr=1e-4)
+
+    def step() -> None:
+        optimizer.zero_grad(set_to_none=True)
+        with autocast or contextlib.nullcontext():
+            losses = batch_losses(net.tasks, net.hierarchy, net(batch["image"]), batch)
+        sum(losses.values()).backward()
+        optimizer.step()
+
+    return step

@@ -19,11 +19,10 @@ import argparse
 from typing import Any, Callable
 
 import torch
-from defaults import bf16_autocast
+from defaults import bf16_autocast, scenes_batch
 from timing import alternate
 from torch.utils.flop_counter import FlopCounterMode
 
-from mhc.data import ScenesDataModule
 from mhc.losses import batch_losses
 from mhc.model import MultiHeadNet
 from mhc.training.speed import apply_speed_options
@@ -70,16 +69,14 @@ def main() -> None:
     parser.add_argument("--matmul", type=int, default=2048, help="side of the square float32 matmul")
     args = parser.parse_args()
     torch.manual_seed(0)
-    data = ScenesDataModule(num_train=args.batch_size, num_val=10, num_test=10, batch_size=args.batch_size, seed=0)
-    data.set_tasks(data.task_specs())
-    batch = next(iter(data.loader("train", shuffle=True)))
+    tasks, batch = scenes_batch(args.batch_size)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; scenes 64x64, 7 heads, batch {args.batch_size}; "
           f"peak = {args.matmul}^2 matmul of the step's precision")
     print("| backbone | precision | GFLOP / step | step (ms) | achieved GFLOP/s | matmul GFLOP/s | MFU |")
     print("|---|---|---:|---:|---:|---:|---:|")
     for name, backbone in BACKBONES.items():
         for precision, dtype in (("float32", torch.float32), ("bf16 autocast", torch.bfloat16)):
-            net = MultiHeadNet(backbone, data.tasks).train()
+            net = MultiHeadNet(backbone, tasks).train()
             bf16 = dtype == torch.bfloat16
             if bf16:
                 apply_speed_options(net)  # channels_last for the CNN, as mhc-train does

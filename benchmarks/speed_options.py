@@ -20,12 +20,10 @@ import time
 from typing import Any, Callable
 
 import torch
-from defaults import bf16_autocast
+from defaults import adamw_step, bf16_autocast, scenes_batch
 from mfu import BACKBONES
 from timing import alternate
 
-from mhc.data import ScenesDataModule
-from mhc.losses import batch_losses
 from mhc.model import MultiHeadNet
 from mhc.training.speed import apply_speed_options, has_convolutional_backbone
 
@@ -44,16 +42,7 @@ EXTRA_BACKBONES = {"resnet18": {"name": "resnet18", "small_input": True}}
 def variant_step(base: MultiHeadNet, batch: dict[str, Any], channels_last: bool, bf16: bool, compile: bool) -> Callable[[], None]:
     net = copy.deepcopy(base)
     apply_speed_options(net, channels_last=channels_last, compile=compile)
-    optimizer = torch.optim.AdamW(net.parameters(), lr=1e-4)
-
-    def step() -> None:
-        optimizer.zero_grad(set_to_none=True)
-        with bf16_autocast(bf16):
-            losses = batch_losses(net.tasks, net.hierarchy, net(batch["image"]), batch)
-        sum(losses.values()).backward()
-        optimizer.step()
-
-    return step
+    return adamw_step(net, batch, bf16_autocast(bf16))
 
 
 def main() -> None:
@@ -63,9 +52,7 @@ def main() -> None:
     parser.add_argument("--backbones", default="cnn,vit_tiny", help="cnn, vit_tiny, resnet18")
     args = parser.parse_args()
     torch.manual_seed(0)
-    data = ScenesDataModule(num_train=args.batch_size, num_val=10, num_test=10, batch_size=args.batch_size, seed=0)
-    data.set_tasks(data.task_specs())
-    batch = next(iter(data.loader("train", shuffle=True)))
+    tasks, batch = scenes_batch(args.batch_size)
     backbones = {**{name.split()[0]: (name, options) for name, options in BACKBONES.items()},
                  **{name: (name, options) for name, options in EXTRA_BACKBONES.items()}}
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; scenes 64x64, 7 heads, batch {args.batch_size}; "
@@ -74,7 +61,7 @@ def main() -> None:
     print("|---|" + "---:|" * (len(VARIANTS) + 1))
     for key in args.backbones.split(","):
         label, options = backbones[key]
-        base = MultiHeadNet(options, data.tasks).train()
+        base = MultiHeadNet(options, tasks).train()
         names = [n for n, (channels_last, _, _) in VARIANTS.items() if not channels_last or has_convolutional_backbone(base)]
         steps = [variant_step(base, batch, *VARIANTS[n]) for n in names]
         start = time.perf_counter()

@@ -18,10 +18,9 @@ import os
 from typing import Any, Callable
 
 import torch
+from defaults import adamw_step, scenes_batch
 from timing import alternate
 
-from mhc.data import ScenesDataModule
-from mhc.losses import batch_losses
 from mhc.model import MultiHeadNet
 from mhc.training.speed import cpu_budget
 
@@ -33,16 +32,14 @@ def spin() -> None:
 
 
 def training_step(net: MultiHeadNet, batch: dict[str, Any], threads: int) -> Callable[[], None]:
-    net = copy.deepcopy(net)
-    optimizer = torch.optim.AdamW(net.parameters(), lr=1e-4)
+    """A step of its own copy of ``net`` at ``threads`` threads."""
+    step = adamw_step(copy.deepcopy(net), batch)
 
-    def step() -> None:
+    def threaded() -> None:
         torch.set_num_threads(threads)
-        optimizer.zero_grad(set_to_none=True)
-        sum(batch_losses(net.tasks, net.hierarchy, net(batch["image"]), batch).values()).backward()
-        optimizer.step()
+        step()
 
-    return step
+    return threaded
 
 
 def main() -> None:
@@ -52,10 +49,8 @@ def main() -> None:
     parser.add_argument("--busy", type=int, default=1, help="processes keeping a core busy in the shared runs")
     args = parser.parse_args()
     torch.manual_seed(0)
-    data = ScenesDataModule(num_train=args.batch_size, num_val=10, num_test=10, batch_size=args.batch_size, seed=0)
-    data.set_tasks(data.task_specs())
-    batch = next(iter(data.loader("train", shuffle=True)))
-    net = MultiHeadNet({"name": "cnn"}, data.tasks).train()
+    tasks, batch = scenes_batch(args.batch_size)
+    net = MultiHeadNet({"name": "cnn"}, tasks).train()
     counts = list(range(1, cpu_budget() + 1))
     steps = [training_step(net, batch, threads) for threads in counts]
     print(f"torch {torch.__version__}, {os.cpu_count()} CPUs, cpu_budget() {cpu_budget()}; compact CNN, scenes 64x64, "
