@@ -24,6 +24,10 @@ REQUIRED = {
 @pytest.mark.parametrize("group, option", [(g, o) for g in GROUPS for o in group_options(g)])
 def test_every_option_composes(group, option):
     overrides = [f"{group}={option}", *REQUIRED.get(group, {}).get(option, [])]
+    if (group, option) == ("data", "checkpoint"):  # the data a checkpoint records: for the commands that read one
+        cfg = compose_config("eval", [*overrides, "ckpt=x.ckpt"], output_dir="/tmp/x")
+        assert cfg.data.from_checkpoint
+        return
     cfg = compose_config("train", overrides, output_dir="/tmp/x")
     OmegaConf.to_container(cfg, resolve=True)  # every interpolation resolves
     if group == "data":

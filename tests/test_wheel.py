@@ -101,12 +101,10 @@ def test_commands_run_from_another_folder(installed, tmp_path):
                            env={**os.environ, "PYTHONPATH": str(installed)}, capture_output=True, text=True, check=True)
     assert Path(probe.stdout.strip()).is_relative_to(installed)  # the wheel's copy, not the checkout
 
-    run(installed, elsewhere, "mhc-eval", f"ckpt={checkpoint}", "data.num_train=64", "data.num_val=32",
-        "data.num_test=32", "hydra.run.dir=eval")
+    run(installed, elsewhere, "mhc-eval", f"ckpt={checkpoint}", "hydra.run.dir=eval")  # the checkpoint's own data
     assert (elsewhere / "eval" / "metrics.json").is_file()
 
-    run(installed, elsewhere, "mhc-calibrate", f"ckpt={checkpoint}", "data.num_train=64", "data.num_val=32",
-        "data.num_test=32", "threshold=f1", "hydra.run.dir=calibrate")
+    run(installed, elsewhere, "mhc-calibrate", f"ckpt={checkpoint}", "threshold=f1", "hydra.run.dir=calibrate")
     assert {"calibrated.ckpt", "calibration.json", "reliability.png"} <= {p.name for p in (elsewhere / "calibrate").iterdir()}
 
     Image.fromarray(np.zeros((64, 64, 3), dtype=np.uint8)).save(elsewhere / "black.png")

@@ -130,6 +130,9 @@ def checkpoint_data(cfg: DictConfig) -> DictConfig:
     data that takes none (the built-in sets) is read as a manifest."""
     if not cfg.get("data") or not cfg.data.get("from_checkpoint"):
         return cfg.data
+    if not cfg.get("ckpt"):
+        raise ConfigError("data=checkpoint is the data a checkpoint records, for commands that read one (mhc-eval, "
+                          "mhc-predict, ...); choose the data, e.g. data=manifest data.train=train.csv")
     stored = (read_checkpoint(cfg.ckpt)["mhc"].get("config") or {}).get("data")
     if not isinstance(stored, Mapping) or not stored.get("_target_"):
         raise ConfigError(f"data=checkpoint: '{cfg.ckpt}' records no data config (it was saved outside a training run); "
