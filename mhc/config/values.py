@@ -56,7 +56,7 @@ def steps_or_unlimited() -> tuple[Check, str]:
 
 
 BACKBONE_SIZES = ("stem", "stem_stride", "vocab_size", "max_length", "dim", "depth", "num_heads", "filters",
-                  "image_size", "patch_size", "in_chans")
+                  "patch_size", "in_chans")
 RULES: dict[str, tuple[Check, str]] = {
     "seed": ((lambda v: is_integer(v) and 0 <= v < 2**32), "an integer in [0, 2**32)"),
     "optimizer.lr": number_above(0),
@@ -84,6 +84,8 @@ RULES: dict[str, tuple[Check, str]] = {
     "loss.focal_gamma": number_at_least(0),
     "loss.balanced_power": number_at_least(0),
     **{f"backbone.{name}": integer_at_least(1) for name in BACKBONE_SIZES},
+    "backbone.image_size": ((lambda v: integer_at_least(1)[0](v) or each(integer_at_least(1))[0](v)),
+                            "an integer >= 1 or a list of them"),
 }
 
 
