@@ -45,6 +45,11 @@ def run(finished, tmp_path):
     return folder
 
 
+def dead_pid() -> int:
+    finished = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    return int(finished.stdout)
+
+
 def test_a_copied_checkpoint_continues_in_the_new_run_and_leaves_the_original_intact(make_cfg, tmp_path):
     first = tmp_path / "outputs" / "first"
     train(make_cfg("test=false", output_dir=first))
@@ -61,13 +66,17 @@ def test_a_copied_checkpoint_continues_in_the_new_run_and_leaves_the_original_in
 
 
 def test_a_checkpoint_where_its_run_wrote_it_is_continued_in_that_run(make_cfg, tmp_path):
+    """... and what an interrupted write left there (a temporary of a dead writer) is removed."""
     first = tmp_path / "first"
     train(make_cfg("test=false", output_dir=first))
     one_epoch = steps(first / "checkpoints" / "last.ckpt")
+    stale = first / "checkpoints" / f".last.ckpt.tmp{dead_pid()}"
+    stale.write_bytes(b"half a checkpoint")
     train(make_cfg("test=false", "trainer.max_epochs=2", f"resume={first / 'checkpoints' / 'last.ckpt'}",
                    output_dir=tmp_path / "second"))
     assert steps(first / "checkpoints" / "last.ckpt") == 2 * one_epoch
     assert not (tmp_path / "second" / "checkpoints").exists()
+    assert not stale.exists()
 
 
 def reordered(path: Path, task: str) -> list[str]:
@@ -109,11 +118,6 @@ def test_options_the_optimizer_state_overrides_are_named_and_recorded_as_used(ma
     assert recorded == lr
 
 
-def dead_pid() -> int:
-    finished = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
-    return int(finished.stdout)
-
-
 def test_a_run_killed_while_writing_its_last_checkpoint_is_continued_from_its_best(make_cfg, run, finished, tmp_path):
     older = tmp_path / "outputs" / "older"  # another run, finished earlier, with a last.ckpt
     shutil.copytree(finished, older)
@@ -130,15 +134,6 @@ def test_a_run_killed_while_writing_its_last_checkpoint_is_continued_from_its_be
 
     train(make_cfg("test=false", "trainer.max_epochs=2", f"resume={run}", output_dir=tmp_path / "outputs" / "third"))
     assert steps(tmp_path / "outputs" / "third" / "checkpoints" / "last.ckpt") == 2 * steps(best)
-
-
-def test_stale_temporaries_are_removed_from_the_folder_written_to(make_cfg, tmp_path):
-    first = tmp_path / "first"
-    train(make_cfg("test=false", output_dir=first))
-    stale = first / "checkpoints" / f".last.ckpt.tmp{dead_pid()}"
-    stale.write_bytes(b"half a checkpoint")
-    train(make_cfg("test=false", "trainer.max_epochs=2", f"resume={first}", output_dir=tmp_path / "second"))
-    assert not stale.exists()
 
 
 def test_a_run_never_writes_into_a_folder_holding_another_runs_checkpoints(make_cfg, run):

@@ -20,9 +20,20 @@ def train_command(folder, *extra):
     return [sys.executable, "-m", "mhc.cli.train", *RUN, f"hydra.run.dir={folder}", *extra]
 
 
+def assert_one_line_per_epoch_and_no_dependency_noise(stderr: str, epochs: int) -> None:
+    """What a run writing to a pipe shows: one summary line per epoch (not again for the final
+    validation), and none of the dependencies' tips or notices (mhc.training.console)."""
+    lines = [line for line in stderr.splitlines() if line.startswith("epoch ")]
+    assert [line.split(":")[0] for line in lines] == [f"epoch {e}/{epochs}" for e in range(1, epochs + 1)]
+    assert all("val/mean/f1 " in line and "| f1 shape " in line and " marks " in line for line in lines)
+    for noise in ("Tip:", "litlogger", "LeafSpec", "will override existing callbacks"):
+        assert noise not in stderr
+
+
 def test_sigkill_then_resume_ends_like_an_uninterrupted_run(tmp_path):
     whole = subprocess.run(train_command(tmp_path / "whole"), capture_output=True, text=True, timeout=300)
     assert whole.returncode == 0, whole.stderr[-2000:]
+    assert_one_line_per_epoch_and_no_dependency_noise(whole.stderr, epochs=3)
 
     killed = tmp_path / "killed"
     last = killed / "checkpoints" / "last.ckpt"
