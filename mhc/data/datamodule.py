@@ -269,8 +269,9 @@ class TaskDataModule(pl.LightningDataModule):
                    else "give it image data")
             )
         if isinstance(processor, ImageProcessor) and processor.size != own.size:
+            as_override = "[" + ",".join(str(side) for side in processor.size) + "]"  # one shell word, as Hydra reads it
             raise ConfigError(f"data.image_size is {own.size} but the checkpoint was trained at {processor.size}; "
-                              f"set data.image_size={processor.size}")
+                              f"set data.image_size={as_override}, or leave the data to the checkpoint (data=checkpoint)")
 
     def loader(self, split: str, shuffle: bool = False, shard: bool = True) -> DataLoader:
         """A DataLoader of ``split`` (built on first use); the Lightning hooks below use it too.

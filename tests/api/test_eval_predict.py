@@ -60,6 +60,10 @@ def test_eval_and_predict_take_the_data_from_the_checkpoint(tmp_path):
     assert given == spelled_out
     assert set(given) == set(run.metrics["val"]) == {"shape", "flag"}
 
+    from mhc.errors import ConfigError  # data chosen afresh at another size: the override to give, as one shell word
+    with pytest.raises(ConfigError, match=re.escape("set data.image_size=[16,16], or leave the data to the checkpoint")):
+        evaluate(["split=val", "data=manifest", f"data.val={folder / 'val.csv'}"], ckpt=ckpt, output_dir=tmp_path / "eval4")
+
     (folder / "fewer.csv").write_text("image,shape,flag\nimg/0.png,square,yes\nimg/1.png,circle,yes\n")
     evaluate(["split=val", f"data.val={folder / 'fewer.csv'}"], ckpt=ckpt, output_dir=tmp_path / "eval3")
     report = json.loads((tmp_path / "eval3" / "metrics.json").read_text())
