@@ -14,6 +14,7 @@ from pathlib import Path
 
 import torch
 
+from mhc.data.datamodule import available_cores
 from mhc.errors import ConfigError
 from mhc.model.net import MultiHeadNet
 
@@ -23,9 +24,9 @@ log = logging.getLogger(__name__)
 
 
 def cpu_budget() -> int:
-    """The CPUs this process may use: those it may run on, capped by a cgroup CPU quota (a
-    container's limit, which torch's default of every physical core ignores)."""
-    count = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    """The CPUs this process may use: those it may run on (:func:`~mhc.data.datamodule.available_cores`),
+    capped by a cgroup CPU quota (a container's limit, which torch's default of every physical core ignores)."""
+    count = available_cores()
     try:
         quota, period = CGROUP_CPU_MAX.read_text().split()[:2]
         if quota != "max":
