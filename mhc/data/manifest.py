@@ -52,7 +52,8 @@ import io
 import logging
 import math
 import os
-import unicodedata
+import re
+from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from functools import cached_property
@@ -85,6 +86,7 @@ ALLOWED_SUFFIX = "__allowed"
 SEPARATOR = "|"
 EMPTY_SET = frozenset({"-", "none"})
 # Label cells read as missing by default: what spreadsheets, pandas and R write for a missing value.
+CONTROL_CHARACTER = re.compile("[\x00-\x1f\x7f-\x9f]")  # Unicode's control characters (category Cc)
 MISSING_CELLS = ("NaN", "nan", "-NaN", "NA", "<NA>", "N/A", "n/a", "#N/A", "NULL", "null", "None")
 PARQUET_SUFFIXES = frozenset({".parquet", ".pq"})
 # Value pairs read as a binary task, each as (negative, positive), compared case-insensitively.
@@ -219,22 +221,20 @@ def label_cells(manifest: Manifest, missing: Sequence[str] = MISSING_CELLS) -> M
     """``manifest`` with its label cells that are one of ``missing`` made empty (missing labels,
     counted in an INFO message); a label cell holding a control character is a :class:`DataError`."""
     missing = frozenset(missing)
-    columns, found = dict(manifest.columns), {}
+    columns = dict(manifest.columns)
     for column, cells in manifest.columns.items():
         if column in INPUT_COLUMNS:
             continue
         for row, cell in enumerate(cells):
-            if any(unicodedata.category(c) == "Cc" for c in cell):
+            if CONTROL_CHARACTER.search(cell):
                 raise DataError(f"{manifest.where(row, column)}: the cell {cell!r} holds a control character; "
                                 "labels are printable text")
-        if missing & set(cells):
+        found = Counter(cell for cell in cells if cell in missing)
+        if found:
             columns[column] = ["" if cell in missing else cell for cell in cells]
-            found[column] = sorted({cell for cell in cells if cell in missing})
-    for column, words in found.items():
-        count = sum(cell in missing for cell in manifest.columns[column])
-        log.info(f"{manifest.source}: {count} cell(s) of column '{column}' read as missing labels ({', '.join(words)}); "
-                 "data.missing_cells lists the words read so")
-    return replace(manifest, columns=columns) if found else manifest
+            log.info(f"{manifest.source}: {sum(found.values())} cell(s) of column '{column}' read as missing labels "
+                     f"({', '.join(sorted(found))}); data.missing_cells lists the words read so")
+    return replace(manifest, columns=columns)
 
 
 def split_set(cell: str) -> list[str]:
