@@ -207,7 +207,7 @@ class MultiHeadModule(pl.LightningModule):
         probs = self.decoder.probabilities(views, allowed)
         # Per-task losses are averaged over each task's labelled samples by the stage metrics.
         self.stage_metrics(stage).update(probs, batch["targets"], batch["label_mask"], losses)
-        opened = self.open_metrics[f"{stage}_"] if f"{stage}_" in self.open_metrics and allowed else None
+        opened = self.open_stage_metrics(stage) if allowed else None
         if opened is not None:  # the same outputs decoded without the data's allowed sets
             free = self.decoder.probabilities(views)
             given = {name: batch["label_mask"][name] & (name in allowed) for name in opened.tasks}
@@ -280,9 +280,14 @@ class MultiHeadModule(pl.LightningModule):
         with torch.no_grad():
             return flip_views(self.tasks.values(), self.net, inputs, logits)
 
-    def labelled_counts(self, stage: str) -> Tensor:
-        """Labelled samples per task summed over all processes."""
-        counts = self.stage_metrics(stage).labelled_counts().to(self.device)
+    def open_stage_metrics(self, stage: str) -> HeadMetrics | None:
+        """``stage``'s metrics of the multiclass heads decoded without the data's allowed sets
+        (``None`` for training, or a model with no multiclass head)."""
+        return self.open_metrics[f"{stage}_"] if f"{stage}_" in self.open_metrics else None
+
+    def labelled_counts(self, stage: str, metrics: HeadMetrics | None = None) -> Tensor:
+        """Labelled samples per task summed over all processes (of ``metrics``, default ``stage``'s)."""
+        counts = (metrics or self.stage_metrics(stage)).labelled_counts().to(self.device)
         return self.trainer.strategy.reduce(counts, reduce_op="sum") if self._trainer is not None else counts
 
     def epoch_scores(self, stage: str, counts: Tensor | None = None) -> tuple[dict[str, dict[str, float]], dict[str, float]]:
@@ -290,11 +295,9 @@ class MultiHeadModule(pl.LightningModule):
         the means over tasks and, with a baseline, ``stage/delta_m``. ``counts``: the labelled
         samples per task over all processes, when known."""
         results = self.stage_metrics(stage).compute(self.labelled_counts(stage) if counts is None else counts)
-        if f"{stage}_" in self.open_metrics:
-            opened = self.open_metrics[f"{stage}_"]
-            seen = opened.labelled_counts().to(self.device)
-            seen = self.trainer.strategy.reduce(seen, reduce_op="sum") if self._trainer is not None else seen
-            for task, values in opened.compute(seen).items():
+        opened = self.open_stage_metrics(stage)
+        if opened is not None:
+            for task, values in opened.compute(self.labelled_counts(stage, opened)).items():
                 results.setdefault(task, {}).update({f"{name}_open": value for name, value in values.items() if name != "loss"})
         flat = flatten_results(results, stage)
         if self.baseline and stage != "train":
@@ -307,8 +310,8 @@ class MultiHeadModule(pl.LightningModule):
         losses and, with a baseline, ``stage/delta_m``."""
         metrics = self.stage_metrics(stage)
         per_task = {task: metrics.names(task) for task in self.tasks}
-        if f"{stage}_" in self.open_metrics:  # where the data gives allowed sets
-            opened = self.open_metrics[f"{stage}_"]
+        opened = self.open_stage_metrics(stage)
+        if opened is not None:  # where the data gives allowed sets
             for task in opened.tasks:
                 per_task[task] = [*per_task[task], *(f"{name}_open" for name in opened.names(task) if name != "loss")]
         names = {f"{stage}/{task}/{name}" for task, found in per_task.items() for name in found}
@@ -335,16 +338,16 @@ class MultiHeadModule(pl.LightningModule):
         self._log_epoch_metrics("val")
 
     def on_validation_epoch_start(self) -> None:
-        self.stage_metrics("val").reset()
-        self.reset_open_metrics("val")
+        self.reset_stage("val")
 
     def on_test_epoch_start(self) -> None:
-        self.stage_metrics("test").reset()
-        self.reset_open_metrics("test")
+        self.reset_stage("test")
 
-    def reset_open_metrics(self, stage: str) -> None:
-        if f"{stage}_" in self.open_metrics:
-            self.open_metrics[f"{stage}_"].reset()
+    def reset_stage(self, stage: str) -> None:
+        """Empty ``stage``'s metrics, those decoded without allowed sets included."""
+        for metrics in (self.stage_metrics(stage), self.open_stage_metrics(stage)):
+            if metrics is not None:
+                metrics.reset()
 
     def on_test_epoch_end(self) -> None:
         self._log_epoch_metrics("test")

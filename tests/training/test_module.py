@@ -68,8 +68,7 @@ def test_heads_with_data_given_allowed_sets_are_also_measured_as_decoded_for_new
     assert results["label"]["f1_open"] == pytest.approx(f1_score(targets, free, average="macro"))
     assert flat["val/mean/acc_open"] == results["label"]["acc_open"] and "val/label/acc_open" in module.logged_names()
 
-    module.reset_open_metrics("val")
-    module.stage_metrics("val").reset()
+    module.reset_stage("val")
     del batch["allowed"]  # data without allowed sets: one decoding, reported once
     module._update_metrics("val", batch, {"label": logits}, {"label": torch.tensor(1.0)})
     assert "acc_open" not in module.epoch_scores("val")[0]["label"]
