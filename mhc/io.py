@@ -87,15 +87,29 @@ def load(path: str | Path, map_location: str | torch.device = "cpu") -> MultiHea
         model = mhc.load("outputs/train/.../checkpoints/last.ckpt")
         out = model.predict(images)          # {task: TaskPrediction(labels, probs)}
     """
+    return load_with_config(path, map_location)[0]
+
+
+def load_with_config(path: str | Path, map_location: str | torch.device = "cpu") -> tuple[MultiHeadNet, dict[str, Any]]:
+    """:func:`load`, and the run configuration the model was trained with, from the same read
+    (``{}`` where none is recorded: an export folder, a checkpoint saved outside a training run)."""
     path = Path(path)
     if path.is_dir():
-        net = _load_export(path)
+        net, config = _load_export(path), None
     else:
         checkpoint = read_checkpoint(path)
         state = net_state(checkpoint)
         net = net_from_description(checkpoint["mhc"].get("net"), path, state)
         load_weights(net, state, path)
-    return net.to(map_location).eval()
+        config = checkpoint["mhc"].get("config")
+    return net.to(map_location).eval(), dict(config) if isinstance(config, Mapping) else {}
+
+
+def recorded_config(path: str | Path) -> dict[str, Any]:
+    """The run configuration a checkpoint records (``{}`` for an export folder or none recorded)."""
+    path = Path(path)
+    config = None if path.is_dir() else read_checkpoint(path)["mhc"].get("config")
+    return dict(config) if isinstance(config, Mapping) else {}
 
 
 @contextmanager

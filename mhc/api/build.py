@@ -27,7 +27,7 @@ from mhc.data.augment import Augmentation
 from mhc.data.balance import BALANCED, encoded_labels, prior_logits, resolve_balanced
 from mhc.data.mixing import BatchMixing
 from mhc.errors import ConfigError, MhcError
-from mhc.io import read_checkpoint
+from mhc.io import read_checkpoint, recorded_config
 from mhc.model.backbones import list_backbones
 from mhc.model.backbones.registry import accepted_options, backbone_processing
 from mhc.model.net import backbone_takes_tokens
@@ -123,20 +123,21 @@ def build_datamodule(cfg: DictConfig) -> Any:
     return instantiate(checkpoint_data(cfg), "data")
 
 
-def checkpoint_data(cfg: DictConfig) -> DictConfig:
+def checkpoint_data(cfg: DictConfig, recorded: Mapping[str, Any] | None = None) -> DictConfig:
     """The data config of a command that reads a checkpoint: ``cfg.data``, or with ``data=checkpoint``
-    the data config the checkpoint records, checked to build only packaged data modules, with
-    the options set in ``cfg.data`` on top. A ``data.predict`` file for a checkpoint trained on
-    data that takes none (the built-in sets) is read as a manifest."""
+    the data config the checkpoint records (its run configuration ``recorded``, read from
+    ``cfg.ckpt`` when not given), checked to build only packaged data modules, with the options
+    set in ``cfg.data`` on top. A ``data.predict`` file for a checkpoint trained on data that
+    takes none (the built-in sets) is read as a manifest."""
     if not cfg.get("data") or not cfg.data.get("from_checkpoint"):
         return cfg.data
     if not cfg.get("ckpt"):
         raise ConfigError("data=checkpoint is the data a checkpoint records, for commands that read one (mhc-eval, "
                           "mhc-predict, ...); choose the data, e.g. data=manifest data.train=train.csv")
-    stored = (read_checkpoint(cfg.ckpt)["mhc"].get("config") or {}).get("data")
+    stored = (recorded_config(cfg.ckpt) if recorded is None else recorded).get("data")
     if not isinstance(stored, Mapping) or not stored.get("_target_"):
-        raise ConfigError(f"data=checkpoint: '{cfg.ckpt}' records no data config (it was saved outside a training run); "
-                          "choose the data, e.g. data=manifest data.test=test.csv")
+        raise ConfigError(f"data=checkpoint: '{cfg.ckpt}' records no data config (it was saved outside a training run, "
+                          "or is an export folder); choose the data, e.g. data=manifest data.test=test.csv")
     known = packaged_targets("data")
     for target in targets_in(stored):
         if target not in known:
@@ -175,7 +176,7 @@ def checkpoint_with_data(cfg: DictConfig) -> tuple[Any, Any, Any]:
     check_tta(cfg.get("tta"))
     module = MultiHeadModule.from_checkpoint(cfg.ckpt)
     module.tta = cfg.get("tta")
-    datamodule = build_datamodule(cfg)
+    datamodule = instantiate(checkpoint_data(cfg, module.run_config), "data")  # the record read with the module
     datamodule.set_tasks(list(module.tasks.values()))
     datamodule.use_processor(module.net.processor)  # e.g. the saved tokenizer, never refitted
     quiet_dependencies()

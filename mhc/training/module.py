@@ -24,7 +24,7 @@ from mhc.data.augment import Augmentation
 from mhc.data.labels import batch_inputs
 from mhc.data.mixing import BatchMixing
 from mhc.errors import ConfigError, NonFiniteLossError
-from mhc.io import CHECKPOINT_FORMAT, load
+from mhc.io import CHECKPOINT_FORMAT, load_with_config
 from mhc.metrics import HeadMetrics, delta_m, flatten_results
 from mhc.model.net import MultiHeadNet
 from mhc.predictor import OutputDecoder, check_tta, flip_views
@@ -398,9 +398,10 @@ class MultiHeadModule(pl.LightningModule):
     # -- checkpoints ------------------------------------------------------------------------
     @classmethod
     def from_checkpoint(cls, path: str, **kwargs: Any) -> "MultiHeadModule":
-        """Rebuild the module from a checkpoint's plain-data description, loading safely."""
-        net = load(path)
-        module = cls(net.config(), **kwargs)
+        """Rebuild the module from a checkpoint's plain-data description, loading safely; its
+        ``run_config`` is the one the checkpoint records."""
+        net, run_config = load_with_config(path)
+        module = cls(net.config(), run_config=run_config, **kwargs)
         module.net.load_state_dict(net.state_dict())
         return module
 

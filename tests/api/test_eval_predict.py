@@ -77,7 +77,8 @@ def test_eval_and_predict_take_the_data_from_the_checkpoint(tmp_path):
 
 @pytest.mark.parametrize(("data", "message"), [
     ({"_target_": "os.system", "command": "touch hacked"}, "records the data module 'os.system', which is not one of mhc's"),
-    (None, "records no data config (it was saved outside a training run); choose the data, e.g. data=manifest"),
+    (None, "records no data config (it was saved outside a training run, or is an export folder); choose the data, "
+           "e.g. data=manifest"),
 ])
 def test_a_checkpoints_data_config_builds_only_packaged_data_modules(trained_checkpoint, tmp_path, data, message):
     import torch
@@ -90,3 +91,15 @@ def test_a_checkpoints_data_config_builds_only_packaged_data_modules(trained_che
     with pytest.raises(ConfigError, match=re.escape(f"data=checkpoint: '{tmp_path / 'edited.ckpt'}' {message}")):
         evaluate([], ckpt=tmp_path / "edited.ckpt", output_dir=tmp_path / "eval")
     assert not (tmp_path / "hacked").exists()
+
+
+def test_an_export_folder_records_no_data_and_asks_for_it(trained_checkpoint, tmp_path):
+    from mhc.errors import ConfigError
+    from mhc.export import export_checkpoint
+
+    folder = export_checkpoint(trained_checkpoint, tmp_path / "export")
+    with pytest.raises(ConfigError, match=re.escape(f"data=checkpoint: '{folder}' records no data config (it was saved "
+                                                    "outside a training run, or is an export folder)")):
+        evaluate([], ckpt=folder, output_dir=tmp_path / "eval")
+    assert evaluate(["data=scenes", "data.num_train=96", "data.num_val=48", "data.num_test=48"], ckpt=folder,
+                    output_dir=tmp_path / "eval2")  # the data given: an export folder evaluates as before
