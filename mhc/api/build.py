@@ -60,15 +60,26 @@ def instantiate(node: Any, what: str, **kwargs: Any) -> Any:
 SCALAR_TYPES = {int: "an integer", float: "a number", bool: "true or false", str: "a string"}
 
 
+def config_target(node: Any) -> Any:
+    """The object a config node's ``_target_`` names, or ``None`` (no target, or one that does not
+    import: :func:`instantiate` reports that)."""
+    if not isinstance(node, DictConfig) or not node.get("_target_"):
+        return None
+    try:
+        return hydra.utils.get_object(str(node._target_))
+    except Exception:  # noqa: BLE001 - hydra raises several types for a target that does not import
+        return None
+
+
 def check_known_options(node: Any, what: str, given: Mapping[str, Any] = {}) -> None:  # noqa: B006 - read only
     """Every option of ``node`` is a parameter of its ``_target_`` (unless the target takes
     ``**kwargs``): ``+scheduler.warmup=0.1`` is one error listing the options there are."""
-    if not isinstance(node, DictConfig) or not node.get("_target_"):
+    target = config_target(node)
+    if target is None:
         return
     try:
-        target = hydra.utils.get_object(str(node._target_))
         parameters = inspect.signature(target).parameters
-    except Exception:  # noqa: BLE001 - instantiate reports an unknown target; a target without a signature is skipped
+    except (TypeError, ValueError):  # a target without a signature
         return
     if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values()):
         return
@@ -83,12 +94,12 @@ def check_scalar_options(node: Any, what: str) -> None:
     so that ``trainer.max_epochs=x`` is one :class:`ConfigError` instead of a traceback deep in
     training. Lists, mappings and options annotated with anything but plain classes (generics,
     literals, callables) are left to the target."""
-    if not isinstance(node, DictConfig) or not node.get("_target_"):
+    target = config_target(node)
+    if target is None:
         return
     try:
-        target = hydra.utils.get_object(str(node._target_))
         hints = typing.get_type_hints(target.__init__ if isinstance(target, type) else target)
-    except Exception:  # noqa: BLE001 - instantiate reports an unknown target; unreadable hints are skipped
+    except Exception:  # noqa: BLE001 - unreadable hints are skipped
         return
     for option, hint in hints.items():
         if option not in node or option == "return":
