@@ -184,6 +184,6 @@ def read_resumed(path: str) -> dict[str, Any]:
     from mhc.io import read_checkpoint
 
     checkpoint = read_checkpoint(path)
-    if not isinstance(checkpoint["mhc"].get("net"), Mapping) or "state_dict" not in checkpoint:
+    if not isinstance(checkpoint["mhc"].get("net"), Mapping):  # read_checkpoint saw the state dict
         raise CheckpointError(f"resume: checkpoint '{path}' describes no network")
     return checkpoint
