@@ -37,7 +37,7 @@ from mhc.tasks import TaskSpec, resolve_tasks, tasks_to_dicts
 from mhc.training import MultiHeadModule
 from mhc.training.checkpoint_io import AtomicCheckpointIO
 from mhc.training.console import quiet_dependencies
-from mhc.training.guards import NonFiniteLoss
+from mhc.training.guards import BadStart, NonFiniteLoss
 
 log = logging.getLogger(__name__)
 
@@ -450,6 +450,8 @@ def build_trainer(cfg: DictConfig, module: Any, datamodule: Any, loggers: list[A
     quiet_dependencies()
     if cfg.get("nonfinite_loss"):
         callbacks = [*callbacks, NonFiniteLoss(cfg.nonfinite_loss)]
+    if isinstance(module, MultiHeadModule):
+        callbacks = [*callbacks, BadStart()]
     options: dict[str, Any] = {}
     if not module.automatic_optimization:
         options.update(accumulate_grad_batches=1, gradient_clip_val=None)

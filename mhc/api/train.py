@@ -25,6 +25,7 @@ from mhc.api.build import (
 )
 from mhc.api.calibrate import calibrate_module, save_report
 from mhc.api.config import ConfigLike, as_config
+from mhc.api.recipe import AUTO, auto_config
 from mhc.api.resume import (
     check_compatible,
     check_new_folder,
@@ -34,6 +35,8 @@ from mhc.api.resume import (
     remove_temporaries,
     resolve_resume,
 )
+from mhc.config import check_config
+from mhc.data.profile import profile_data
 from mhc.errors import ConfigError
 from mhc.io import read_checkpoint, save_backbone, update_checkpoint
 from mhc.training.pretraining import PretrainModule
@@ -78,6 +81,9 @@ def train(config: ConfigLike = None, *, output_dir: str | Path | None = None,
     cfg = as_config(config, "train", output_dir, config_dir)
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
     use_threads(cfg.perf.get("threads", "auto") if cfg.get("perf") else "auto")
+    if cfg.get("recipe") == AUTO:  # experiment=auto: the choices made from the data, the command line's kept
+        cfg = auto_config(cfg, profile_data(build_datamodule(cfg)), None if isinstance(config, DictConfig) else list(config or ()))
+        check_config(cfg, "train")
     datamodule = build_datamodule(cfg)
     module = build_module(cfg, datamodule)
     run_dir = Path(cfg.paths.output_dir)

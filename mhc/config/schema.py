@@ -113,6 +113,7 @@ class TrainConfig(FitConfig):
     """``mhc-train``."""
 
     task_name: str = "train"
+    recipe: Optional[str] = None  # auto: choices made from the data (mhc.api.recipe)
     # {task: TaskOptions}, typed by check_task_options: an open mapping, so that
     # +tasks.<name>.<option>=... can name a task the data defines (a manifest column)
     tasks: Dict[str, Any] = field(default_factory=dict)

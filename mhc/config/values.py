@@ -58,6 +58,7 @@ def steps_or_unlimited() -> tuple[Check, str]:
 BACKBONE_SIZES = ("stem", "stem_stride", "vocab_size", "max_length", "dim", "depth", "num_heads", "filters",
                   "patch_size", "in_chans")
 RULES: dict[str, tuple[Check, str]] = {
+    "recipe": ((lambda v: v == "auto"), "auto or null (experiment=auto sets it)"),
     "seed": ((lambda v: is_integer(v) and 0 <= v < 2**32), "an integer in [0, 2**32)"),
     "optimizer.lr": number_above(0),
     "optimizer.weight_decay": number_at_least(0),

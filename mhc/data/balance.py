@@ -81,6 +81,24 @@ def prior_logits(task: TaskSpec, labels: np.ndarray) -> list[float]:
     return [float(v) for v in np.log(positive / (1.0 - positive))]
 
 
+def prior_loss(task: TaskSpec, labels: np.ndarray) -> float:
+    """The loss of predicting the training base rates (:func:`prior_logits`) for every sample:
+    the entropy of the class frequencies (multiclass), of each output's rate (binary), and their
+    mean or sum over a multilabel head's outputs (``task.label_reduction``). What a first epoch
+    should already be below."""
+    logits = np.asarray(prior_logits(task, labels))
+    if task.kind == "multiclass":
+        labelled = labels[labels != MISSING].astype(np.int64)
+        return float(-logits[labelled].mean()) if len(labelled) else 0.0
+    rows = labels.reshape(len(labels), -1)
+    labelled = rows[(rows != MISSING).all(axis=1)].astype(np.float64)
+    if not len(labelled):
+        return 0.0
+    p = 1.0 / (1.0 + np.exp(-logits))
+    per_output = -(labelled * np.log(p) + (1 - labelled) * np.log(1 - p)).mean(axis=0)
+    return float(per_output.sum() if task.label_reduction == "sum" else per_output.mean())
+
+
 def resolve_balanced(tasks: list[TaskSpec], dataset: Dataset, power: float = 1.0) -> list[TaskSpec]:
     """``tasks`` with ``balanced`` class or positive weights replaced by numbers from ``dataset``,
     raised to ``power`` (``loss.balanced_power``: 1 balances fully, 0.5 takes the square root,

@@ -248,9 +248,22 @@ class TaskDataModule(pl.LightningDataModule):
     def subset(self, dataset: Dataset) -> Dataset:
         """A fixed random ``train_fraction`` of the training samples (the same for every seed):
         few-label fine-tuning and learning curves."""
-        size = max(1, round(len(dataset) * self.train_fraction))
-        chosen = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(0))[:size]
-        return Subset(dataset, sorted(chosen.tolist()))
+        return Subset(dataset, self.subset_indices(len(dataset)))
+
+    def subset_indices(self, count: int) -> list[int]:
+        """The indices :meth:`subset` keeps of ``count`` training samples."""
+        size = max(1, round(count * self.train_fraction))
+        return sorted(torch.randperm(count, generator=torch.Generator().manual_seed(0))[:size].tolist())
+
+    def input_kind(self) -> str:
+        """``image`` or ``text`` (token ids): what this data's inputs are."""
+        return self.processor().kind
+
+    def train_labels(self, tasks: Sequence[TaskSpec]) -> dict[str, Any]:
+        """Each task's encoded training labels (``-1`` where missing; :mod:`mhc.data.labels`), to
+        profile the data before training (:mod:`mhc.data.profile`)."""
+        self.setup("train")
+        return {task.name: encoded_labels(self.splits["train"], task.name) for task in tasks}
 
     def processor(self) -> Processor:
         """How this data's raw inputs become network input; the network saves it, so prediction

@@ -687,6 +687,14 @@ class ManifestDataModule(TaskDataModule):
         """``image`` or ``text``: what a checkpoint's model reads, else what the training manifest has."""
         return self.served_input or self.train_manifest.input_column
 
+    def input_kind(self) -> str:
+        return self.input_column()  # read from the header: no tokenizer is fitted
+
+    def train_labels(self, tasks: Sequence[TaskSpec]) -> dict[str, np.ndarray]:
+        """Read from the training manifest's columns: no image is decoded, no tokenizer fitted."""
+        kept = self.subset_indices(len(self.train_manifest)) if self.train_fraction < 1.0 else slice(None)
+        return {task.name: encode_labels(self.train_manifest, task)[kept] for task in tasks}
+
     def text_tokenizer(self) -> Tokenizer:
         """The tokenizer of text manifests: a checkpoint's, else fitted on the training split only."""
         if self.tokenizer is None:

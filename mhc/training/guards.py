@@ -30,6 +30,9 @@ import pytorch_lightning as pl
 import torch
 from torch import Tensor
 
+from pytorch_lightning.utilities.rank_zero import rank_zero_warn
+
+from mhc.data.balance import prior_loss
 from mhc.errors import ConfigError, NonFiniteLossError
 
 NONFINITE_POLICIES = ("stop", "skip")
@@ -129,3 +132,41 @@ def kept(trainer: pl.Trainer) -> str:
     if folder and Path(folder).is_dir() and any(Path(folder).glob("*.ckpt")):
         return f"the checkpoints in {folder} are kept"
     return "no checkpoint was written"
+
+
+class BadStart(pl.Callback):
+    """A warning when a head's validation loss after the first epoch is far above the loss of
+    predicting the training base rates (:func:`~mhc.data.balance.prior_loss`): ``factor`` times
+    it, and at least ``margin`` above. Such a start almost always means the learning rate is too
+    high for this data (or the warm-up too short); the run goes on. Heads with class or positive
+    weights are left out (their loss is on another scale)."""
+
+    def __init__(self, factor: float = 3.0, margin: float = 1.0) -> None:
+        self.factor, self.margin = float(factor), float(margin)
+        self.priors: dict[str, float] = {}
+        self.checked = False
+
+    def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        datamodule = trainer.datamodule
+        tasks = [t for t in getattr(pl_module, "tasks", {}).values() if t.class_weights is None and t.pos_weight is None]
+        if not tasks or not hasattr(datamodule, "train_labels"):
+            return
+        labels = datamodule.train_labels(tasks)
+        self.priors = {task.name: prior_loss(task, labels[task.name]) for task in tasks}
+
+    def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self.checked or trainer.sanity_checking or not self.priors:
+            return
+        self.checked = True
+        results = getattr(pl_module, "last_results", {}).get("val", {})
+        far = {task: (results[task]["loss"], prior) for task, prior in self.priors.items()
+               if "loss" in results.get(task, {}) and results[task]["loss"] > max(self.factor * prior, prior + self.margin)}
+        if not far:
+            return
+        lr = trainer.optimizers[0].param_groups[0].get("initial_lr", trainer.optimizers[0].param_groups[0]["lr"]) \
+            if trainer.optimizers else None
+        heads = ", ".join(f"{task} {loss:.3g} (the training base rates give {prior:.3g})" for task, (loss, prior) in far.items())
+        rate = f" (optimizer.lr={lr:g})" if lr is not None else ""
+        rank_zero_warn(f"validation loss after the first epoch is far above predicting the base rates: {heads}; "
+                       f"the learning rate{rate} is likely too high for this data: try a tenth of it "
+                       "(optimizer.lr=...), or a longer warm-up (scheduler.warmup_fraction=0.1)")

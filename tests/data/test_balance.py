@@ -16,7 +16,7 @@ from mhc.data.balance import (
     encoded_labels,
     prior_logits,
 )
-from mhc.data.labels import ArrayDataset
+from mhc.data.labels import MISSING, ArrayDataset
 from mhc.errors import ConfigError
 from mhc.tasks import TaskSpec
 
@@ -134,3 +134,29 @@ def test_the_training_loader_of_a_balanced_data_module_samples_by_weight():
     sampler = data.loader("train", shuffle=True).sampler
     assert isinstance(sampler, torch.utils.data.WeightedRandomSampler) and sampler.num_samples == 64
     assert not isinstance(data.loader("val").sampler, torch.utils.data.WeightedRandomSampler)
+
+
+@pytest.mark.parametrize("kind", ["multiclass", "binary", "multilabel"])
+def test_prior_loss_is_the_log_loss_of_the_smoothed_base_rates(kind):
+    from sklearn.metrics import log_loss
+
+    from mhc.data.balance import prior_loss
+
+    rng = np.random.default_rng(0)
+    task = TaskSpec("t", kind, ["a", "b", "c"] if kind != "binary" else ["no", "yes"])
+    if kind == "multilabel":
+        labels = (rng.random((200, 3)) < [0.1, 0.5, 0.8]).astype(np.int64)
+        labels[:20] = MISSING
+        kept = labels[20:]
+        rates = (kept.sum(0) + 1) / (len(kept) + 2)
+        expected = np.mean([log_loss(kept[:, j], np.full(len(kept), rates[j]), labels=[0, 1]) for j in range(3)])
+    else:
+        labels = rng.choice(task.num_classes, 200, p=[0.2, 0.3, 0.5] if kind == "multiclass" else [0.7, 0.3])
+        labels[:20] = MISSING
+        kept = labels[20:]
+        counts = np.bincount(kept, minlength=task.num_classes) + 1.0
+        expected = log_loss(kept, np.tile(counts / counts.sum(), (len(kept), 1)), labels=list(range(task.num_classes)))
+    assert prior_loss(task, labels) == pytest.approx(expected, rel=1e-6)
+    if kind == "multilabel":
+        summed = TaskSpec("t", kind, ["a", "b", "c"], label_reduction="sum")
+        assert prior_loss(summed, labels) == pytest.approx(3 * expected, rel=1e-6)

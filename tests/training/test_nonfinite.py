@@ -81,3 +81,33 @@ def test_cli_a_diverging_run_stops_in_one_line_and_writes_no_checkpoint_of_its_d
     assert errors[0].endswith("the run diverged; no checkpoint was written (a smaller optimizer.lr or "
                               "trainer.gradient_clip_val may help)")
     assert not list(tmp_path.glob("checkpoints/*.ckpt"))  # the only state it reached was diverged
+
+
+def bad_start_after(losses: dict[str, float], priors: dict[str, float]) -> list[str]:
+    """The warnings :class:`BadStart` gives after a first validation with these per-head losses."""
+    import warnings
+    from types import SimpleNamespace
+
+    from mhc.training.guards import BadStart
+
+    guard = BadStart()
+    guard.priors = priors
+    optimizer = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=0.5)
+    trainer = SimpleNamespace(sanity_checking=False, optimizers=[optimizer])
+    module = SimpleNamespace(last_results={"val": {task: {"loss": v} for task, v in losses.items()}})
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        guard.on_validation_end(trainer, module)
+        guard.on_validation_end(trainer, module)  # the first validation only
+    return [str(w.message) for w in caught]
+
+
+def test_a_first_validation_far_above_the_base_rates_names_the_learning_rate():
+    messages = bad_start_after({"shape": 282.5, "size": 0.9}, {"shape": 1.38, "size": 1.09})
+    assert len(messages) == 1
+    assert "shape 282 (the training base rates give 1.38)" in messages[0] and "size" not in messages[0]
+    assert "optimizer.lr=0.5" in messages[0]
+
+
+def test_a_first_validation_near_the_base_rates_says_nothing():
+    assert bad_start_after({"shape": 1.6, "size": 1.2}, {"shape": 1.38, "size": 1.09}) == []

@@ -1,0 +1,204 @@
+"""``experiment=auto``: a recipe chosen from the data (:mod:`mhc.data.profile`).
+
+A recipe tuned at one size fails at another: a schedule of a fixed number of epochs gives 300
+optimizer steps on 4,000 samples and 5,000 on 60,000, and SGD at a learning rate of 0.1 that
+converges in the second barely leaves the priors in the first. The rules here are written in
+what transfers: a minimum number of optimizer steps whatever the size, AdamW (stable at every
+size without a tuned learning rate), batches that shrink with the data, a vocabulary that grows
+with it, and thresholds tuned on validation for the heads whose decision rule is a threshold.
+
+Every choice is a config key set before anything is built; a key the command line sets
+(``experiment=auto trainer.max_epochs=30``) is kept as given. The run logs one line saying what
+was chosen and why.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass, field
+from typing import Any, Iterable, Sequence
+
+import torch
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig, OmegaConf
+
+from mhc.config import config_dir
+from mhc.data.profile import DataProfile
+
+log = logging.getLogger(__name__)
+
+AUTO = "auto"
+IMAGE_STEPS = 1000  # optimizer steps every image run gets at least
+TEXT_STEPS = 1500
+VALIDATIONS = 8  # about this many validations a run (the checkpoint is chosen among them)
+
+
+@dataclass
+class Recipe:
+    """Config keys to set (``backbone`` is a whole option of the group) and why."""
+
+    choices: dict[str, Any] = field(default_factory=dict)
+    reasons: list[str] = field(default_factory=list)
+
+    def set(self, key: str, value: Any) -> None:
+        self.choices[key] = value
+
+
+def clamp(value: float, low: int, high: int) -> int:
+    return int(min(high, max(low, value)))
+
+
+def epochs_for(samples: int, batch_size: int, min_steps: int, low: int, high: int) -> tuple[int, int]:
+    """``(epochs, validate every)``: at least ``min_steps`` optimizer steps within ``[low, high]``
+    epochs, validated about :data:`VALIDATIONS` times (the epochs a multiple of the interval, so
+    the last one is validated)."""
+    per_epoch = max(1, math.ceil(samples / batch_size))
+    epochs = clamp(math.ceil(min_steps / per_epoch), low, high)
+    every = max(1, epochs // VALIDATIONS)
+    rounded = math.ceil(epochs / every) * every
+    return (rounded if rounded <= high else rounded - every), every
+
+
+def schedule(recipe: Recipe, samples: int, batch: int, epochs: int, every: int) -> None:
+    """The batch size, epochs and validation interval; training losses logged at least once an epoch."""
+    recipe.set("data.batch_size", batch)
+    recipe.set("trainer.max_epochs", epochs)
+    recipe.set("trainer.check_val_every_n_epoch", every)
+    recipe.set("trainer.log_every_n_steps", clamp(math.ceil(samples / batch), 1, 20))
+
+
+def image_recipe(profile: DataProfile) -> Recipe:
+    """Small images from scratch on any hardware: the airbench network (64 px and under; the compact
+    CNN with its stride-2 stem above), AdamW with warm-up and cosine decay, pad-and-crop and
+    (unless a head's classes say left or right) horizontal flips, label smoothing."""
+    recipe = Recipe()
+    side = max(profile.image_size or (64, 64))
+    samples = profile.samples
+    batch = 64 if samples < 10_000 else 128 if samples < 30_000 else 256
+    epochs, every = epochs_for(samples, batch, IMAGE_STEPS, 12, 50)
+    if side <= 64:
+        recipe.set("backbone", {**group_option("backbone", "airbench"), "widths": [32, 64, 128]})
+        recipe.reasons.append(f"airbench [32, 64, 128] for {side}-px images")
+    else:
+        recipe.set("backbone", group_option("backbone", "cnn"))
+        recipe.reasons.append(f"the compact CNN (stride-2 stem) for {side}-px images")
+    schedule(recipe, samples, batch, epochs, every)
+    recipe.reasons.append(f"{epochs} epochs of {math.ceil(samples / batch)} steps at batch {batch} "
+                          f"(at least {IMAGE_STEPS} steps), validated every {every}")
+    recipe.set("optimizer", {**group_option("optimizer", "adamw"), "lr": 0.002, "weight_decay": 0.05})
+    recipe.set("scheduler", group_option("scheduler", "cosine"))
+    recipe.reasons.append("AdamW lr 2e-3, 5% warm-up then cosine")
+    mirrored = profile.mirrored_heads
+    recipe.set("augment", {**group_option("augment", "standard"), "crop": "pad", "padding": max(1, round(side / 16)),
+                           "where": "device", "hflip": 0.0 if mirrored else 0.5})
+    recipe.set("tta", None if mirrored else "flip")
+    recipe.reasons.append(f"pad-and-crop, no flips ({', '.join(mirrored)}: classes named left/right)" if mirrored
+                          else "pad-and-crop and flips (flip TTA on the test)")
+    recipe.set("loss.label_smoothing", 0.1)
+    recipe.set("head.bias_init", "prior")
+    if not torch.cuda.is_available():
+        recipe.set("trainer.precision", "32-true")  # bf16 autocast is slower for a network this small on a CPU
+    return recipe
+
+
+def text_recipe(profile: DataProfile) -> Recipe:
+    """Short texts from scratch: a WordPiece vocabulary sized to the training texts, the text CNN
+    (Kim 2014), AdamW with warm-up and cosine decay, at least :data:`TEXT_STEPS` steps; multilabel
+    heads sum their labels' losses, weigh positives at a quarter power of the balanced weights and
+    take per-class thresholds tuned on validation for F1 (``calibrate=true``)."""
+    recipe = Recipe()
+    samples = profile.samples
+    vocabulary = clamp(2 ** round(math.log2(max(2, samples / 2))), 2048, 16384)
+    recipe.set("data.tokenizer", "wordpiece")
+    recipe.set("data.max_size", vocabulary)
+    recipe.set("data.min_count", 2)
+    recipe.set("data.max_length", 64)
+    recipe.reasons.append(f"WordPiece of {vocabulary:,} ids for {samples:,} texts")
+    recipe.set("backbone", {**group_option("backbone", "textcnn"), "dim": 128, "filters": 128, "dropout": 0.5})
+    recipe.reasons.append("the text CNN (widths 1-4, 128 filters)")
+    batch = 32
+    epochs, every = epochs_for(samples, batch, TEXT_STEPS, 5, 30)
+    schedule(recipe, samples, batch, epochs, every)
+    recipe.set("trainer.gradient_clip_val", 1.0)
+    recipe.reasons.append(f"{epochs} epochs of {math.ceil(samples / batch)} steps at batch {batch} (at least {TEXT_STEPS} steps)")
+    recipe.set("optimizer", {**group_option("optimizer", "adamw"), "lr": 0.001, "weight_decay": 0.01})
+    recipe.set("scheduler", group_option("scheduler", "cosine"))
+    recipe.set("augment", group_option("augment", "none"))
+    recipe.set("head.bias_init", "prior")
+    recipe.set("loss.pos_weight", "balanced")
+    recipe.set("loss.balanced_power", 0.25)
+    recipe.set("loss.label_reduction", "sum")
+    multilabel = [head.name for head in profile.heads if head.kind == "multilabel"]
+    if multilabel:
+        for name in multilabel:
+            recipe.set(f"tasks.{name}.threshold", "f1")
+        recipe.set("calibrate", True)
+        recipe.reasons.append(f"thresholds tuned on validation for {', '.join(multilabel)}")
+    return recipe
+
+
+def choose(profile: DataProfile) -> Recipe:
+    return text_recipe(profile) if profile.inputs == "text" else image_recipe(profile)
+
+
+def group_option(group: str, name: str) -> dict[str, Any]:
+    """A packaged option of a config group as plain data (its own ``defaults`` list left out)."""
+    node = OmegaConf.to_container(OmegaConf.load(config_dir() / group / f"{name}.yaml"), resolve=False)
+    node.pop("defaults", None)
+    return node
+
+
+def override_keys(overrides: Iterable[str]) -> set[str]:
+    """The config keys that command-line overrides set: ``+a.b=1`` and ``a.b=1`` give ``a.b``,
+    ``backbone=resnet18`` gives ``backbone``; ``~key`` removes it, so it counts as set."""
+    keys = set()
+    for override in overrides:
+        key = override.split("=", 1)[0].lstrip("+~")
+        if key and not key.startswith("hydra"):
+            keys.add(key.split("@", 1)[0])
+    return keys
+
+
+def given_keys(overrides: Sequence[str] | None) -> set[str]:
+    """The keys the user set: ``overrides`` (the API's list), else the Hydra command line."""
+    if overrides is not None:
+        return override_keys(overrides)
+    if HydraConfig.initialized():
+        return override_keys(HydraConfig.get().overrides.task)
+    return set()
+
+
+def is_given(key: str, given: set[str]) -> bool:
+    """A choice is the user's when they set it or a key above it (``backbone=...`` for ``backbone.widths``)."""
+    parts = key.split(".")
+    return any(".".join(parts[:i]) in given for i in range(1, len(parts) + 1))
+
+
+def apply_recipe(cfg: DictConfig, recipe: Recipe, given: set[str]) -> DictConfig:
+    """``cfg`` with the recipe's choices, except those the user gave; a whole group option
+    chosen (``backbone``) keeps the options the user set inside it (``backbone.widths=...``)."""
+    cfg = cfg.copy()
+    for key, value in recipe.choices.items():
+        if is_given(key, given):
+            continue
+        if isinstance(value, dict):
+            value = OmegaConf.create(value)
+            for inside in sorted(k for k in given if k.startswith(key + ".")):
+                OmegaConf.update(value, inside[len(key) + 1:], OmegaConf.select(cfg, inside), force_add=True)
+        OmegaConf.update(cfg, key, value, merge=False, force_add=True)
+    return cfg
+
+
+def auto_config(cfg: DictConfig, profile: DataProfile, overrides: Sequence[str] | None = None) -> DictConfig:
+    """``recipe=auto``: ``cfg`` with what :func:`choose` picks for the data, and the one line that says so."""
+    recipe = choose(profile)
+    given = given_keys(overrides)
+    kept = sorted(k for k in given if any(is_given(c, {k}) or k.startswith(c + ".") for c in recipe.choices))
+    log.info(f"experiment=auto: {profile.describe()}: {'; '.join(recipe.reasons)}"
+             + (f" (kept as given: {', '.join(kept)})" if kept else ""))
+    cfg = apply_recipe(cfg, recipe, given)
+    epochs = cfg.trainer.max_epochs
+    if "trainer.check_val_every_n_epoch" not in given and epochs % cfg.trainer.check_val_every_n_epoch:
+        cfg.trainer.check_val_every_n_epoch = 1  # epochs given on the command line: the last one still validated
+    return cfg
