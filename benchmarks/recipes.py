@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import subprocess
 import sys
 import time
@@ -82,11 +83,16 @@ def data_overrides(folder: Path) -> list[str]:
 
 def mhc_run(overrides: list[str], out: Path) -> dict:
     """``mhc-train`` in its own process: per-head test metrics (from its CSV log) and wall time."""
+    shutil.rmtree(out, ignore_errors=True)  # an interrupted cell's run is started again
     command = ["mhc-train", *overrides, f"hydra.run.dir={out}", "logger=csv", "~callbacks.progress_bar"]
     start = time.perf_counter()
     with open(out.with_suffix(".log"), "w") as log:
         subprocess.run(command, check=True, stdout=log, stderr=subprocess.STDOUT)
-    seconds = time.perf_counter() - start
+    return {"heads": test_metrics(out), "seconds": round(time.perf_counter() - start, 1)}
+
+
+def test_metrics(out: Path) -> dict[str, dict[str, float]]:
+    """Per-head test metrics from the CSV log of the run in ``out``."""
     metrics = pd.read_csv(next(out.glob("csv/version_*/metrics.csv")))
     heads: dict[str, dict[str, float]] = {}
     for name in metrics.columns:
@@ -95,7 +101,7 @@ def mhc_run(overrides: list[str], out: Path) -> dict:
             values = metrics[name].dropna()
             if len(values):
                 heads.setdefault(parts[1], {})[parts[2]] = round(float(values.iloc[-1]), 4)
-    return {"heads": heads, "seconds": round(seconds, 1)}
+    return heads
 
 
 def run_cell(kind: str, run: str, folder: Path, work: Path) -> dict:
@@ -117,7 +123,8 @@ def table(rows: list[dict]) -> str:
     """One Markdown table per data set: a row per size and run, a column per head, and wall time."""
     lines = []
     for data in dict.fromkeys(r["data"] for r in rows):
-        cells = [r for r in rows if r["data"] == data]
+        order = ["default", "cifar10", "faces", "text", "auto", "reference"]
+        cells = sorted((r for r in rows if r["data"] == data), key=lambda r: (r["size"], order.index(r["run"])))
         heads = list(dict.fromkeys(t for r in cells for t in r["heads"]))
         multilabel = set(cells[0].get("multilabel", []))
         names = [f"{t} ({'F1' if t in multilabel else 'acc'})" for t in heads]
@@ -132,7 +139,8 @@ def table(rows: list[dict]) -> str:
 
 def multilabel_tasks(folder: Path) -> list[str]:
     table_ = pd.read_csv(folder / "train.csv", dtype=str, keep_default_na=False)
-    return [c for c in table_.columns if c not in ("image", "text") and table_[c].str.contains("|", regex=False).any()]
+    return [c for c in table_.columns if c not in ("image", "text") and not c.endswith("__allowed")
+            and table_[c].str.contains("|", regex=False).any()]
 
 
 def main() -> None:

@@ -60,13 +60,13 @@ def test_every_size_gets_enough_steps_and_a_validated_last_epoch(samples):
     epochs, every, batch = (recipe.choices[k] for k in ("trainer.max_epochs", "trainer.check_val_every_n_epoch",
                                                          "data.batch_size"))
     steps = epochs * -(-samples // batch)
-    assert steps >= 1000 or epochs > 50 - every
+    assert steps >= 2000 or epochs > 50 - every
     assert epochs % every == 0 and 12 <= epochs <= 50
     assert recipe.choices["optimizer"]["_target_"] == "torch.optim.AdamW"
 
 
 def test_epochs_for_keeps_the_minimum_steps_within_bounds():
-    assert epochs_for(2000, 64, 1000, 12, 50) == (32, 4)  # 32 steps an epoch
+    assert epochs_for(2000, 64, 1000, 12, 50) == (32, 4)  # 32 steps an epoch: 1,000 steps
     assert epochs_for(45_000, 256, 1000, 12, 50) == (12, 1)
     assert epochs_for(100, 64, 1000, 12, 50) == (48, 6)  # at most 50 epochs, the last one validated
 
