@@ -41,8 +41,9 @@ def read_split(data: Path, split: str, size: tuple[int, int] | None = None,
     if tasks is None:
         tasks = {c: sorted({n for cell in table[c] for n in (cell.split("|") if c in multilabel else [cell]) if n})
                  for c in columns}
-    first = Image.open(data / table["image"].iloc[0])
-    size = size or (first.height, first.width)
+    if size is None:  # the first training image's
+        with Image.open(data / table["image"].iloc[0]) as first:
+            size = (first.height, first.width)
     images = np.stack([np.asarray(Image.open(data / p).convert("RGB").resize(size[::-1])) for p in table["image"]])
     targets = {}
     for task, classes in tasks.items():

@@ -69,11 +69,11 @@ def sample(folder: Path, size: int | None, out: Path, seed: int = 0) -> Path:
 
 def data_overrides(folder: Path) -> list[str]:
     """The splits, the images' own size, and the output-mask columns left out."""
-    header = list(pd.read_csv(folder / "train.csv", nrows=1, dtype=str, keep_default_na=False).columns)
+    first = pd.read_csv(folder / "train.csv", nrows=1, dtype=str, keep_default_na=False)
+    header = list(first.columns)
     options = [f"data.{split}={folder / split}.csv" for split in ("train", "val", "test")]
     if "image" in header:
-        first = pd.read_csv(folder / "train.csv", nrows=1, dtype=str)["image"].iloc[0]
-        with Image.open(first) as image:
+        with Image.open(first["image"].iloc[0]) as image:
             options.append(f"data.image_size=[{image.height},{image.width}]")
     allowed = [c for c in header if c.endswith("__allowed")]
     if allowed:

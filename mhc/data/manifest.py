@@ -691,7 +691,10 @@ class ManifestDataModule(TaskDataModule):
         return self.input_column()  # read from the header: no tokenizer is fitted
 
     def train_labels(self, tasks: Sequence[TaskSpec]) -> dict[str, np.ndarray]:
-        """Read from the training manifest's columns: no image is decoded, no tokenizer fitted."""
+        """The built training split's labels; before it is built, read from the training manifest's
+        columns (no image decoded, no tokenizer fitted)."""
+        if "train" in self.splits:
+            return super().train_labels(tasks)
         kept = self.subset_indices(len(self.train_manifest)) if self.train_fraction < 1.0 else slice(None)
         return {task.name: encode_labels(self.train_manifest, task)[kept] for task in tasks}
 

@@ -28,9 +28,8 @@ from typing import Any, Iterable
 import numpy as np
 import pytorch_lightning as pl
 import torch
-from torch import Tensor
-
 from pytorch_lightning.utilities.rank_zero import rank_zero_warn
+from torch import Tensor
 
 from mhc.data.balance import prior_loss
 from mhc.errors import ConfigError, NonFiniteLossError
@@ -163,8 +162,8 @@ class BadStart(pl.Callback):
                if "loss" in results.get(task, {}) and results[task]["loss"] > max(self.factor * prior, prior + self.margin)}
         if not far:
             return
-        lr = trainer.optimizers[0].param_groups[0].get("initial_lr", trainer.optimizers[0].param_groups[0]["lr"]) \
-            if trainer.optimizers else None
+        group = trainer.optimizers[0].param_groups[0] if trainer.optimizers else None
+        lr = group.get("initial_lr", group["lr"]) if group else None  # before the schedule's warm-up
         heads = ", ".join(f"{task} {loss:.3g} (the training base rates give {prior:.3g})" for task, (loss, prior) in far.items())
         rate = f" (optimizer.lr={lr:g})" if lr is not None else ""
         rank_zero_warn(f"validation loss after the first epoch is far above predicting the base rates: {heads}; "

@@ -45,7 +45,12 @@ def test_profile_reads_samples_labels_and_mirrored_classes(tmp_path):
     folder = image_manifest(tmp_path, 40, direction=True)
     cfg = compose_config("train", ["data=manifest", f"data.train={folder / 'train.csv'}", "data.image_size=[16,16]"],
                          output_dir=tmp_path / "run")
-    found = profile_data(build_datamodule(cfg))
+    datamodule = build_datamodule(cfg)
+    found = profile_data(datamodule)
+    before = datamodule.train_labels(datamodule.task_specs())
+    datamodule.setup("train")  # built: the split's own labels, the same as the manifest's columns
+    after = datamodule.train_labels(datamodule.task_specs())
+    assert all(np.array_equal(before[t], after[t]) for t in before)
     assert (found.inputs, found.samples, found.image_size) == ("image", 30, (16, 16))
     heads = {h.name: h for h in found.heads}
     assert heads["bright"].labelled == 30 and heads["bright"].rarest == 15
