@@ -50,6 +50,7 @@ from mhc.data.manifest import (
     ManifestDataModule,
     ManifestDataset,
     _plain,
+    encode_labels,
 )
 from mhc.errors import ConfigError, DataError
 from mhc.tasks import TaskSpec
@@ -483,6 +484,13 @@ class HFDataModule(ManifestDataModule):
 
     def manifest(self, split: str) -> Manifest:
         return self.train_manifest if split == "train" else self.to_manifest(split, labelled=split != "predict")
+
+    def train_labels(self, tasks: Sequence[TaskSpec]) -> dict[str, Any]:
+        """When streaming, the labels of the stream's first ``stream_head`` rows (the stream is
+        read by the epochs, not for a profile)."""
+        if not self.streaming:
+            return super().train_labels(tasks)
+        return {task.name: encode_labels(self.train_manifest, task) for task in tasks}
 
     def task_specs(self) -> list[TaskSpec]:
         """The training split's tasks; a class-label column's classes keep the feature's order."""
