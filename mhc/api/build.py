@@ -37,6 +37,7 @@ from mhc.tasks import TaskSpec, resolve_tasks, tasks_to_dicts
 from mhc.training import MultiHeadModule
 from mhc.training.checkpoint_io import AtomicCheckpointIO
 from mhc.training.console import quiet_dependencies
+from mhc.training.flips import FlipCheck
 from mhc.training.guards import BadStart, NonFiniteLoss
 
 log = logging.getLogger(__name__)
@@ -452,6 +453,8 @@ def build_trainer(cfg: DictConfig, module: Any, datamodule: Any, loggers: list[A
         callbacks = [*callbacks, NonFiniteLoss(cfg.nonfinite_loss)]
     if isinstance(module, MultiHeadModule):
         callbacks = [*callbacks, BadStart()]
+        if module.augmentation is not None and module.augmentation.hflip_check and module.augmentation.hflip > 0:
+            callbacks = [*callbacks, FlipCheck()]
     options: dict[str, Any] = {}
     if not module.automatic_optimization:
         options.update(accumulate_grad_batches=1, gradient_clip_val=None)

@@ -73,7 +73,8 @@ def image_recipe(profile: DataProfile) -> Recipe:
     """Images from scratch: the airbench network for small ones (:data:`SMALL_IMAGE` px and under),
     else the compact CNN, whose stride-2 stem halves the resolution first (on 2 CPU cores it trained
     64-px faces to the hand-written ResNet-9's accuracy in a fraction of its time), AdamW with warm-up and cosine decay, pad-and-crop and
-    (unless a head's classes say left or right) horizontal flips, label smoothing."""
+    horizontal flips unless a head's classes say left or right or validation says mirror images
+    mean something else (:mod:`mhc.training.flips`), label smoothing."""
     recipe = Recipe()
     side = max(profile.image_size or (64, 64))
     samples = profile.samples
@@ -95,10 +96,11 @@ def image_recipe(profile: DataProfile) -> Recipe:
     recipe.reasons.append("AdamW lr 2e-3, 5% warm-up then cosine")
     mirrored = profile.mirrored_heads
     recipe.set("augment", {**group_option("augment", "standard"), "crop": "pad", "padding": max(1, round(side / 16)),
-                           "where": "device", "hflip": 0.0 if mirrored else 0.5})
+                           "where": "device", "hflip": 0.0 if mirrored else 0.5, "hflip_check": not mirrored})
     recipe.set("tta", None if mirrored else "flip")
     recipe.reasons.append(f"pad-and-crop, no flips ({', '.join(mirrored)}: classes named left/right)" if mirrored
-                          else "pad-and-crop and flips (flip TTA on the test)")
+                          else "pad-and-crop, and flips once the first validation says mirror images mean the same "
+                               "(then flip TTA on the test)")
     recipe.set("loss.label_smoothing", 0.1)
     recipe.set("head.bias_init", "prior")
     return recipe

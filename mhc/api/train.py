@@ -39,6 +39,7 @@ from mhc.config import check_config
 from mhc.data.profile import profile_data
 from mhc.errors import ConfigError
 from mhc.io import read_checkpoint, save_backbone, update_checkpoint
+from mhc.training.flips import FlipCheck
 from mhc.training.pretraining import PretrainModule
 from mhc.training.selection import HeadSelection, swap_in_best_heads
 from mhc.training.speed import use_threads
@@ -107,7 +108,9 @@ def train(config: ConfigLike = None, *, output_dir: str | Path | None = None,
     if best:  # the epoch-end metrics belong to the last epoch; report the best checkpoint's
         trainer.validate(module, datamodule=datamodule, ckpt_path=best, verbose=False, weights_only=True)
     selection = next((c for c in trainer.callbacks if isinstance(c, HeadSelection)), None)
-    head_report = select_heads(module, datamodule, trainer, best, selection, test, cfg.get("tta")) if selection and best else None
+    flip_check = next((c for c in trainer.callbacks if isinstance(c, FlipCheck)), None)
+    tta = flip_check.tta(cfg.get("tta")) if flip_check else cfg.get("tta")
+    head_report = select_heads(module, datamodule, trainer, best, selection, test, tta) if selection and best else None
     calibration = None
     if cfg.calibrate and best:
         calibration = calibrate_best(cfg, module, datamodule, trainer, best, test)
@@ -115,7 +118,7 @@ def train(config: ConfigLike = None, *, output_dir: str | Path | None = None,
         log.warning("calibrate=true: no checkpoint was kept (callbacks.model_checkpoint), so nothing was calibrated")
     metrics = {"val": module.last_results.get("val", {})}
     if test and best:
-        module.tta = cfg.get("tta")  # the test alone: checkpoints are chosen on plain validation
+        module.tta = tta  # the test alone: checkpoints are chosen on plain validation
         trainer.test(module, datamodule=datamodule, ckpt_path=best, verbose=False, weights_only=True)
         metrics["test"] = module.last_results.get("test", {})
         if head_report and any(entry["kept"] for entry in head_report.values()) and trainer.is_global_zero:

@@ -15,7 +15,9 @@ The options:
   training), ``auto`` (``pad`` up to 64 pixels a side, else ``resized``) or ``none``;
 * ``hflip``: the probability of a horizontal flip;
 * ``trivial``: TrivialAugmentWide (Müller and Hutter 2021), one random colour or geometry op;
-* ``erasing``: the probability of random erasing (Zhong et al. 2020), after the rest.
+* ``erasing``: the probability of random erasing (Zhong et al. 2020), after the rest;
+* ``hflip_check``: flips only once validation says mirror images keep every head's meaning
+  (:mod:`mhc.training.flips`; with ``where=device``).
 
 A horizontal flip can change a label: each task declares its ``hflip`` rule
 (:class:`~mhc.tasks.TaskSpec`): invariant, a class map (``top-left`` <-> ``top-right``, applied
@@ -56,6 +58,7 @@ class Augmentation:
     trivial: bool = False
     erasing: float = 0.0
     where: str = "loader"
+    hflip_check: bool = False
     tasks: list[TaskSpec] = field(default_factory=list)
 
     def __post_init__(self) -> None:
@@ -65,6 +68,8 @@ class Augmentation:
             raise ConfigError(f"augment.where must be one of {list(PLACES)}, got '{self.where}'")
         if self.where == "device" and self.trivial:
             raise ConfigError("augment.trivial (TrivialAugmentWide) runs per sample in the loader; set augment.where=loader")
+        if self.hflip_check and self.where != "device":
+            raise ConfigError("augment.hflip_check turns flips on during training, on the batches: set augment.where=device")
         for option in ("hflip", "erasing"):
             if not 0.0 <= float(getattr(self, option)) <= 1.0:
                 raise ConfigError(f"augment.{option} is a probability in [0, 1], got {getattr(self, option)!r}")

@@ -133,6 +133,18 @@ def kept(trainer: pl.Trainer) -> str:
     return "no checkpoint was written"
 
 
+def base_rate_losses(trainer: pl.Trainer, pl_module: pl.LightningModule) -> dict[str, float]:
+    """Each head's loss of predicting the training base rates (:func:`~mhc.data.balance.prior_loss`),
+    for the heads without class or positive weights (whose loss is on another scale), from the
+    training labels of the trainer's data; ``{}`` for data that cannot give them."""
+    datamodule = trainer.datamodule
+    tasks = [t for t in getattr(pl_module, "tasks", {}).values() if t.class_weights is None and t.pos_weight is None]
+    if not tasks or not hasattr(datamodule, "train_labels"):
+        return {}
+    labels = datamodule.train_labels(tasks)
+    return {task.name: prior_loss(task, labels[task.name]) for task in tasks}
+
+
 class BadStart(pl.Callback):
     """A warning when a head's validation loss after the first epoch is far above the loss of
     predicting the training base rates (:func:`~mhc.data.balance.prior_loss`): ``factor`` times
@@ -146,12 +158,7 @@ class BadStart(pl.Callback):
         self.checked = False
 
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        datamodule = trainer.datamodule
-        tasks = [t for t in getattr(pl_module, "tasks", {}).values() if t.class_weights is None and t.pos_weight is None]
-        if not tasks or not hasattr(datamodule, "train_labels"):
-            return
-        labels = datamodule.train_labels(tasks)
-        self.priors = {task.name: prior_loss(task, labels[task.name]) for task in tasks}
+        self.priors = base_rate_losses(trainer, pl_module)
 
     def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if self.checked or trainer.sanity_checking or not self.priors:
