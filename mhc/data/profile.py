@@ -1,5 +1,5 @@
 """What a training set looks like, read before anything is built: the input kind, the number of
-samples, the image size, and each head's labels per class.
+samples, the image size or the texts' length, and each head's labels per class.
 
 ``experiment=auto`` (:mod:`mhc.api.recipe`) chooses its backbone, schedule and augmentation from
 this. The labels are read the cheap way the data module offers (a manifest's columns, without
@@ -44,6 +44,7 @@ class DataProfile:
     samples: int  # training samples
     image_size: tuple[int, int] | None
     heads: tuple[HeadProfile, ...]
+    words: int | None = None  # texts: the 90th percentile of words per training text
 
     @property
     def mirrored_heads(self) -> list[str]:
@@ -57,6 +58,7 @@ class DataProfile:
     def describe(self) -> str:
         """``text data, 8,000 training samples, 3 heads (multilabel x3; rarest class 9 labels)``."""
         size = f" at {self.image_size[0]}x{self.image_size[1]}" if self.image_size else ""
+        size += f" (90% within {self.words:,} words)" if self.words else ""
         kinds = sorted({h.kind for h in self.heads})
         counts = ", ".join(f"{k} x{sum(h.kind == k for h in self.heads)}" for k in kinds)
         return (f"{self.inputs} data, {self.samples:,} training samples{size}, {len(self.heads)} heads "
@@ -85,5 +87,7 @@ def profile_data(datamodule: object) -> DataProfile:
     samples = len(next(iter(labels.values()))) if labels else 0
     inputs = datamodule.input_kind()  # type: ignore[attr-defined]
     size = datamodule.processor().size if inputs == "image" else None  # type: ignore[attr-defined]
+    words = getattr(datamodule, "train_words", lambda: None)() if inputs == "text" else None
     return DataProfile(inputs, samples, tuple(int(s) for s in size) if size else None,
-                       tuple(head_profile(task, labels[task.name]) for task in tasks))
+                       tuple(head_profile(task, labels[task.name]) for task in tasks),
+                       int(np.percentile(words, 90)) if words is not None and len(words) else None)

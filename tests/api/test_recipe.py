@@ -12,7 +12,7 @@ from PIL import Image
 
 from mhc.api import compose_config, train
 from mhc.api.build import build_datamodule
-from mhc.api.recipe import apply_recipe, auto_config, choose, epochs_for, override_keys
+from mhc.api.recipe import apply_recipe, auto_config, choose, epochs_for, override_keys, text_length
 from mhc.data.profile import DataProfile, HeadProfile, profile_data
 
 
@@ -124,6 +124,14 @@ def test_auto_config_of_a_text_manifest(tmp_path):
     rows.to_csv(tmp_path / "train.csv", index=False)
     overrides = ["experiment=auto", f"data.train={tmp_path / 'train.csv'}"]
     cfg = compose_config("train", overrides, output_dir=tmp_path / "run")
-    chosen = auto_config(cfg, profile_data(build_datamodule(cfg)), overrides)
-    assert chosen.backbone.name == "textcnn" and chosen.data.tokenizer == "wordpiece"
+    found = profile_data(build_datamodule(cfg))
+    assert found.words == 4 and "(90% within 4 words)" in found.describe()
+    chosen = auto_config(cfg, found, overrides)
+    assert chosen.backbone.name == "textcnn" and chosen.data.tokenizer == "wordpiece" and chosen.data.max_length == 64
     assert chosen.tasks.tags.threshold == "f1" and chosen.calibrate is True
+
+
+def test_texts_are_kept_to_a_power_of_two_covering_most_of_them():
+    assert text_length(None) == 64 and text_length(12) == 64  # short comments, tweets
+    assert text_length(90) == 128 and text_length(150) == 256  # posts: 1.3 tokens a word
+    assert text_length(5000) == 256  # long documents are cut
