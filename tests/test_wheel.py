@@ -64,14 +64,22 @@ def installed(tmp_path_factory) -> Path:
     return target
 
 
-def run(target: Path, cwd: Path, *command: str) -> subprocess.CompletedProcess:
+def run_together(target: Path, cwd: Path, *commands: list[str]) -> list[subprocess.CompletedProcess]:
+    """The installed ``commands`` run at once (each one is mostly its imports), each checked to succeed."""
     env = {**os.environ, "PYTHONPATH": str(target)}
     env.pop("PYTHONSAFEPATH", None)
-    script = target / "bin" / command[0]
-    proc = subprocess.run([sys.executable, str(script), *command[1:]], cwd=cwd, env=env, capture_output=True,
-                          text=True, timeout=600)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    return proc
+    started = [subprocess.Popen([sys.executable, str(target / "bin" / command[0]), *command[1:]], cwd=cwd, env=env,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for command in commands]
+    done = []
+    try:
+        for command, process in zip(commands, started):
+            out, err = process.communicate(timeout=600)
+            assert process.returncode == 0, f"{command[0]}: {err[-3000:]}"
+            done.append(subprocess.CompletedProcess(process.args, process.returncode, out, err))
+    finally:
+        for process in started:
+            process.kill()
+    return done
 
 
 def test_wheel_holds_every_config(installed):
@@ -87,50 +95,42 @@ def test_commands_run_from_another_folder(installed, tmp_path):
     (elsewhere / "my_configs" / "experiment" / "mine.yaml").write_text(USER_EXPERIMENT)
     (elsewhere / "my_configs" / "backbone").mkdir()
     (elsewhere / "my_configs" / "backbone" / "cnn_tiny.yaml").write_text(USER_BACKBONE)  # extends the packaged cnn
-    where = run(installed, elsewhere, "mhc-train", "--help")  # composes the packaged configs
+    sequences = ["data=sequences", "data.num_train=64", "data.num_val=32", "data.num_test=32", "data.batch_size=32"]
+    where, *_ = run_together(
+        installed, elsewhere,
+        ["mhc-train", "--help"],  # composes the packaged configs
+        # the user's own experiment file, found through --config-dir, overrides packaged groups
+        ["mhc-train", "--config-dir", "my_configs", "experiment=mine", *TINY, "hydra.run.dir=run"],
+        ["mhc-train", *sequences, "backbone=seq_tiny", "backbone.dim=16", "backbone.depth=1", "backbone.num_heads=2",
+         "trainer.max_epochs=1", "test=false", "~callbacks.progress_bar", "logger=none", "hydra.run.dir=seq"],
+        ["mhc-pretrain", "backbone=cnn", "backbone.widths=[8,16]", "trainer.max_epochs=1", *TINY, "hydra.run.dir=pretrain"],
+        ["mhc-serve", "--help"], ["mhc-sweep", "--help"])  # argparse commands: their own options
     assert "data: scenes" in where.stdout or "ScenesDataModule" in where.stdout
-
-    # the user's own experiment file, found through --config-dir, overrides packaged groups
-    run(installed, elsewhere, "mhc-train", "--config-dir", "my_configs", "experiment=mine", *TINY, "hydra.run.dir=run")
     checkpoint = elsewhere / "run" / "checkpoints" / "last.ckpt"
     config = (elsewhere / "run" / ".hydra" / "config.yaml").read_text()
     assert checkpoint.is_file() and "seed: 3" in config and "scheduler: {}" in config
     assert "widths:\n  - 8\n  - 12\n  stem_stride: 2" in config  # the user's backbone, on the packaged one
+    assert (elsewhere / "pretrain" / "backbone" / "backbone.safetensors").is_file()
 
     probe = subprocess.run([sys.executable, "-c", "import mhc, sys; print(mhc.__file__)"], cwd=elsewhere,
                            env={**os.environ, "PYTHONPATH": str(installed)}, capture_output=True, text=True, check=True)
     assert Path(probe.stdout.strip()).is_relative_to(installed)  # the wheel's copy, not the checkout
 
-    run(installed, elsewhere, "mhc-eval", f"ckpt={checkpoint}", "hydra.run.dir=eval")  # the checkpoint's own data
-    assert (elsewhere / "eval" / "metrics.json").is_file()
-
-    run(installed, elsewhere, "mhc-calibrate", f"ckpt={checkpoint}", "threshold=f1", "hydra.run.dir=calibrate")
-    assert {"calibrated.ckpt", "calibration.json", "reliability.png"} <= {p.name for p in (elsewhere / "calibrate").iterdir()}
-
     Image.fromarray(np.zeros((64, 64, 3), dtype=np.uint8)).save(elsewhere / "black.png")
     (elsewhere / "images.csv").write_text("image\nblack.png\n")
-    run(installed, elsewhere, "mhc-predict", f"ckpt={checkpoint}", "data.predict=images.csv", "output=predictions.csv",
-        "hydra.run.dir=predict")
-    assert (elsewhere / "predictions.csv").read_text().splitlines()[1].startswith("black.png,")
-
-    run(installed, elsewhere, "mhc-export", f"ckpt={checkpoint}", "output=exported", "hydra.run.dir=export")
-    assert (elsewhere / "exported" / "model.safetensors").is_file()
-
-    run(installed, elsewhere, "mhc-pretrain", "backbone=cnn", "backbone.widths=[8,16]", "trainer.max_epochs=1", *TINY,
-        "hydra.run.dir=pretrain")
-    assert (elsewhere / "pretrain" / "backbone" / "backbone.safetensors").is_file()
-
-    sequences = ["data=sequences", "data.num_train=64", "data.num_val=32", "data.num_test=32", "data.batch_size=32"]
-    run(installed, elsewhere, "mhc-train", *sequences, "backbone=seq_tiny", "backbone.dim=16", "backbone.depth=1",
-        "backbone.num_heads=2", "trainer.max_epochs=1", "test=false", "~callbacks.progress_bar", "logger=none",
-        "hydra.run.dir=seq")
     transformer = elsewhere / "seq" / "checkpoints" / "last.ckpt"
-    run(installed, elsewhere, "mhc-analyze", f"ckpt={transformer}", *sequences, "max_batches=1", "samples=1",
-        "prune.fractions=[]", "logger=none", "hydra.run.dir=analyze")
+    run_together(
+        installed, elsewhere,
+        ["mhc-eval", f"ckpt={checkpoint}", "hydra.run.dir=eval"],  # the checkpoint's own data
+        ["mhc-calibrate", f"ckpt={checkpoint}", "threshold=f1", "hydra.run.dir=calibrate"],
+        ["mhc-predict", f"ckpt={checkpoint}", "data.predict=images.csv", "output=predictions.csv", "hydra.run.dir=predict"],
+        ["mhc-export", f"ckpt={checkpoint}", "output=exported", "hydra.run.dir=export"],
+        ["mhc-analyze", f"ckpt={transformer}", *sequences, "max_batches=1", "samples=1", "prune.fractions=[]",
+         "logger=none", "hydra.run.dir=analyze"],
+        ["mhc-prune", f"ckpt={transformer}", *sequences, "max_batches=1", "repeats=1", "hydra.run.dir=prune"])
+    assert (elsewhere / "eval" / "metrics.json").is_file()
+    assert {"calibrated.ckpt", "calibration.json", "reliability.png"} <= {p.name for p in (elsewhere / "calibrate").iterdir()}
+    assert (elsewhere / "predictions.csv").read_text().splitlines()[1].startswith("black.png,")
+    assert (elsewhere / "exported" / "model.safetensors").is_file()
     assert (elsewhere / "analyze" / "report.md").is_file()
-    run(installed, elsewhere, "mhc-prune", f"ckpt={transformer}", *sequences, "max_batches=1", "repeats=1",
-        "hydra.run.dir=prune")
     assert (elsewhere / "prune" / "pruned.ckpt").is_file()
-
-    for command in ("mhc-serve", "mhc-sweep"):  # argparse commands: their own options
-        run(installed, elsewhere, command, "--help")
