@@ -10,6 +10,7 @@ import math
 import os
 from typing import Any, Iterator, Mapping, Sequence
 
+import numpy as np
 import pytorch_lightning as pl
 import torch
 import torch.distributed as dist
@@ -264,6 +265,10 @@ class TaskDataModule(pl.LightningDataModule):
         profile the data before training (:mod:`mhc.data.profile`)."""
         self.setup("train")
         return {task.name: encoded_labels(self.splits["train"], task.name) for task in tasks}
+
+    def train_words(self) -> np.ndarray | None:
+        """Words per training text, where the data holds raw texts (:mod:`mhc.data.profile`); else ``None``."""
+        return None
 
     def processor(self) -> Processor:
         """How this data's raw inputs become network input; the network saves it, so prediction

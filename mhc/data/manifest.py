@@ -695,16 +695,18 @@ class ManifestDataModule(TaskDataModule):
         columns (no image decoded, no tokenizer fitted)."""
         if "train" in self.splits:
             return super().train_labels(tasks)
-        kept = self.subset_indices(len(self.train_manifest)) if self.train_fraction < 1.0 else slice(None)
-        return {task.name: encode_labels(self.train_manifest, task)[kept] for task in tasks}
+        return {task.name: encode_labels(self.train_manifest, task)[self.kept_rows()] for task in tasks}
 
     def train_words(self) -> np.ndarray | None:
         """Words per training text (of a text manifest), read from its column: how long the texts are."""
         if self.input_kind() != TEXT_COLUMN:
             return None
-        texts = self.train_manifest.columns[TEXT_COLUMN]
-        kept = self.subset_indices(len(texts)) if self.train_fraction < 1.0 else range(len(texts))
-        return np.array([len((texts[i] or "").split()) for i in kept])
+        words = np.array([len((text or "").split()) for text in self.train_manifest.columns[TEXT_COLUMN]])
+        return words[self.kept_rows()]
+
+    def kept_rows(self) -> list[int] | slice:
+        """The training manifest's rows the training split keeps (``data.train_fraction``)."""
+        return self.subset_indices(len(self.train_manifest)) if self.train_fraction < 1.0 else slice(None)
 
     def text_tokenizer(self) -> Tokenizer:
         """The tokenizer of text manifests: a checkpoint's, else fitted on the training split only."""

@@ -87,7 +87,7 @@ def profile_data(datamodule: object) -> DataProfile:
     samples = len(next(iter(labels.values()))) if labels else 0
     inputs = datamodule.input_kind()  # type: ignore[attr-defined]
     size = datamodule.processor().size if inputs == "image" else None  # type: ignore[attr-defined]
-    words = getattr(datamodule, "train_words", lambda: None)() if inputs == "text" else None
+    words = datamodule.train_words() if inputs == "text" else None  # type: ignore[attr-defined]
     return DataProfile(inputs, samples, tuple(int(s) for s in size) if size else None,
                        tuple(head_profile(task, labels[task.name]) for task in tasks),
                        int(np.percentile(words, 90)) if words is not None and len(words) else None)

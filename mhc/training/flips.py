@@ -53,7 +53,7 @@ class FlipCheck(pl.Callback):
         if self.flips is not None or trainer.sanity_checking or not self.priors or "image" not in batch:
             return
         rows = []
-        with torch.no_grad():
+        with torch.no_grad():  # both views through this net (a weight average may validate its own copy)
             plain, mirrored = (pl_module.step.losses(pl_module.net, pl_module.net(images), batch)
                                for images in (batch["image"], batch["image"].flip(-1)))
         for task in self.priors:
