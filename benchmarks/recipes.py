@@ -33,6 +33,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 from PIL import Image
 
@@ -54,17 +55,38 @@ def modality(folder: Path) -> str:
 
 
 def sample(folder: Path, size: int | None, out: Path, seed: int = 0) -> Path:
-    """``folder``'s splits with ``size`` training rows drawn with ``seed`` (all with ``None``),
-    image paths made absolute, written to ``out``."""
+    """``folder``'s splits with ``size`` training rows drawn with ``seed`` (all with ``None``;
+    see :func:`sample_rows`), image paths made absolute, written to ``out``."""
     out.mkdir(parents=True, exist_ok=True)
     for split in ("train", "val", "test"):
         table = pd.read_csv(folder / f"{split}.csv", dtype=str, keep_default_na=False)
         if split == "train" and size is not None and size < len(table):
-            table = table.sample(n=size, random_state=seed)
+            table = sample_rows(table, size, seed)
         if "image" in table:
             table["image"] = [str((folder / p).resolve()) for p in table["image"]]
         table.to_csv(out / f"{split}.csv", index=False)
     return out
+
+
+def sample_rows(table: pd.DataFrame, size: int, seed: int) -> pd.DataFrame:
+    """``size`` rows of ``table`` drawn with ``seed``, one row of every class of every head among
+    them (a class the sample lacked would be unknown to the model yet met in validation), the rest
+    drawn uniformly: the classes' shares stay those of the data."""
+    rng = np.random.default_rng(seed)
+    kept: set[int] = set()
+    for column in label_columns(table):
+        labels = table[column].str.split("|")
+        for label in sorted(set(labels.explode()) - {""}):
+            rows = np.flatnonzero(labels.map(lambda values: label in values).to_numpy())
+            if not kept.intersection(rows):
+                kept.add(int(rng.choice(rows)))
+    rest = np.setdiff1d(np.arange(len(table)), sorted(kept))
+    drawn = rng.choice(rest, size=max(0, size - len(kept)), replace=False)
+    return table.iloc[np.sort(np.concatenate([sorted(kept), drawn]).astype(int))]
+
+
+def label_columns(table: pd.DataFrame) -> list[str]:
+    return [c for c in table.columns if c not in ("image", "text") and not c.endswith("__allowed")]
 
 
 def data_overrides(folder: Path) -> list[str]:
@@ -139,8 +161,7 @@ def table(rows: list[dict]) -> str:
 
 def multilabel_tasks(folder: Path) -> list[str]:
     table_ = pd.read_csv(folder / "train.csv", dtype=str, keep_default_na=False)
-    return [c for c in table_.columns if c not in ("image", "text") and not c.endswith("__allowed")
-            and table_[c].str.contains("|", regex=False).any()]
+    return [c for c in label_columns(table_) if table_[c].str.contains("|", regex=False).any()]
 
 
 def main() -> None:

@@ -32,6 +32,8 @@ AUTO = "auto"
 IMAGE_STEPS = 2000  # optimizer steps every image run gets at least
 TEXT_STEPS = 3000
 MAX_TEXT_LENGTH = 256  # tokens: longer texts are cut (their first 256 tokens)
+MAX_VOCABULARY = 16384  # WordPiece ids
+DOCUMENT_WORDS = 100  # texts of more words than this (90th percentile) are documents: a bag of embeddings
 SMALL_IMAGE = 40  # px: up to this side the network keeps the full resolution (airbench); above, a stride-2 stem
 VALIDATIONS = 8  # about this many validations a run (the checkpoint is chosen among them)
 
@@ -108,28 +110,41 @@ def image_recipe(profile: DataProfile) -> Recipe:
 
 
 def text_recipe(profile: DataProfile) -> Recipe:
-    """Short texts from scratch: a WordPiece vocabulary sized to the training texts, the text CNN
-    (Kim 2014), AdamW with warm-up and cosine decay, at least :data:`TEXT_STEPS` steps; multilabel
-    heads sum their labels' losses, weigh positives at the square root of the balanced weights and
-    take per-class thresholds tuned on validation for F1 (``calibrate=true``)."""
+    """Texts from scratch: a WordPiece vocabulary fitted to the training texts; the text CNN (Kim
+    2014) for short texts, a bag of token embeddings weighted by learned weights (fastText) for
+    documents (:data:`DOCUMENT_WORDS`); AdamW with warm-up and cosine decay, at least
+    :data:`TEXT_STEPS` steps; multilabel heads sum their labels' losses, weigh positives at the
+    square root of the balanced weights and take per-class thresholds tuned on validation for F1
+    (``calibrate=true``)."""
     recipe = Recipe()
     samples = profile.samples
-    vocabulary = clamp(2 ** round(math.log2(max(2, samples / 2))), 2048, 16384)
+    documents = (profile.words or 0) > DOCUMENT_WORDS
+    # A short text's class turns on a few words in order, read by convolutions whose embeddings a
+    # small vocabulary keeps well trained; a document's topic lies in its rarer words.
+    vocabulary = MAX_VOCABULARY if documents else clamp(2 ** round(math.log2(max(2, samples / 2))), 2048, MAX_VOCABULARY)
     recipe.set("data.tokenizer", "wordpiece")
     recipe.set("data.max_size", vocabulary)
     recipe.set("data.min_count", 2)
     length = text_length(profile.words)
     recipe.set("data.max_length", length)
-    recipe.reasons.append(f"WordPiece of {vocabulary:,} ids for {samples:,} texts, {length} tokens")
-    recipe.set("backbone", {**group_option("backbone", "textcnn"), "dim": 128, "filters": 128, "dropout": 0.5})
-    recipe.reasons.append("the text CNN (widths 1-4, 128 filters)")
+    recipe.reasons.append(f"WordPiece of up to {vocabulary:,} ids for {samples:,} texts, {length} tokens")
+    if documents:
+        recipe.set("backbone", {**group_option("backbone", "bag"), "dim": 128})
+        recipe.reasons.append(f"documents (90% of texts within {profile.words:,} words, over {DOCUMENT_WORDS}): "
+                              "a bag of token embeddings weighted by learned weights")
+        lr = 0.005
+    else:
+        recipe.set("backbone", {**group_option("backbone", "textcnn"), "dim": 128, "filters": 128, "dropout": 0.5})
+        recipe.reasons.append("the text CNN (widths 1-4, 128 filters)")
+        lr = 0.001
     batch = 32
     epochs, every = epochs_for(samples, batch, TEXT_STEPS, 5, 30)
     schedule(recipe, samples, batch, epochs, every)
     recipe.set("trainer.gradient_clip_val", 1.0)
     recipe.reasons.append(f"{epochs} epochs of {math.ceil(samples / batch)} steps at batch {batch} (at least {TEXT_STEPS} steps)")
-    recipe.set("optimizer", {**group_option("optimizer", "adamw"), "lr": 0.001, "weight_decay": 0.01})
+    recipe.set("optimizer", {**group_option("optimizer", "adamw"), "lr": lr, "weight_decay": 0.01})
     recipe.set("scheduler", group_option("scheduler", "cosine"))
+    recipe.reasons.append(f"AdamW lr {lr:g}, 5% warm-up then cosine")
     recipe.set("augment", group_option("augment", "none"))
     recipe.set("head.bias_init", "prior")
     recipe.set("loss.pos_weight", "balanced")

@@ -36,9 +36,10 @@ def image_manifest(folder: Path, n: int, side: int = 16, direction: bool = False
     return folder
 
 
-def profile(inputs: str, samples: int, side: int = 32, kinds=("multiclass",), mirrored=False) -> DataProfile:
+def profile(inputs: str, samples: int, side: int = 32, kinds=("multiclass",), mirrored=False,
+            words: int | None = None) -> DataProfile:
     heads = tuple(HeadProfile(f"t{i}", kind, 4, samples, samples // 8, mirrored) for i, kind in enumerate(kinds))
-    return DataProfile(inputs, samples, (side, side) if inputs == "image" else None, heads)
+    return DataProfile(inputs, samples, (side, side) if inputs == "image" else None, heads, words)
 
 
 def test_profile_reads_samples_labels_and_mirrored_classes(tmp_path):
@@ -89,6 +90,14 @@ def test_text_vocabulary_and_epochs_grow_with_the_data():
     assert small.choices["trainer.max_epochs"] > large.choices["trainer.max_epochs"]
     assert small.choices["calibrate"] is True and small.choices["tasks.t0.threshold"] == "f1"
     assert "calibrate" not in large.choices  # no multilabel head: no thresholds to tune
+
+
+def test_documents_get_a_bag_of_embeddings_over_a_full_vocabulary():
+    short, documents = choose(profile("text", 4000, words=40)), choose(profile("text", 4000, words=300))
+    assert short.choices["backbone"]["name"] == "textcnn" and short.choices["data.max_size"] == 2048
+    assert documents.choices["backbone"]["name"] == "bag" and documents.choices["data.max_size"] == 16384
+    assert documents.choices["data.max_length"] == 256 and documents.choices["optimizer"]["lr"] == 0.005
+    assert "documents (90% of texts within 300 words, over 100)" in "; ".join(documents.reasons)
 
 
 def test_override_keys_read_groups_options_and_removals():

@@ -102,7 +102,7 @@ def test_predict_writes_a_text_column(text_run, tmp_path):
     [
         (["data=manifest", "data.train={train}", "backbone=cnn"],
          "backbone=cnn reads images but data=manifest gives token ids; choose a backbone that reads token ids "
-         "(seq_small, seq_tiny, textcnn)"),
+         "(bag, seq_small, seq_tiny, textcnn)"),
         (["backbone=seq_tiny", "data=scenes"],
          "backbone=seq_tiny reads token ids but data=scenes gives images; choose a backbone that reads images (airbench, cnn, "),
     ],

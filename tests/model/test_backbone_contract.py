@@ -41,6 +41,7 @@ SMALL = {
     "seq_tiny": {"vocab_size": 20, "max_length": 12, "dim": 32, "depth": 2, "num_heads": 2},
     "seq_small": {"vocab_size": 20, "max_length": 12, "dim": 32, "depth": 1, "num_heads": 4, "pool": "cls"},
     "textcnn": {"vocab_size": 20, "max_length": 12, "dim": 16, "kernel_sizes": [1, 3], "filters": 8},
+    "bag": {"vocab_size": 20, "max_length": 12, "dim": 16},
     "timm": {"model": "test_resnet", "pretrained": False},
     "timm_vit": {"name": "timm", "model": "test_vit", "image_size": [32, 32]},  # a second timm model: attention
     "hf": {"config": {"model_type": "bert", "vocab_size": 20, "hidden_size": 16, "num_hidden_layers": 2, "num_attention_heads": 2,
