@@ -75,9 +75,9 @@ def sample_rows(table: pd.DataFrame, size: int, seed: int) -> pd.DataFrame:
     rng = np.random.default_rng(seed)
     kept: set[int] = set()
     for column in label_columns(table):
-        labels = table[column].str.split("|")
-        for label in sorted(set(labels.explode()) - {""}):
-            rows = np.flatnonzero(labels.map(lambda values: label in values).to_numpy())
+        labels = table[column].reset_index(drop=True).str.split("|").explode()  # index: the row's position
+        labels = labels[labels != ""]
+        for _, rows in sorted(labels.groupby(labels).groups.items()):
             if not kept.intersection(rows):
                 kept.add(int(rng.choice(rows)))
     rest = np.setdiff1d(np.arange(len(table)), sorted(kept))

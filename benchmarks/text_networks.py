@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import time
 from pathlib import Path
 
@@ -28,6 +29,9 @@ from torch import nn
 from mhc.model.backbones.bag import TokenBag
 from mhc.model.backbones.textcnn import TextCNN
 from mhc.processing.tokenizer import fit_wordpiece
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from tfidf_baseline import read, vectorizer  # noqa: E402
 
 
 class Joined(nn.Module):
@@ -54,17 +58,11 @@ def backbone(name: str, ids: int, length: int, dim: int) -> nn.Module:
     return network
 
 
-def labelled(folder: Path, split: str, task: str) -> pd.DataFrame:
-    table = pd.read_csv(folder / f"{split}.csv", dtype=str, keep_default_na=False)
-    return table[table[task] != ""]
-
-
 def tfidf(train: pd.DataFrame, val: pd.DataFrame, task: str) -> dict[str, float]:
-    from sklearn.feature_extraction.text import TfidfVectorizer
     from sklearn.linear_model import LogisticRegression
 
-    vectorizer = TfidfVectorizer(sublinear_tf=True, ngram_range=(1, 2), min_df=2)
-    x, x_val = vectorizer.fit_transform(train.text), vectorizer.transform(val.text)
+    words = vectorizer()
+    x, x_val = words.fit_transform(train.text), words.transform(val.text)
     return {f"C={c}": LogisticRegression(C=c, max_iter=2000).fit(x, train[task]).score(x_val, val[task])
             for c in (1, 4, 16, 64)}
 
@@ -83,14 +81,14 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=3000)
     args = parser.parse_args()
     torch.set_num_threads(1)
-    train, val = labelled(args.folder, "train", args.task), labelled(args.folder, "val", args.task)
+    texts, val = read(args.folder, "train"), read(args.folder, "val")
+    train, val = texts[texts[args.task] != ""], val[val[args.task] != ""]
     classes = sorted(set(train[args.task]))
     val = val[val[args.task].isin(classes)]
     if args.tfidf:
         print(json.dumps({"task": args.task, "tfidf": tfidf(train, val, args.task)}))
         return
-    texts = pd.read_csv(args.folder / "train.csv", dtype=str, keep_default_na=False).text
-    tokenizer = fit_wordpiece(texts, min_count=2, max_size=args.ids)
+    tokenizer = fit_wordpiece(texts.text, min_count=2, max_size=args.ids)
     x, x_val = tokenizer.encode(list(train.text), args.length), tokenizer.encode(list(val.text), args.length)
     y = torch.tensor([classes.index(c) for c in train[args.task]])
     y_val = torch.tensor([classes.index(c) for c in val[args.task]])

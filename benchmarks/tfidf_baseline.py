@@ -49,19 +49,23 @@ def macro_f1(y: np.ndarray, scores: np.ndarray, multilabel: bool, threshold: flo
     return float(f1_score(y, predicted, average="macro", zero_division=0))
 
 
+def vectorizer() -> TfidfVectorizer:
+    """Words and bigrams, sublinear TF, each in at least two training texts."""
+    return TfidfVectorizer(sublinear_tf=True, ngram_range=(1, 2), min_df=2)
+
+
 def run(data: Path) -> dict:
     """Per head: test macro-F1 (``f1``: multilabel at the threshold tuned on validation; ``f1_at_05``
     at 0.5), accuracy of multiclass heads, the C chosen; and the seconds taken."""
     start = time.perf_counter()
     train, val, test = (read(data, s) for s in ("train", "val", "test"))
-    vectorizer = TfidfVectorizer(sublinear_tf=True, ngram_range=(1, 2), min_df=2)
-    vectorizer.fit(train["text"])
+    words = vectorizer().fit(train["text"])
     results = {}
     for task in [c for c in train.columns if c != "text" and not c.endswith("__allowed")]:
         multilabel = train[task].str.contains("|", regex=False).any()
         cells = {name: frame[frame[task] != ""] for name, frame in (("train", train), ("val", val), ("test", test))}
         classes = sorted({n for cell in cells["train"][task] for n in (cell.split("|") if multilabel else [cell]) if n})
-        x = {name: vectorizer.transform(frame["text"]) for name, frame in cells.items()}
+        x = {name: words.transform(frame["text"]) for name, frame in cells.items()}
         y = {name: targets(frame[task], classes, multilabel) for name, frame in cells.items()}
         best = None
         for c in CS:  # C (and a multilabel head's threshold) chosen together on validation

@@ -58,9 +58,6 @@ class TokenBag(Backbone):
     def forward(self, ids: Tensor) -> Tensor:
         if ids.shape[1] > self.max_length:
             raise ValueError(f"sequence length {ids.shape[1]} exceeds max_length {self.max_length}")
-        real = ids != self.pad_id  # [B, L]
-        # Weights relative to the largest in the text: exp never overflows, and the ratio is the same.
-        logits = self.log_weight(ids)[..., 0].masked_fill(~real, float("-inf"))  # [B, L]
-        weights = torch.exp(logits - logits.amax(dim=1, keepdim=True).clamp(min=-1e4)) * real  # a text of no tokens: 0
-        pooled = torch.einsum("bl,bld->bd", weights, self.embed(ids)) / weights.sum(dim=1, keepdim=True).clamp(min=1e-12)
-        return self.dropout(pooled)
+        logits = self.log_weight(ids)[..., 0].masked_fill(ids == self.pad_id, float("-inf"))  # [B, L]
+        weights = torch.nan_to_num(logits.softmax(dim=1))  # exp(g_t) / sum exp(g); a text of no tokens: 0
+        return self.dropout(torch.einsum("bl,bld->bd", weights, self.embed(ids)))
