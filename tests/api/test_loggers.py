@@ -27,7 +27,7 @@ def test_tensorboard_dashboard_of_a_transformer_run_has_every_panel(tmp_path):
     cfg = compose_config("train", [
         *TINY_SCENES, "trainer.max_epochs=2", "~callbacks.progress_bar", "test=false",
         "backbone=vit_tiny", "backbone.dim=32", "backbone.depth=2", "backbone.num_heads=2", "backbone.patch_size=16",
-        "logger=tensorboard", "weighting=pcgrad", "trainer.log_every_n_steps=1",
+        "logger=tensorboard", "weighting=pcgrad", "trainer.log_every_n_steps=1", "callbacks.attention_maps.time_share=1",
     ], output_dir=tmp_path)
     train(cfg)
     run = next((tmp_path / "tensorboard").glob("version_*"))
@@ -52,6 +52,22 @@ def test_tensorboard_dashboard_of_a_transformer_run_has_every_panel(tmp_path):
     assert (run / "attention" / "rollout.png").is_file()
     hparams = (run / "hparams.yaml").read_text()
     assert "weighting:" in hparams and "name: pcgrad" in hparams and "vit_tiny" in hparams
+
+
+def test_figures_keep_to_their_time_share_and_the_best_checkpoint_always_gets_them(tmp_path):
+    """time_share=0: only the first validation of fit draws, and the final validation of the best
+    checkpoint; the attention entropy is still logged at every validation."""
+    train(compose_config("train", [
+        *TINY_SCENES, "trainer.max_epochs=3", "~callbacks.progress_bar", "test=false", "logger=tensorboard",
+        "callbacks.confusion_matrices.time_share=0", "callbacks.attention_maps.time_share=0",
+        "backbone=vit_tiny", "backbone.dim=32", "backbone.depth=1", "backbone.num_heads=2", "backbone.patch_size=16",
+    ], output_dir=tmp_path))
+    events = EventAccumulator(str(next((tmp_path / "tensorboard").glob("version_*"))),
+                              size_guidance={"images": 0, "scalars": 0}).Reload()
+    first = scene_tasks()[0].name
+    assert len(events.Images(f"val/{first}/confusion")) == 2
+    assert len(events.Images("val/attention/rollout")) == 2
+    assert len(events.Scalars("attention/L0H0/entropy")) == 4
 
 
 def test_cnn_run_logs_no_attention(make_cfg, tmp_path):
