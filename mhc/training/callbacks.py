@@ -140,25 +140,24 @@ class AttentionMapLogger(FigureLogger):
         if self.inputs is None or not trainer.is_global_zero:
             return
         net, step = pl_module.net, trainer.global_step
+        layout = HeadLayout.of(net.backbone.encoder)
         was_training = net.training
         net.eval()
         try:
             with torch.no_grad():
                 maps, padding = net.attention(self.inputs)
-            shown = sample_maps(net, self.inputs[: self.samples]) if draw else []
+            meter = PatternMeter(grid=patch_grid(net, self.inputs))
+            meter.update(maps, padding)
+            entropy = meter.compute(layout).entropy
+            scalars = {f"attention/L{layer}H{head}/entropy": float(entropy[layer, head])
+                       for layer, heads in enumerate(layout.kept) for head in heads}
+            for logger in trainer.loggers:
+                logger.log_metrics(scalars, step=step)
+            if draw:
+                with self.drawing():  # the sample maps are computed for the figures alone: they count too
+                    self.draw(sample_maps(net, self.inputs[: self.samples]), layout, out_dir, trainer.loggers, step)
         finally:
             net.train(was_training)
-        layout = HeadLayout.of(net.backbone.encoder)
-        meter = PatternMeter(grid=patch_grid(net, self.inputs))
-        meter.update(maps, padding)
-        entropy = meter.compute(layout).entropy
-        scalars = {f"attention/L{layer}H{head}/entropy": float(entropy[layer, head])
-                   for layer, heads in enumerate(layout.kept) for head in heads}
-        for logger in trainer.loggers:
-            logger.log_metrics(scalars, step=step)
-        if draw:
-            with self.drawing():
-                self.draw(shown, layout, out_dir, trainer.loggers, step)
 
     @staticmethod
     def draw(shown: list[dict[str, Any]], layout: HeadLayout, out_dir: Path, loggers: list[Any], step: int) -> None:
