@@ -13,7 +13,7 @@ exit (imports, caching, validation each epoch, checkpoints, the test).
 Prints each side's wall time and per-head test accuracy and the ratio of wall times (mhc / plain)
 at equal epochs. Run it on an idle machine; the two sides run one after the other.
 
-    python ../shared/tools/build_cifar10.py MIRROR /data/cifar10
+    python benchmarks/build_cifar10.py MIRROR /data/cifar10
     python benchmarks/time_to_accuracy.py --data /data/cifar10 [--epochs 15] [--overrides k=v ...]
 """
 

@@ -34,7 +34,9 @@ Tasks not declared in the data config are inferred from the training manifest: a
 with a ``|`` in any cell is multilabel; one with exactly two values forming a yes/no pair
 (``0/1``, ``false/true``, ``no/yes``, ...) is binary with classes ``[negative, positive]``;
 any other is multiclass. Classes are the sorted distinct values (numerically when all are
-numbers). A task with empty cells in the training manifest is masked. Declarations
+numbers). A task with empty cells in the training manifest, or in the validation or test
+manifest, is masked (a sample of a larger set may hold every label of a task that the
+evaluation splits miss on a few rows). Declarations
 (``tasks: {name: {kind, classes, masked, parent, allowed_by_parent, ...}}``) take
 precedence over inference; whatever they leave out is inferred.
 
@@ -250,11 +252,13 @@ def task_columns(manifest: Manifest) -> list[str]:
 # -- task inference --------------------------------------------------------------------------
 
 
-def infer_tasks(manifest: Manifest, declared: Mapping[str, Mapping[str, Any]] | None = None) -> list[TaskSpec]:
+def infer_tasks(manifest: Manifest, declared: Mapping[str, Mapping[str, Any]] | None = None,
+                evaluated: Sequence[Manifest] = ()) -> list[TaskSpec]:
     """The tasks of a training manifest: declared options first, the rest inferred from the cells.
 
     ``declared`` maps task name -> :class:`~mhc.tasks.TaskSpec` fields; every declared task
-    needs a column, and every column is a task.
+    needs a column, and every column is a task. ``evaluated``: the validation and test
+    manifests, where a missing label makes its task masked too.
     """
     declared = dict(declared or {})
     names = task_columns(manifest)
@@ -269,7 +273,7 @@ def infer_tasks(manifest: Manifest, declared: Mapping[str, Mapping[str, Any]] | 
     for name in declared:
         if name not in names:
             raise DataError(f"{manifest.source}: no column for declared task '{name}'; the task columns are {names}")
-    tasks = [infer_task(manifest, name, declared.get(name)) for name in names]
+    tasks = [infer_task(manifest, name, declared.get(name), evaluated) for name in names]
     check_task_graph(tasks)
     return tasks
 
@@ -279,8 +283,10 @@ def _set_options(options: Mapping[str, Any] | None) -> dict[str, Any]:
     return {key: value for key, value in dict(options or {}).items() if value is not None}
 
 
-def infer_task(manifest: Manifest, name: str, options: Mapping[str, Any] | None = None) -> TaskSpec:
-    """One task from its column, with ``options`` overriding what is inferred."""
+def infer_task(manifest: Manifest, name: str, options: Mapping[str, Any] | None = None,
+               evaluated: Sequence[Manifest] = ()) -> TaskSpec:
+    """One task from its column, with ``options`` overriding what is inferred; masked if a cell
+    of its column is empty in ``manifest`` or in one of the ``evaluated`` manifests."""
     options = _set_options(options)
     cells = manifest.columns[name]
     values = [cell for cell in cells if cell]
@@ -293,7 +299,8 @@ def infer_task(manifest: Manifest, name: str, options: Mapping[str, Any] | None 
             f"{manifest.source}: column '{name}' has the classes {classes}; a {kind} task needs "
             f"{'exactly' if kind == 'binary' else 'at least'} 2, so declare them (data.tasks.{name}.classes=[...])"
         )
-    masked = options.get("masked", len(values) < len(cells))
+    masked = options.get("masked", len(values) < len(cells)
+                         or any(not cell for other in evaluated for cell in other.columns.get(name, ())))
     return TaskSpec.from_dict({**options, "name": name, "kind": kind, "classes": classes, "masked": masked})
 
 
@@ -678,7 +685,11 @@ class ManifestDataModule(TaskDataModule):
         return path
 
     def task_specs(self) -> list[TaskSpec]:
-        return infer_tasks(self.train_manifest, self.declared)
+        return infer_tasks(self.train_manifest, self.declared, self.evaluation_manifests())
+
+    def evaluation_manifests(self) -> list[Manifest]:
+        """The validation and test manifests given, whose missing labels make their tasks masked."""
+        return [self.manifest(split) for split in ("val", "test") if self.has_split(split)]
 
     def has_split(self, split: str) -> bool:
         return self.files.get(split) is not None

@@ -134,10 +134,11 @@ CATALOGUE: dict[str, BadInput] = {
         r"expected one of \['circle', 'square'\]",
         tasks={"shape": {"classes": ["circle", "square"]}},
     ),
-    "unlabelled row of an unmasked task": BadInput(
+    "unlabelled row of a task declared unmasked": BadInput(
         r"<dir>/val\.csv: row 2 has no label for unmasked task 'flag'; "
         r"label it or declare the task masked \(tasks\.flag\.masked=true\)",
         val=f"{HEADER}\nimg/0.png,circle,yes,x\nimg/1.png,circle,,x\n",
+        tasks={"flag": {"masked": False}},
     ),
     "task without labels in training": BadInput(
         r"<dir>/train\.csv: column 'flag' has no labels; a task needs some in the training manifest",

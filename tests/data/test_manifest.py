@@ -71,6 +71,21 @@ def test_infers_kinds_classes_and_masking(train: Path) -> None:
     assert (tasks["count"].kind, tasks["count"].classes) == ("multiclass", ["2", "10"])  # numeric order
 
 
+def test_a_label_missing_only_in_validation_or_test_makes_the_task_masked(folder: Path) -> None:
+    train = write(folder, "train.csv", "image,flag,shape\nimg/0.png,yes,circle\nimg/1.png,no,square\n")
+    val = write(folder, "val.csv", "image,flag,shape\nimg/2.png,,circle\nimg/3.png,no,square\n")
+    test = write(folder, "test.csv", "image,flag,shape\nimg/2.png,yes,circle\nimg/3.png,no,\n")
+    dm = data_module(train, val=val, test=test)
+    assert {t.name: t.masked for t in dm.task_specs()} == {"flag": True, "shape": True}
+    assert {t.name: t.masked for t in data_module(train, val=val).task_specs()} == {"flag": True, "shape": False}
+    dm.setup("fit")
+    assert dm.splits["val"].labels["flag"].tolist() == [-1, 0]  # the missing label is masked out, not an error
+    declared = data_module(train, val=val, tasks={"flag": {"masked": False}})
+    declared.setup("train")
+    with pytest.raises(DataError, match=r"val.csv: row 1 has no label for unmasked task 'flag'"):
+        declared.setup("fit")
+
+
 @pytest.mark.parametrize(
     ("values", "classes"),
     [(["1", "0"], ["0", "1"]), (["True", "False"], ["False", "True"]), (["Y", "n"], ["n", "Y"])],
@@ -266,8 +281,8 @@ BAD_DATA = {
         {"train": "image,flag,flag__allowed\nimg/0.png,0,\nimg/1.png,1,\n"},
         ["train.csv", "column 'flag__allowed'", "multiclass"],
     ),
-    "unlabelled row of unmasked task": (
-        {"val": f"{VAL_HEADER}\nimg/0.png,circle,yes,x,2\nimg/1.png,circle,,x,2\n"},
+    "unlabelled row of a task declared unmasked": (
+        {"val": f"{VAL_HEADER}\nimg/0.png,circle,yes,x,2\nimg/1.png,circle,,x,2\n", "tasks": {"flag": {"masked": False}}},
         ["val.csv: row 2", "unmasked task 'flag'"],
     ),
     "header-only split": ({"val": f"{VAL_HEADER}\n"}, ["val.csv", "no data rows"]),
