@@ -22,7 +22,22 @@ from mhc.api.config import register_resolvers
 from mhc.config import CONFIG_SEARCH_PATH, check_config
 from mhc.errors import MhcError
 
-console = Console(stderr=True, soft_wrap=True)  # one message, one line, whatever the terminal width
+
+
+class RunConsole(Console):
+    """The console (stderr), whose every message and table is also kept, as plain text, in the
+    run folder's log file (Hydra's ``<command>.log``, e.g. ``train.log``): a run started in the
+    background keeps its final tables, checkpoint paths and errors."""
+
+    def print(self, *objects: Any, **options: Any) -> None:
+        super().print(*objects, **options)
+        for handler in logging.getLogger().handlers:
+            if isinstance(handler, logging.FileHandler) and handler.stream is not None:
+                Console(file=handler.stream, width=120, soft_wrap=True).print(*objects, **options)
+                handler.flush()
+
+
+console = RunConsole(stderr=True, soft_wrap=True)  # one message, one line, whatever the terminal width
 register_resolvers()
 
 

@@ -34,6 +34,8 @@ def test_sigkill_then_resume_ends_like_an_uninterrupted_run(tmp_path):
     whole = subprocess.run(train_command(tmp_path / "whole"), capture_output=True, text=True, timeout=300)
     assert whole.returncode == 0, whole.stderr[-2000:]
     assert_one_line_per_epoch_and_no_dependency_noise(whole.stderr, epochs=3)
+    kept = (tmp_path / "whole" / "train.log").read_text()  # what the console showed, in the run folder
+    assert "epoch 3/3: val/loss" in kept and f"best checkpoint: {tmp_path / 'whole'}" in kept
 
     killed = tmp_path / "killed"
     last = killed / "checkpoints" / "last.ckpt"
