@@ -65,6 +65,7 @@ class TrainResult:
     head_selection: dict[str, Any] | None = None  # callbacks=per_head: per head, whether its own best weights were kept
     monitor: str | None = None  # the metric that chose the best checkpoint (val/mean/f1 unless configured)
     score: float | None = None  # its value at the best checkpoint
+    tta: str | None = None  # the test-time augmentation of the test (validation is always plain)
 
     def mean(self, metric: str = "f1", split: str = "val") -> float | None:
         """The mean over heads of ``metric`` on ``split`` (``None`` when no head reports it)."""
@@ -130,7 +131,7 @@ def train(config: ConfigLike = None, *, output_dir: str | Path | None = None,
     return TrainResult(output_dir=run_dir, metrics=metrics, best_checkpoint=Path(best) if best else None,
                        last_checkpoint=Path(best).with_name("last.ckpt") if best else None, log_dirs=log_dirs,
                        calibration=calibration, head_selection=head_report, monitor=saver.monitor if saver else None,
-                       score=None if score is None else float(score))
+                       score=None if score is None else float(score), tta=tta if "test" in metrics else None)
 
 
 def check_monitors(callbacks: list[Any], module: Any) -> None:

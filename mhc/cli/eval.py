@@ -23,7 +23,7 @@ def main(cfg: DictConfig) -> None:
     results = evaluate(cfg)
     report = json.loads(metrics_file(cfg).read_text())
     console.print(f"checkpoint: {cfg.ckpt}")
-    console.print(results_table(results, f"{cfg.split} metrics"))
+    console.print(results_table(results, f"{cfg.split} metrics" + (f" (with {cfg.tta} TTA)" if cfg.tta else "")))
     for name, rows in report["per_class"].items():
         console.print(per_class_table(name, rows, report["thresholds"].get(name)))
     console.print(f"metrics, per-class scores and confusion matrices written to {metrics_file(cfg)}")

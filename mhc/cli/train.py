@@ -23,7 +23,7 @@ def show(result: TrainResult) -> None:
     which = "best" if result.best_checkpoint else "last"
     for split, results in result.metrics.items():
         if results:
-            console.print(results_table(results, f"{split} metrics of the {which} checkpoint"))
+            console.print(results_table(results, f"{split} metrics of the {which} checkpoint{measured(result, split)}"))
     if result.best_checkpoint:
         console.print(f"best checkpoint: {result.best_checkpoint}")
         console.print(f"last checkpoint: {result.last_checkpoint}")
@@ -31,6 +31,13 @@ def show(result: TrainResult) -> None:
         console.print(calibration_table(result.calibration))
     for logger, folder in result.log_dirs.items():
         console.print(f"{logger} logs: {folder}")
+
+
+def measured(result: TrainResult, split: str) -> str:
+    """How a table's figures were measured, where another command would need an option to match them."""
+    if split == "test" and result.tta:
+        return f" (with {result.tta} TTA, as mhc-eval tta={result.tta})"
+    return ""
 
 
 @hydra_app("train")

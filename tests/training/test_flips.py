@@ -12,6 +12,7 @@ import torch
 from PIL import Image
 
 from mhc.api import train
+from mhc.cli.train import measured
 from mhc.errors import ConfigError
 from mhc.data.augment import Augmentation
 from mhc.training.flips import FlipCheck
@@ -52,6 +53,9 @@ def test_flips_start_only_where_mirror_images_keep_every_heads_meaning(tmp_path,
     saved = torch.load(result.last_checkpoint, map_location="cpu", weights_only=True)["callbacks"]
     assert saved["FlipCheck"] == {"flips": flips}  # a resumed run keeps the decision
     assert result.metrics["val"]["lit"]["acc"] > 0.9
+    assert result.tta == ("flip" if flips else None)  # the test's table says it (mhc.cli.train.measured)
+    assert measured(result, "test") == (" (with flip TTA, as mhc-eval tta=flip)" if flips else "")
+    assert measured(result, "val") == ""
 
 
 class Module:
