@@ -7,6 +7,7 @@ A command parses its arguments here, calls :mod:`mhc.api`, and prints what it re
 from __future__ import annotations
 
 import functools
+import io
 import logging
 import sys
 from typing import Any, Callable
@@ -19,6 +20,7 @@ from rich.table import Table
 
 from mhc.api.calibrate import summary_rows
 from mhc.api.config import register_resolvers
+from mhc.cli.hydra_errors import one_line
 from mhc.config import CONFIG_SEARCH_PATH, check_config
 from mhc.errors import MhcError
 
@@ -64,8 +66,11 @@ def hydra_app(config_name: str) -> Callable[[Callable[[DictConfig], Any]], Calla
     of the user's own), printing an :class:`MhcError` as one line (exit 1)."""
 
     def decorator(fn: Callable[[DictConfig], Any]) -> Callable[[], Any]:
+        held = HeldErrors(config_name)
+
         @functools.wraps(fn)
         def guarded(cfg: DictConfig) -> Any:
+            held.release()
             show_library_messages()
             try:
                 check_config(cfg, config_name)
@@ -74,9 +79,49 @@ def hydra_app(config_name: str) -> Callable[[Callable[[DictConfig], Any]], Calla
                 print_error(err)
                 sys.exit(1)
 
-        return hydra.main(version_base="1.3", config_path=CONFIG_SEARCH_PATH, config_name=config_name)(guarded)
+        composed = hydra.main(version_base="1.3", config_path=CONFIG_SEARCH_PATH, config_name=config_name)(guarded)
+
+        @functools.wraps(fn)
+        def command() -> Any:
+            with held:
+                return composed()
+
+        return command
 
     return decorator
+
+
+class HeldErrors:
+    """Holds what is written to stderr until the command runs: if Hydra fails to compose the
+    config first, its several lines become the one line ``error: ...`` (:mod:`mhc.cli.hydra_errors`)."""
+
+    def __init__(self, config_name: str) -> None:
+        self.config_name = config_name
+        self.stderr: Any = None
+        self.held = io.StringIO()
+
+    def __enter__(self) -> "HeldErrors":
+        self.stderr, self.held = sys.stderr, io.StringIO()
+        sys.stderr = self.held
+        return self
+
+    def release(self) -> str:
+        """Stop holding; what was held is written out, and returned."""
+        if self.stderr is None:
+            return ""
+        sys.stderr, self.stderr = self.stderr, None
+        sys.stderr.write(self.held.getvalue())
+        return self.held.getvalue()
+
+    def __exit__(self, kind: Any, error: Any, trace: Any) -> None:
+        if self.stderr is None:
+            return  # released: the command ran and printed its own errors
+        printed = self.held.getvalue()
+        sys.stderr, self.stderr = self.stderr, None
+        if isinstance(error, SystemExit) and error.code not in (0, None) and printed.strip():
+            print_error(one_line(printed, self.config_name, [a for a in sys.argv[1:]]))
+        else:
+            sys.stderr.write(printed)
 
 
 def print_error(err: Exception) -> None:

@@ -90,11 +90,7 @@ def test_unknown_task_option_is_a_config_error(make_cfg):
 @pytest.mark.parametrize(
     "override, message",
     [
-        ("seed=abc", "Value 'abc' of type 'str' could not be converted to Integer"),
-        ("tasks.shape.lossx=focal", "Key 'lossx' not in 'TaskOptions'"),
-        ("tasks.shape.weight=abc", "could not be converted to Float"),
         ("+tasks.colour.loss=focal", "error: tasks.colour: unknown task; the data provides ['color', 'marks', "),
-        ("data=imagenet", "Could not find 'data/imagenet'"),
         ("+foo=1", "unknown config key(s) ['foo']"),
         ("+trainer.max_epoch=3", "error: trainer: unknown option(s) ['max_epoch'] for pytorch_lightning.Trainer; its options are"),
         ("+backbone.widthz=3", "got an unexpected keyword argument 'widthz'"),
@@ -114,10 +110,35 @@ def test_cli_errors_are_one_line_with_exit_code(override, message, tmp_path, cap
     assert "Traceback" not in stderr
 
 
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("seed=abc", "error: seed=abc: Value 'abc' of type 'str' could not be converted to Integer"),
+        ("tasks.shape.weight=abc", "error: tasks.shape.weight=abc: Value 'abc' of type 'str' could not be converted to Float"),
+        ("trainer.max_epoch=3", "error: trainer.max_epoch: no such option; did you mean trainer.max_epochs?"),
+        ("tasks.shape.lossx=focal", "error: tasks.shape.lossx: no such option; did you mean tasks.shape.loss?"),
+        ("trainer.zzz=3", "error: trainer.zzz: no such option; +trainer.zzz=... adds a new key"),
+        ("~trainer.max_epoch", "error: ~trainer.max_epoch: no such option to remove; did you mean trainer.max_epochs?"),
+        ("data=manifests", "error: data=manifests: data has no option 'manifests'; did you mean manifest? (its options: "),
+        ("trainer.max_epochs=[1", "error: trainer.max_epochs=[1: not an override Hydra can read (no viable alternative"),
+    ],
+)
+def test_hydra_composition_errors_are_one_line_with_the_nearest_option(override, message, tmp_path, capsys, monkeypatch):
+    from mhc.cli import train as command
+
+    monkeypatch.setattr(sys, "argv", ["mhc-train", override, f"hydra.run.dir={tmp_path}"])
+    with pytest.raises(SystemExit) as exited:
+        command.main()
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    assert exited.value.code == 1
+    assert len(lines) == 1 and lines[0].startswith(message), lines
+
+
 def test_a_cli_error_exits_the_process_with_code_1(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "mhc.cli.train", "seed=abc", f"hydra.run.dir={tmp_path}"],
                           capture_output=True, text=True, timeout=120)
-    assert proc.returncode == 1 and "could not be converted to Integer" in proc.stderr and "Traceback" not in proc.stderr
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr
+    assert proc.stderr.strip() == "error: seed=abc: Value 'abc' of type 'str' could not be converted to Integer"
 
 
 def test_vit_backbone_trains_and_reloads(tmp_path):

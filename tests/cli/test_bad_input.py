@@ -79,12 +79,9 @@ CASES: dict[str, tuple[dict[str, str], list[str], str]] = {
         r"backbone\.weights: 'IMAGENET9' is neither a file nor one of resnet18's torchvision weights \['IMAGENET1K_V1', 'DEFAULT'\]"),
     "LoRA on a backbone without linear layers": (
         {}, ["backbone=cnn", "+backbone.lora.r=4"], r"backbone\.lora: the backbone has no linear layers to adapt"),
-}
-# Overrides Hydra rejects while composing the config: its own compact message, the first two lines.
-HYDRA_CASES: dict[str, tuple[dict[str, str], list[str], list[str]]] = {
-    "non-integer seed": (
-        {}, ["seed=abc"], ["Error merging override seed=abc", "Value 'abc' of type 'str' could not be converted to Integer"],
-    ),
+    # rejected by Hydra while it composes the config: its message, on one line (mhc.cli.hydra_errors)
+    "non-integer seed": ({}, ["seed=abc"], r"seed=abc: Value 'abc' of type 'str' could not be converted to Integer"),
+    "misspelt option": ({}, ["trainer.max_epoch=3"], r"trainer\.max_epoch: no such option; did you mean trainer\.max_epochs\?"),
 }
 
 
@@ -140,7 +137,7 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[Path, subp
     """Every case's folder and finished ``mhc-train`` run (a real process:
     ``test_a_bad_input_ends_the_real_process_with_code_1``)."""
     finished = {}
-    for name, (manifests, overrides, _) in {**CASES, **HYDRA_CASES}.items():
+    for name, (manifests, overrides, _) in CASES.items():
         folder = make_folder(tmp_path_factory.mktemp("bad_input"), manifests)
         finished[name] = (folder, run_train(folder, overrides))
     return finished
@@ -172,15 +169,6 @@ def test_bad_input_exits_with_one_error_line(runs: dict, name: str) -> None:
     assert len(errors) == 1 and proc.stderr.rstrip().splitlines()[-1] == errors[0], proc.stderr
     expected = "error: " + CASES[name][2].replace("<dir>", re.escape(str(folder)))
     assert re.fullmatch(expected, errors[0]), f"\n  line:    {errors[0]}\n  pattern: {expected}"
-    assert_earlier_run_untouched(folder)
-
-
-@pytest.mark.parametrize("name", list(HYDRA_CASES))
-def test_override_of_the_wrong_type_is_hydras_compact_error(runs: dict, name: str) -> None:
-    folder, proc = runs[name]
-    assert proc.returncode == 1
-    assert "Traceback" not in proc.stderr
-    assert proc.stderr.splitlines()[:2] == HYDRA_CASES[name][2]
     assert_earlier_run_untouched(folder)
 
 
