@@ -270,7 +270,7 @@ def model_card(net: MultiHeadNet, description: Mapping[str, Any], metrics: Mappi
     and decisions (when there were), input, data, files, usage, config."""
     backbone = net.backbone_config.get("name", "?")
     sections = [
-        f"# Multi-head classifier: {len(net.tasks)} task{'s' if len(net.tasks) > 1 else ''} on a `{backbone}` backbone",
+        f"# Multi-head classifier: {len(net.tasks)} task{'s' if len(net.tasks) > 1 else ''} on {with_article(backbone)} backbone",
         f"One shared `{backbone}` backbone with one classification head per task ({', '.join(net.tasks)}), "
         f"{description['parameters']:,} parameters in all, trained with `mhc`.",
         "## Tasks\n\n" + tasks_table(net),
@@ -278,12 +278,17 @@ def model_card(net: MultiHeadNet, description: Mapping[str, Any], metrics: Mappi
         *([head_selection_text(head_selection)] if head_selection else []),
         *calibration_sections(net, calibration),
         "## Input\n\n" + input_text(net),
-        "## Data\n\n" + data_text(run_config),
+        "## Data\n\n" + data_text(run_config, net.takes_tokens),
         "## Files\n\n" + "\n".join(f"- `{file}`" for file in description["files"]),
         "## Usage\n\n" + usage_text(description),
         "## Training configuration\n\n" + config_text(run_config),
     ]
     return "\n\n".join(sections) + "\n"
+
+
+def with_article(name: str) -> str:
+    """``name`` in backticks after its indefinite article: an `airbench`, a `cnn`."""
+    return f"{'an' if name[:1].lower() in 'aeio' else 'a'} `{name}`"
 
 
 def tasks_table(net: MultiHeadNet) -> str:
@@ -415,12 +420,19 @@ def input_text(net: MultiHeadNet) -> str:
             f"std {net.processor.std}).")
 
 
-def data_text(run_config: Mapping[str, Any] | None) -> str:
+TEXT_OPTIONS = {"tokenizer", "max_length", "min_count", "max_size"}  # a manifest's options that only texts use
+IMAGE_OPTIONS = {"image_size", "cache", "mean", "std"}
+
+
+def data_text(run_config: Mapping[str, Any] | None, takes_tokens: bool = False) -> str:
+    """The training data's options, without those of the other input kind (an image model's
+    tokenizer settings)."""
     data = (run_config or {}).get("data")
     if not isinstance(data, Mapping):
         return "The checkpoint does not record its training data (it predates saved run configurations)."
+    unused = IMAGE_OPTIONS if takes_tokens else TEXT_OPTIONS
     options = [f"- `{key}`: `{value}`" for key, value in data.items()
-               if key != "_target_" and value is not None and not isinstance(value, (Mapping, list))]
+               if key != "_target_" and key not in unused and value is not None and not isinstance(value, (Mapping, list))]
     return f"`{data.get('_target_', '?')}`\n\n" + "\n".join(options)
 
 

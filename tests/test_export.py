@@ -11,10 +11,12 @@ from mhc.export import (
     FORMATS,
     ExportError,
     OnnxModel,
+    data_text,
     export_checkpoint,
     export_model,
     parse_formats,
     predict_onnx,
+    with_article,
 )
 from mhc.io import save_checkpoint
 from mhc.model import MultiHeadNet
@@ -146,8 +148,18 @@ def test_model_card_names_tasks_metrics_and_usage(exported):
     assert "| coarse | 0.8750 | 0.8125 | - | 0.2500 |" in card
     assert f"{sum(p.numel() for p in net.parameters()):,} parameters" in card
     assert "float32 `[batch, 3, 32, 32]`" in card
+    assert card.startswith(f"# Multi-head classifier: {len(net.tasks)} tasks on a `cnn` backbone")
+    assert with_article("airbench") == "an `airbench`" and with_article("vit_tiny") == "a `vit_tiny`"
     assert "mhc.load(" in card and "torch.export.load" in card
     assert "does not record its training configuration" in card
+
+
+def test_the_data_section_leaves_out_the_options_of_the_other_input_kind():
+    run_config = {"data": {"_target_": "mhc.data.ManifestDataModule", "image_size": [64, 64], "batch_size": 32,
+                           "cache": "auto", "tokenizer": "char", "max_length": 128}}
+    images, texts = data_text(run_config), data_text(run_config, takes_tokens=True)
+    assert "`batch_size`: `32`" in images and "`cache`" in images and "tokenizer" not in images and "max_length" not in images
+    assert "`tokenizer`: `char`" in texts and "`max_length`: `128`" in texts and "cache" not in texts
 
 
 def test_load_of_export_equals_load_of_checkpoint(tiny_net, tmp_path):
