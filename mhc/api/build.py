@@ -22,6 +22,7 @@ import torch
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, MissingMandatoryValue, OmegaConf
 
+from mhc.api.recipe import IMAGE_STEPS
 from mhc.config import config_dir
 from mhc.data.augment import Augmentation
 from mhc.data.balance import BALANCED, encoded_labels, prior_logits, resolve_balanced
@@ -38,7 +39,7 @@ from mhc.training import MultiHeadModule
 from mhc.training.checkpoint_io import AtomicCheckpointIO
 from mhc.training.console import quiet_dependencies
 from mhc.training.flips import FlipCheck
-from mhc.training.guards import BadStart, NonFiniteLoss
+from mhc.training.guards import BadStart, NonFiniteLoss, ShortRun
 
 log = logging.getLogger(__name__)
 
@@ -452,7 +453,7 @@ def build_trainer(cfg: DictConfig, module: Any, datamodule: Any, loggers: list[A
     if cfg.get("nonfinite_loss"):
         callbacks = [*callbacks, NonFiniteLoss(cfg.nonfinite_loss)]
     if isinstance(module, MultiHeadModule):
-        callbacks = [*callbacks, BadStart()]
+        callbacks = [*callbacks, BadStart(), ShortRun(advised_steps=IMAGE_STEPS)]
         if module.augmentation is not None and module.augmentation.hflip_check and module.augmentation.hflip > 0:
             callbacks = [*callbacks, FlipCheck()]
     options: dict[str, Any] = {}

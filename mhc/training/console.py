@@ -24,7 +24,9 @@ from mhc.errors import ConfigError
 log = logging.getLogger("mhc")
 WHEN = ("auto", "always", "never")
 # Warnings about a dependency's own use of another's API, emitted inside the dependency.
-DEPENDENCY_NOTICES = (r".*isinstance\(treespec, LeafSpec\)` is deprecated",)
+DEPENDENCY_NOTICES = (r".*isinstance\(treespec, LeafSpec\)` is deprecated",
+                      # mhc.training.guards.ShortRun lowers the interval to the epoch's batches instead
+                      r"The number of training batches .* is smaller than the logging interval")
 LIGHTNING_LOGGERS = ("pytorch_lightning.utilities.rank_zero", "lightning.pytorch.utilities.rank_zero")
 
 

@@ -21,6 +21,7 @@
 
 from __future__ import annotations
 
+import math
 import random
 from pathlib import Path
 from typing import Any, Iterable
@@ -176,3 +177,34 @@ class BadStart(pl.Callback):
         rank_zero_warn(f"validation loss after the first epoch is far above predicting the base rates: {heads}; "
                        f"the learning rate{rate} is likely too high for this data: try a tenth of it "
                        "(optimizer.lr=...), or a longer warm-up (scheduler.warmup_fraction=0.1)")
+
+
+class ShortRun(pl.Callback):
+    """Little data, said once training starts. An epoch of fewer batches than
+    ``trainer.log_every_n_steps`` lowers the interval to the epoch's batches, so the training loss
+    is logged every epoch (Lightning would only warn). A network trained from scratch (no
+    pretrained weights) in fewer than ``min_steps`` optimizer steps is a warning giving the
+    ``trainer.max_epochs`` that reach ``advised_steps``."""
+
+    def __init__(self, min_steps: int = 500, advised_steps: int = 2000) -> None:
+        self.min_steps, self.advised_steps = int(min_steps), int(advised_steps)
+
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        batches = trainer.num_training_batches
+        if 0 < batches < trainer.log_every_n_steps and batches != float("inf"):
+            trainer.log_every_n_steps = int(batches)
+        steps = trainer.estimated_stepping_batches
+        if trainer.max_steps != -1 or not 0 < steps < self.min_steps or not from_scratch(pl_module):
+            return
+        epochs = max(int(trainer.max_epochs or 1), 1)
+        per_epoch = steps / epochs
+        advised = math.ceil(self.advised_steps / per_epoch)
+        rank_zero_warn(f"this run takes {int(steps)} optimizer steps ({epochs} epochs of {per_epoch:g}), few to train "
+                       f"a network from scratch: trainer.max_epochs={advised} gives {self.advised_steps:,}, or "
+                       "experiment=auto chooses the epochs, batch size and schedule from the data")
+
+
+def from_scratch(pl_module: Any) -> bool:
+    """Whether the backbone starts from random weights (no ``pretrained`` or ``weights`` option set)."""
+    config = getattr(getattr(pl_module, "net", None), "backbone_config", None) or {}
+    return not (config.get("pretrained") or config.get("weights"))

@@ -16,12 +16,13 @@ from tests.api.conftest import TINY, TINY_SCENES
 from tests.training.test_balancing import make_batch
 
 
-def fit(tasks, tmp_path, weighting="static", callbacks=()):
+def fit(tasks, tmp_path, weighting="static", callbacks=(), poison=True, max_epochs=1):
     config = {"backbone": {"name": "cnn", "widths": [8, 16]}, "tasks": [t.to_dict() for t in tasks], "processor": ImageProcessor().to_dict()}
     module = MultiHeadModule(config, weighting={"name": weighting})
     batches = [make_batch(tasks, n=4) for _ in range(4)]
-    batches[2]["image"][0, 0, 0, 0] = float("nan")  # one poisoned sample in the third batch
-    trainer = pl.Trainer(max_epochs=1, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+    if poison:
+        batches[2]["image"][0, 0, 0, 0] = float("nan")  # one poisoned sample in the third batch
+    trainer = pl.Trainer(max_epochs=max_epochs, logger=False, enable_checkpointing=False, enable_progress_bar=False,
                          enable_model_summary=False, default_root_dir=tmp_path, limit_val_batches=0,
                          callbacks=list(callbacks))
     trainer.fit(module, train_dataloaders=DataLoader(batches, batch_size=None))
@@ -111,3 +112,31 @@ def test_a_first_validation_far_above_the_base_rates_names_the_learning_rate():
 
 def test_a_first_validation_near_the_base_rates_says_nothing():
     assert bad_start_after({"shape": 1.6, "size": 1.2}, {"shape": 1.38, "size": 1.09}) == []
+
+
+def test_a_short_run_logs_every_epoch_and_names_the_epochs_that_give_enough_steps(tasks, tmp_path):
+    import warnings
+
+    from mhc.training.console import quiet_dependencies
+    from mhc.training.guards import ShortRun
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        quiet_dependencies()  # as build_trainer does: Lightning's own warning about the interval is replaced
+        module, trainer = fit(tasks, tmp_path, callbacks=[ShortRun(min_steps=500, advised_steps=2000)], poison=False,
+                              max_epochs=2)
+    messages = [str(w.message) for w in caught]
+    assert trainer.log_every_n_steps == 4  # 4 batches an epoch: the default interval of 50 never logged
+    assert not any("smaller than the logging interval" in m for m in messages)
+    assert ("this run takes 8 optimizer steps (2 epochs of 4), few to train a network from scratch: "
+            "trainer.max_epochs=500 gives 2,000") in " ".join(messages)
+
+
+def test_a_pretrained_backbone_or_a_long_run_is_not_short():
+    from types import SimpleNamespace
+
+    from mhc.training.guards import from_scratch
+
+    assert from_scratch(SimpleNamespace(net=SimpleNamespace(backbone_config={"name": "cnn"})))
+    assert not from_scratch(SimpleNamespace(net=SimpleNamespace(backbone_config={"name": "resnet18", "weights": "DEFAULT"})))
+    assert not from_scratch(SimpleNamespace(net=SimpleNamespace(backbone_config={"name": "timm", "pretrained": True})))
