@@ -408,3 +408,24 @@ def test_a_batch_gathered_whole_equals_its_samples_collated(train: Path, cache: 
     assert_same_batch(collate(dataset.gather(rows)), default_collate([dataset[i] for i in rows]))
     loaded = next(iter(dm.loader("train")))  # the loader gathers whole batches
     assert_same_batch(loaded, default_collate([dataset[0], dataset[1]]))
+
+
+def test_readmes_hierarchy_and_binary_example_declares_what_it_says(tmp_path: Path) -> None:
+    import re
+
+    import mhc
+
+    readme = (Path(__file__).parents[2] / "README.md").read_text()
+    block = re.search(r"# my_configs/data/cifar_tree\.yaml\n(.*?)```", readme, re.S).group(1)
+    (tmp_path / "my_configs" / "data").mkdir(parents=True)
+    (tmp_path / "my_configs" / "data" / "cifar_tree.yaml").write_text(textwrap.dedent(block))
+    tree = {"road_vehicle": ["automobile", "truck"], "air_water_vehicle": ["airplane", "ship"], "pet": ["cat", "dog"],
+            "ungulate": ["deer", "horse"], "non_mammal": ["bird", "frog"]}
+    pairs = [(label, group) for group, labels in tree.items() for label in labels]
+    rows = [f"img/{i}.png,{label},{'vehicle' if 'vehicle' in group else 'animal'},{group}" for i, (label, group) in enumerate(pairs)]
+    train = write(tmp_path, "train.csv", "image,label,kind,group\n" + "\n".join(rows) + "\n")
+    cfg = mhc.compose_config("train", ["data=cifar_tree", f"data.train={train}"], config_dir=tmp_path / "my_configs",
+                             output_dir=tmp_path / "run")
+    tasks = {t.name: t for t in instantiate(cfg.data).task_specs()}
+    assert (tasks["kind"].kind, tasks["kind"].classes) == ("binary", ["animal", "vehicle"])
+    assert tasks["label"].parent == "group" and tasks["label"].allowed_by_parent == tree
