@@ -64,7 +64,7 @@ class DeltaMOptions:
     """The multi-task improvement over a baseline, logged as ``val/delta_m``."""
 
     baseline: Any = None  # a baseline run's checkpoint, or {task: value}
-    metric: str = "acc"
+    metric: str = "f1"
 
 
 @dataclass
