@@ -97,7 +97,7 @@ class HeldErrors:
 
     def __init__(self, config_name: str) -> None:
         self.config_name = config_name
-        self.stderr: Any = None
+        self.stderr: Any = None  # the real stderr while holding
         self.held = io.StringIO()
 
     def __enter__(self) -> "HeldErrors":
@@ -105,13 +105,11 @@ class HeldErrors:
         sys.stderr = self.held
         return self
 
-    def release(self) -> str:
-        """Stop holding; what was held is written out, and returned."""
-        if self.stderr is None:
-            return ""
-        sys.stderr, self.stderr = self.stderr, None
-        sys.stderr.write(self.held.getvalue())
-        return self.held.getvalue()
+    def release(self) -> None:
+        """Stop holding, and write out what was held (the command runs and prints its own errors)."""
+        if self.stderr is not None:
+            sys.stderr, self.stderr = self.stderr, None
+            sys.stderr.write(self.held.getvalue())
 
     def __exit__(self, kind: Any, error: Any, trace: Any) -> None:
         if self.stderr is None:
@@ -119,7 +117,7 @@ class HeldErrors:
         printed = self.held.getvalue()
         sys.stderr, self.stderr = self.stderr, None
         if isinstance(error, SystemExit) and error.code not in (0, None) and printed.strip():
-            print_error(one_line(printed, self.config_name, [a for a in sys.argv[1:]]))
+            print_error(one_line(printed, self.config_name, sys.argv[1:]))
         else:
             sys.stderr.write(printed)
 

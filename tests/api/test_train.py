@@ -99,15 +99,20 @@ def test_unknown_task_option_is_a_config_error(make_cfg):
     ],
 )
 def test_cli_errors_are_one_line_with_exit_code(override, message, tmp_path, capsys, monkeypatch):
+    stderr = failed_train(override, tmp_path, capsys, monkeypatch)
+    assert message in stderr
+    assert "Traceback" not in stderr
+
+
+def failed_train(override: str, tmp_path, capsys, monkeypatch) -> str:
+    """The stderr of ``mhc-train <override>``, which must exit with code 1."""
     from mhc.cli import train as command  # in this process: the same entry point as mhc-train, without a start-up each
 
     monkeypatch.setattr(sys, "argv", ["mhc-train", override, f"hydra.run.dir={tmp_path}"])
     with pytest.raises(SystemExit) as exited:
         command.main()
-    stderr = capsys.readouterr().err
     assert exited.value.code == 1
-    assert message in stderr
-    assert "Traceback" not in stderr
+    return capsys.readouterr().err
 
 
 @pytest.mark.parametrize(
@@ -124,13 +129,7 @@ def test_cli_errors_are_one_line_with_exit_code(override, message, tmp_path, cap
     ],
 )
 def test_hydra_composition_errors_are_one_line_with_the_nearest_option(override, message, tmp_path, capsys, monkeypatch):
-    from mhc.cli import train as command
-
-    monkeypatch.setattr(sys, "argv", ["mhc-train", override, f"hydra.run.dir={tmp_path}"])
-    with pytest.raises(SystemExit) as exited:
-        command.main()
-    lines = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
-    assert exited.value.code == 1
+    lines = [line for line in failed_train(override, tmp_path, capsys, monkeypatch).splitlines() if line.strip()]
     assert len(lines) == 1 and lines[0].startswith(message), lines
 
 
