@@ -22,11 +22,10 @@ from __future__ import annotations
 
 import argparse
 import csv
-import subprocess
 from pathlib import Path
 
 import numpy as np
-from build_faces import blobs
+from build_faces import blobs, tree
 
 GROUP = {"automobile": "road_vehicle", "truck": "road_vehicle", "airplane": "air_water_vehicle",
          "ship": "air_water_vehicle", "cat": "pet", "dog": "pet", "deer": "ungulate", "horse": "ungulate",
@@ -40,14 +39,11 @@ MISSING = 0.3  # share of the training rows without a fine label
 
 def images(mirror: str) -> dict[tuple[str, str], list[tuple[str, str]]]:
     """``(split, class) -> [(path, blob id)]`` of the snapshot's JPEGs, sorted by path."""
-    listing = subprocess.run(["git", "--git-dir", mirror, "ls-tree", "-r", "-z", "HEAD"], check=True,
-                             capture_output=True).stdout.decode()
     found: dict[tuple[str, str], list[tuple[str, str]]] = {(s, c): [] for s in ("train", "test") for c in CLASSES}
-    for entry in filter(None, listing.split("\0")):
-        meta, path = entry.split("\t", 1)
+    for path, blob in tree(mirror):
         parts = path.split("/")
         if len(parts) == 3 and path.endswith(".jpg") and (parts[0], parts[1]) in found:
-            found[parts[0], parts[1]].append((path, meta.split()[2]))
+            found[parts[0], parts[1]].append((path, blob))
     for (split, name), files in found.items():
         expected = 5000 if split == "train" else 1000
         if len(files) != expected:

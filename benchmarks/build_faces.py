@@ -38,17 +38,25 @@ AGES = ["0-12", "13-19", "20-29", "30-39", "40-49", "50-59", "60+"]
 COLUMNS = ["image", "female", "adult", "senior", "race", "age"]
 
 
-def labelled_files(mirror: str) -> list[tuple[str, str, tuple[int, int, int]]]:
-    """(blob id, file name, (age, gender, race)) of every file whose name carries labels."""
+def tree(mirror: str) -> Iterator[tuple[str, str]]:
+    """``(path, blob id)`` of every file at the snapshot's HEAD, through one ``git ls-tree``."""
     listing = subprocess.run(["git", "--git-dir", mirror, "ls-tree", "-r", "-z", "HEAD"], check=True,
                              capture_output=True).stdout.decode()
-    found = []
     for entry in filter(None, listing.split("\0")):
         meta, path = entry.split("\t", 1)
+        kind, blob = meta.split()[1:3]
+        if kind == "blob":
+            yield path, blob
+
+
+def labelled_files(mirror: str) -> list[tuple[str, str, tuple[int, int, int]]]:
+    """(blob id, file name, (age, gender, race)) of every file whose name carries labels."""
+    found = []
+    for path, blob in tree(mirror):
         name = Path(path).name
         match = NAME.match(name)
-        if meta.split()[1] == "blob" and match and ".jpg" in name.lower():
-            found.append((meta.split()[2], name, tuple(int(v) for v in match.groups())))
+        if match and ".jpg" in name.lower():
+            found.append((blob, name, tuple(int(v) for v in match.groups())))
     return found
 
 

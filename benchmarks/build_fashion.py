@@ -32,7 +32,7 @@ import re
 import subprocess
 from pathlib import Path
 
-from build_faces import blobs
+from build_faces import blobs, tree
 from PIL import Image
 
 NAME = re.compile(r"(?:^|/)(\d+)\.jpg$")
@@ -41,14 +41,10 @@ TASKS = ["gender", "masterCategory", "subCategory", "articleType", "baseColour",
 
 def photos(mirror: str) -> dict[str, list[str]]:
     """blob id -> the product ids of the files holding it."""
-    listing = subprocess.run(["git", "--git-dir", mirror, "ls-tree", "-r", "-z", "HEAD"], check=True,
-                             capture_output=True).stdout.decode()
     found: dict[str, list[str]] = collections.defaultdict(list)
-    for entry in filter(None, listing.split("\0")):
-        meta, path = entry.split("\t", 1)
-        match = NAME.search(path)
-        if meta.split()[1] == "blob" and match:
-            found[meta.split()[2]].append(match.group(1))
+    for path, blob in tree(mirror):
+        if match := NAME.search(path):
+            found[blob].append(match.group(1))
     return found
 
 

@@ -30,7 +30,7 @@ import re
 import subprocess
 from pathlib import Path
 
-from build_faces import blobs
+from build_faces import blobs, tree
 
 POST = re.compile(r"(?:^|/)20news-bydate-(train|test)/([^/]+)/\d+$")
 CONTROL = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f]")  # all but tab and line feed: backspaces, escapes, ...
@@ -59,12 +59,7 @@ def post(raw: str, max_chars: int) -> str:
 
 
 def newsgroups(mirror: str, max_chars: int, seed: int) -> dict[str, list[tuple[str, str]]]:
-    listing = git(mirror, "ls-tree", "-r", "-z", "HEAD").decode()
-    files = []  # (blob id, split, newsgroup)
-    for entry in filter(None, listing.split("\0")):
-        meta, path = entry.split("\t", 1)
-        if match := POST.search(path):
-            files.append((meta.split()[2], *match.groups()))
+    files = [(blob, *match.groups()) for path, blob in tree(mirror) if (match := POST.search(path))]  # (blob id, split, newsgroup)
     found: dict[str, list[tuple[str, str]]] = {"train": [], "test": []}
     for (_, split, topic), data in zip(files, blobs(mirror, [file[0] for file in files])):
         found[split].append((post(data.decode("latin-1"), max_chars), topic))
