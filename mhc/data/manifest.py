@@ -631,6 +631,7 @@ class ManifestDataModule(TaskDataModule):
             raise ConfigError(f"data.cache must be one of {list(CACHES)}, got {cache!r}")
         self.cache = cache
         self.decoded: dict[tuple[str, tuple[int, ...]], Tensor] = {}  # (split, size) -> its cached pixels
+        self.read: dict[tuple[str, str], Manifest] = {}  # (split, file) -> the validation and test manifests
         self.ignore_columns = [str(c) for c in _plain(ignore_columns) or ()]
         if set(self.ignore_columns) & set(INPUT_COLUMNS):
             raise ConfigError(f"data.ignore_columns may not name an input column {list(INPUT_COLUMNS)}; got {self.ignore_columns}")
@@ -656,10 +657,17 @@ class ManifestDataModule(TaskDataModule):
         self.served_input: str | None = None  # the input column of a checkpoint's model
 
     def manifest(self, split: str) -> Manifest:
-        """The manifest of ``split`` without the ignored columns; the training one is read once and kept."""
+        """The manifest of ``split`` without the ignored columns. Training, validation and test
+        manifests are read once and kept (tasks are inferred from all three); one to predict is
+        read each time (it may be large, and read once)."""
         if split == "train":
             return self.train_manifest
-        return self.without_ignored(read_manifest(self._path(split)))
+        if split == "predict":
+            return self.without_ignored(read_manifest(self._path(split)))
+        key = (split, str(self._path(split)))
+        if key not in self.read:
+            self.read[key] = self.without_ignored(read_manifest(key[1]))
+        return self.read[key]
 
     @cached_property
     def train_manifest(self) -> Manifest:

@@ -191,7 +191,7 @@ class ShortRun(pl.Callback):
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         batches = trainer.num_training_batches
-        if 0 < batches < trainer.log_every_n_steps and batches != float("inf"):
+        if 0 < batches < trainer.log_every_n_steps:  # inf (a loader without a length) is never below it
             trainer.log_every_n_steps = int(batches)
         steps = trainer.estimated_stepping_batches
         if trainer.max_steps != -1 or not 0 < steps < self.min_steps or not from_scratch(pl_module):

@@ -410,6 +410,21 @@ def test_a_batch_gathered_whole_equals_its_samples_collated(train: Path, cache: 
     assert_same_batch(loaded, default_collate([dataset[0], dataset[1]]))
 
 
+def test_the_validation_manifest_is_read_once_for_the_tasks_and_the_split(folder: Path, monkeypatch) -> None:
+    import mhc.data.manifest as manifest_module
+
+    train = write(folder, "train.csv", "image,flag\nimg/0.png,yes\nimg/1.png,no\n")
+    val = write(folder, "val.csv", "image,flag\nimg/2.png,\nimg/3.png,no\n")
+    reads: list[str] = []
+    original = manifest_module.read_manifest
+    monkeypatch.setattr(manifest_module, "read_manifest", lambda path: reads.append(Path(path).name) or original(path))
+    dm = data_module(train, val=val)
+    assert dm.task_specs()[0].masked
+    dm.setup("fit")
+    dm.task_specs()
+    assert reads.count("val.csv") == 1 and reads.count("train.csv") == 1
+
+
 def test_readmes_hierarchy_and_binary_example_declares_what_it_says(tmp_path: Path) -> None:
     import re
 
