@@ -9,10 +9,13 @@ from __future__ import annotations
 import functools
 import io
 import logging
+import shutil
 import sys
+from pathlib import Path
 from typing import Any, Callable
 
 import hydra
+from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 from rich.console import Console
 from rich.markup import escape
@@ -77,6 +80,7 @@ def hydra_app(config_name: str) -> Callable[[Callable[[DictConfig], Any]], Calla
                 return fn(cfg)
             except MhcError as err:
                 print_error(err)
+                discard_empty_run()
                 sys.exit(1)
 
         composed = hydra.main(version_base="1.3", config_path=CONFIG_SEARCH_PATH, config_name=config_name)(guarded)
@@ -89,6 +93,31 @@ def hydra_app(config_name: str) -> Callable[[Callable[[DictConfig], Any]], Calla
         return command
 
     return decorator
+
+
+def discard_empty_run() -> None:
+    """A run stopped by bad input before it wrote anything of its own leaves no run folder behind:
+    one holding only what Hydra put there (``.hydra/``, the log) and empty folders (a logger's
+    ``csv/version_0``) is removed. A folder holding anything else (an earlier run's checkpoints,
+    the user's files), or the current folder, is kept whole."""
+    if not HydraConfig.initialized():
+        return
+    hydra_cfg = HydraConfig.get()
+    folder = Path(hydra_cfg.runtime.output_dir).resolve()
+    hydras = {name for name in (hydra_cfg.output_subdir, f"{hydra_cfg.job.name}.log") if name}
+    if (not folder.is_dir() or folder == Path.cwd().resolve()
+            or any(path.name not in hydras and holds_files(path) for path in folder.iterdir())):
+        return
+    for handler in logging.getLogger().handlers:  # the log file Hydra opened
+        if isinstance(handler, logging.FileHandler) and Path(handler.baseFilename).parent == folder:
+            logging.getLogger().removeHandler(handler)
+            handler.close()
+    shutil.rmtree(folder)
+
+
+def holds_files(path: Path) -> bool:
+    """Whether ``path`` is a file (or a link), or a folder with one somewhere under it."""
+    return not path.is_dir() or path.is_symlink() or any(holds_files(child) for child in path.iterdir())
 
 
 class HeldErrors:

@@ -29,5 +29,4 @@ def test_unknown_format_exits_with_one_line(tiny_net, tmp_path):
     lines = [line for line in proc.stderr.splitlines() if line.strip()]
     assert lines[-1] == "error: format: expected one or more of ['safetensors', 'onnx', 'torch_export'], got 'tflite'"
     assert "Traceback" not in proc.stderr
-    assert (tmp_path / "run" / "export.log").read_text().splitlines()[-1] == lines[-1]  # kept in the run's log
-    assert not (tmp_path / "export").exists()
+    assert not (tmp_path / "run").exists() and not (tmp_path / "export").exists()  # a failed command leaves no folder

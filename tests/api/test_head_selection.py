@@ -22,7 +22,9 @@ def test_a_run_stops_when_every_head_has_stopped_and_keeps_each_heads_best(make_
     last_epoch = int(epochs.index.max())
     patience = {task: 2 if task == "shape" else 1 for task in tasks}
     stop = max(best_epoch[t] + patience[t] for t in tasks)
-    assert last_epoch == stop < 11  # stopped early, when the last head waited out its patience
+    # stopped when the last head waited out its patience (or at the last epoch, where one kept improving;
+    # the stopping rule itself: tests/training/test_selection.py)
+    assert last_epoch == min(stop, 11)
 
     checkpoint = read_checkpoint(result.best_checkpoint)
     report = checkpoint["mhc"]["head_selection"]

@@ -1,6 +1,9 @@
 import logging
 
+from google.protobuf.json_format import MessageToDict
+from tensorboard.backend.event_processing import plugin_event_accumulator
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+from tensorboard.plugins.hparams import metadata
 
 from mhc.api import compose_config, train
 from mhc.data.generated import scene_tasks
@@ -52,6 +55,23 @@ def test_tensorboard_dashboard_of_a_transformer_run_has_every_panel(tmp_path):
     assert (run / "attention" / "rollout.png").is_file()
     hparams = (run / "hparams.yaml").read_text()
     assert "weighting:" in hparams and "name: pcgrad" in hparams and "vit_tiny" in hparams
+    # TensorBoard's HPARAMS tab, read as its plugin reads it: the resolved config beside the metric columns
+    values, columns = hparams_tab(run)
+    assert values["trainer/max_epochs"] == 2 and values["weighting/name"] == "pcgrad"
+    assert values["backbone/depth"] == 2 and values["data/batch_size"] == cfg.data.batch_size
+    assert columns == ["val/mean/f1", "val/mean/acc", "val/loss", "test/mean/f1", "test/mean/acc"]
+    assert len(events.Scalars("val/mean/f1")) == 3  # its columns add no points to the curves
+
+
+def hparams_tab(run) -> tuple[dict, list[str]]:
+    """What TensorBoard's HPARAMS plugin finds in a run folder: the hyperparameters and the metric columns."""
+    events = plugin_event_accumulator.EventAccumulator(str(run))
+    events.Reload()
+    content = events.PluginTagToContent(metadata.PLUGIN_NAME)
+    experiment = metadata.parse_experiment_plugin_data(content[metadata.EXPERIMENT_TAG])
+    start = metadata.parse_session_start_info_plugin_data(content[metadata.SESSION_START_INFO_TAG])
+    values = {name: MessageToDict(value) for name, value in start.hparams.items()}  # a protobuf Value: its number or text
+    return values, [info.name.tag for info in experiment.metric_infos]
 
 
 def test_figures_keep_to_their_time_share_and_the_best_checkpoint_always_gets_them(tmp_path):

@@ -104,6 +104,16 @@ def test_cli_errors_are_one_line_with_exit_code(override, message, tmp_path, cap
     assert "Traceback" not in stderr
 
 
+def test_a_failed_run_leaves_no_folder_but_keeps_one_that_holds_other_files(tmp_path, capsys, monkeypatch):
+    failed_train("tasks.shape.loss=bce", tmp_path / "new", capsys, monkeypatch)
+    assert not (tmp_path / "new").exists()
+    (tmp_path / "kept" / "checkpoints").mkdir(parents=True)
+    (tmp_path / "kept" / "checkpoints" / "last.ckpt").write_bytes(b"an earlier run's")
+    failed_train("tasks.shape.loss=bce", tmp_path / "kept", capsys, monkeypatch)
+    assert (tmp_path / "kept" / "checkpoints" / "last.ckpt").read_bytes() == b"an earlier run's"
+    assert "error: " in (tmp_path / "kept" / "train.log").read_text()
+
+
 def failed_train(override: str, tmp_path, capsys, monkeypatch) -> str:
     """The stderr of ``mhc-train <override>``, which must exit with code 1."""
     from mhc.cli import train as command  # in this process: the same entry point as mhc-train, without a start-up each

@@ -170,6 +170,7 @@ def test_bad_input_exits_with_one_error_line(runs: dict, name: str) -> None:
     expected = "error: " + CASES[name][2].replace("<dir>", re.escape(str(folder)))
     assert re.fullmatch(expected, errors[0]), f"\n  line:    {errors[0]}\n  pattern: {expected}"
     assert_earlier_run_untouched(folder)
+    assert not (folder / "runs" / "new").exists()  # the failed run left no folder
 
 
 def test_a_task_option_reaches_the_model_on_data_that_defines_its_tasks(tmp_path: Path) -> None:

@@ -53,6 +53,23 @@ def test_a_heads_own_best_weights_are_kept_only_where_validation_improves(swap):
     assert final["b"]["acc"] == pytest.approx(0.5) and final["c"]["acc"] == pytest.approx(0.5)
 
 
+def test_early_stopping_stops_once_every_head_has_waited_out_its_own_patience():
+    stopping = HeadEarlyStopping("acc", patience=1, patience_per_head={"b": 2})
+    trainer = types.SimpleNamespace(state=types.SimpleNamespace(fn="fit"), sanity_checking=False, should_stop=False,
+                                    current_epoch=0, global_step=0, loggers=[])
+    module = types.SimpleNamespace(tasks=dict.fromkeys("ab"), last_results={})
+    a = [0.5, 0.6, 0.6, 0.6, 0.6, 0.6]  # best at epoch 1: waited out (1) at epoch 2
+    b = [0.1, 0.2, 0.3, 0.3, 0.3, 0.3]  # best at epoch 2: waited out (2) at epoch 4
+    stopped_at = None
+    for epoch, (acc_a, acc_b) in enumerate(zip(a, b)):
+        trainer.current_epoch = epoch
+        module.last_results = {"val": {"a": {"acc": acc_a}, "b": {"acc": acc_b}}}
+        stopping.on_validation_end(trainer, module)
+        if trainer.should_stop and stopped_at is None:
+            stopped_at = epoch
+    assert stopped_at == 4 and stopping.tracker.epoch == {"a": 1, "b": 2}
+
+
 def test_bad_selection_options_fail_clearly():
     with pytest.raises(ConfigError, match="swap: expected better or never, got 'always'"):
         HeadSelection(swap="always")
