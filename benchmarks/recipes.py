@@ -16,7 +16,8 @@ the results (validation and test stay whole), and every run of that modality tra
 (``data.ignore_columns``), so that every run is scored over all classes. Each finished cell is
 appended to ``--results`` (JSON lines) and skipped when the command runs again, so a long matrix
 can be stopped and continued; ``--table`` prints the Markdown table of a results file
-(single-label heads: test accuracy; multilabel heads: test macro-F1). Run it on an idle machine.
+(single-label heads: test accuracy; multilabel heads: test macro-F1; a wall time measured on
+another CPU than most cells' names it). Run it on an idle machine.
 
     python benchmarks/recipes.py --data faces=/data/faces goemotions=/data/goemotions \\
         --sizes 2000 8000 full --results recipes.jsonl
@@ -27,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import platform
 import shutil
 import subprocess
 import sys
@@ -47,6 +49,7 @@ RUNS = {
     "text": {"default": ["data=manifest", "backbone=seq_small"], "text": ["experiment=text"], "auto": ["experiment=auto"]},
 }
 METRICS = ("acc", "f1")
+XEON = "Intel Xeon (AVX-512)"  # the machine of the rows that name none; a row's wall time from another is marked
 
 
 def modality(folder: Path) -> str:
@@ -154,9 +157,19 @@ def table(rows: list[dict]) -> str:
                   "|---|---|" + "---:|" * (len(heads) + 1)]
         for r in cells:
             values = [headline(t, r["heads"].get(t, {}), multilabel) for t in heads]
-            lines.append(f"| {r['size']:,} | {r['run']} | " + " | ".join(values) + f" | {r['seconds']:.0f} s |")
+            where = f" ({r['machine']})" if r.get("machine", XEON) != XEON else ""
+            lines.append(f"| {r['size']:,} | {r['run']} | " + " | ".join(values) + f" | {r['seconds']:.0f} s{where} |")
         lines.append("")
     return "\n".join(lines)
+
+
+def machine() -> str:
+    """The CPU model the cell ran on (wall times compare only on one)."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            return next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+    except (OSError, StopIteration):
+        return platform.processor() or platform.machine()
 
 
 def multilabel_tasks(folder: Path) -> list[str]:
@@ -189,7 +202,8 @@ def main() -> None:
                 if any(r["data"] == name and r["size"] == count and r["run"] == run for r in done(args.results)):
                     continue
                 result = run_cell(kind, run, subset, args.work / f"{name}-{size_text}" / run)
-                row = {"data": name, "size": count, "run": run, "multilabel": multilabel_tasks(subset), **result}
+                row = {"data": name, "size": count, "run": run, "multilabel": multilabel_tasks(subset), **result,
+                       "machine": machine()}
                 with open(args.results, "a") as f:
                     f.write(json.dumps(row) + "\n")
                 print(json.dumps(row), flush=True)

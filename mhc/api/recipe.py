@@ -30,6 +30,7 @@ log = logging.getLogger(__name__)
 
 AUTO = "auto"
 IMAGE_STEPS = 2000  # optimizer steps every image run gets at least
+IMAGE_EPOCHS = (20, 50)  # and passes over its images: at least 20 (larger sets need as many as small ones), at most 50
 TEXT_STEPS = 3000
 MAX_TEXT_LENGTH = 256  # tokens: longer texts are cut (their first 256 tokens)
 MAX_VOCABULARY = 16384  # WordPiece ids
@@ -82,7 +83,7 @@ def image_recipe(profile: DataProfile) -> Recipe:
     side = max(profile.image_size or (64, 64))
     samples = profile.samples
     batch = 64 if samples < 10_000 else 128 if samples < 30_000 else 256
-    epochs, every = epochs_for(samples, batch, IMAGE_STEPS, 12, 50)
+    epochs, every = epochs_for(samples, batch, IMAGE_STEPS, *IMAGE_EPOCHS)
     if side <= SMALL_IMAGE:
         recipe.set("backbone", {**group_option("backbone", "airbench"), "widths": [32, 64, 128]})
         recipe.reasons.append(f"airbench [32, 64, 128] for {side}-px images")
@@ -93,7 +94,7 @@ def image_recipe(profile: DataProfile) -> Recipe:
         recipe.reasons.append(f"the compact CNN (stride-2 stem) for {side}-px images")
     schedule(recipe, samples, batch, epochs, every)
     recipe.reasons.append(f"{epochs} epochs of {math.ceil(samples / batch)} steps at batch {batch} "
-                          f"(at least {IMAGE_STEPS} steps), validated every {every}")
+                          f"(at least {IMAGE_STEPS} steps and {IMAGE_EPOCHS[0]} epochs), validated every {every}")
     recipe.set("optimizer", {**group_option("optimizer", "adamw"), "lr": 0.002, "weight_decay": 0.05})
     recipe.set("scheduler", group_option("scheduler", "cosine"))
     recipe.reasons.append("AdamW lr 2e-3, 5% warm-up then cosine")

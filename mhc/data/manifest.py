@@ -70,6 +70,7 @@ from torch import Tensor
 from torch.utils.data import Dataset
 
 from mhc.data.datamodule import TaskDataModule, check_count, check_image_size
+from mhc.data.hierarchy import allowed_from_rows, hint, undeclared_parents
 from mhc.data.labels import MISSING, encode_batch, sample_of, validate_labels
 from mhc.errors import ConfigError, DataError
 from mhc.processing.images import read_image
@@ -274,6 +275,7 @@ def infer_tasks(manifest: Manifest, declared: Mapping[str, Mapping[str, Any]] | 
         if name not in names:
             raise DataError(f"{manifest.source}: no column for declared task '{name}'; the task columns are {names}")
     tasks = [infer_task(manifest, name, declared.get(name), evaluated) for name in names]
+    tasks = allowed_from_rows(tasks, [manifest.columns, *(other.columns for other in evaluated)])
     check_task_graph(tasks)
     return tasks
 
@@ -655,6 +657,7 @@ class ManifestDataModule(TaskDataModule):
         }
         self.tokenizer: Tokenizer | None = None  # fitted on first use, or a checkpoint's
         self.served_input: str | None = None  # the input column of a checkpoint's model
+        self.hinted = False  # whether the hierarchies the data suggests were named
 
     def manifest(self, split: str) -> Manifest:
         """The manifest of ``split`` without the ignored columns. Training, validation and test
@@ -693,7 +696,12 @@ class ManifestDataModule(TaskDataModule):
         return path
 
     def task_specs(self) -> list[TaskSpec]:
-        return infer_tasks(self.train_manifest, self.declared, self.evaluation_manifests())
+        tasks = infer_tasks(self.train_manifest, self.declared, self.evaluation_manifests())
+        if not self.hinted:  # once a run, for columns that look like an undeclared hierarchy
+            self.hinted = True
+            for child, parent in undeclared_parents(tasks, self.train_manifest.columns).items():
+                log.info(f"{self.train_manifest.source}: {hint(child, parent)}")
+        return tasks
 
     def evaluation_manifests(self) -> list[Manifest]:
         """The validation and test manifests given, whose missing labels make their tasks masked."""

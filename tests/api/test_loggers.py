@@ -13,7 +13,7 @@ from tests.api.conftest import TINY_SCENES
 def test_tensorboard_csv_and_offline_wandb_without_key(make_cfg, tmp_path, monkeypatch):
     monkeypatch.delenv("WANDB_API_KEY", raising=False)
     monkeypatch.setenv("HOME", str(tmp_path))  # no ~/.netrc, so no wandb key
-    train(make_cfg("logger=many", "logger.wandb.offline=false", "test=false"))
+    train(make_cfg("logger=many", "logger.wandb.offline=false", "test=false", figures=True))
     events = EventAccumulator(str(next((tmp_path / "tensorboard").glob("version_*")))).Reload()
     scalars = set(events.Tags()["scalars"])
     for task in scene_tasks():
@@ -91,7 +91,7 @@ def test_figures_keep_to_their_time_share_and_the_best_checkpoint_always_gets_th
 
 
 def test_cnn_run_logs_no_attention(make_cfg, tmp_path):
-    train(make_cfg("test=false", "logger=tensorboard"))
+    train(make_cfg("test=false", "logger=tensorboard", figures=True))
     events = EventAccumulator(str(next((tmp_path / "tensorboard").glob("version_*")))).Reload()
     assert not any(tag.startswith("val/attention") for tag in events.Tags()["images"])
     assert not any(tag.startswith("attention/") for tag in events.Tags()["scalars"])

@@ -12,7 +12,7 @@ from PIL import Image
 
 from mhc.api import compose_config, train
 from mhc.api.build import build_datamodule
-from mhc.api.recipe import apply_recipe, auto_config, choose, epochs_for, override_keys, text_length
+from mhc.api.recipe import IMAGE_EPOCHS, apply_recipe, auto_config, choose, epochs_for, override_keys, text_length
 from mhc.data.profile import DataProfile, HeadProfile, profile_data
 
 
@@ -67,7 +67,7 @@ def test_every_size_gets_enough_steps_and_a_validated_last_epoch(samples):
                                                          "data.batch_size"))
     steps = epochs * -(-samples // batch)
     assert steps >= 2000 or epochs > 50 - every
-    assert epochs % every == 0 and 12 <= epochs <= 50
+    assert epochs % every == 0 and IMAGE_EPOCHS[0] <= epochs <= IMAGE_EPOCHS[1]
     assert recipe.choices["optimizer"]["_target_"] == "torch.optim.AdamW"
 
 

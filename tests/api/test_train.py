@@ -12,7 +12,7 @@ from tests.api.conftest import TINY_SCENES
 
 
 def test_short_run_writes_checkpoints_and_metrics(make_cfg, tmp_path):
-    result = train(make_cfg())
+    result = train(make_cfg(figures=True))
     metrics = result.metrics["val"]  # {task: {metric: value}} of the best checkpoint
     assert all("acc" in metrics.get(t.name, {}) for t in scene_tasks())
     assert all(0.0 <= v <= 1.0 for values in metrics.values() for m, v in values.items() if m != "loss")

@@ -9,11 +9,11 @@ import time
 
 import torch
 
-from tests.api.conftest import TINY
+from tests.api.conftest import NO_FIGURES, TINY
 
 RUN = ["data.num_train=384", "data.num_val=64", "data.num_test=32", "data.batch_size=32", "trainer.max_epochs=3",
        "trainer.deterministic=true", "test=false", "callbacks.progress_bar=null",
-       *[o for o in TINY if not o.startswith(("~", "trainer.max_epochs"))]]
+       *[o for o in TINY if not o.startswith(("~", "trainer.max_epochs"))], *NO_FIGURES]
 
 
 def train_command(folder, *extra):
