@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from argparse import Namespace
 from typing import Any, Iterable, Mapping, Sequence
 
 from pytorch_lightning.loggers import TensorBoardLogger as LightningTensorBoardLogger
@@ -27,7 +28,7 @@ class TensorBoardLogger(LightningTensorBoardLogger):
         if metrics is None and self.named_metrics:
             from torch.utils.tensorboard.summary import hparams
 
-            params = dict(params)
+            params = vars(params) if isinstance(params, Namespace) else dict(params)
             flat = flatten(params.get("config") or params)  # the run config, where the module holds one
             writer = self.experiment._get_file_writer()
             for summary in hparams(flat, dict.fromkeys(self.hp_metrics, 0.0)):  # the values are not written
