@@ -19,13 +19,12 @@ class TensorBoardLogger(LightningTensorBoardLogger):
 
     def __init__(self, *args: Any, hp_metrics: Sequence[str] = (), default_hp_metric: bool = False, **kwargs: Any) -> None:
         super().__init__(*args, default_hp_metric=default_hp_metric, **kwargs)
-        self.hp_metrics = list(hp_metrics)
-        self.named_metrics = not default_hp_metric and bool(self.hp_metrics)
+        self.hp_metrics = [] if default_hp_metric else list(hp_metrics)  # Lightning's hp_metric column instead
 
     @rank_zero_only
     def log_hyperparams(self, params: Any, metrics: dict[str, Any] | None = None, step: int | None = None) -> None:
         super().log_hyperparams(params, metrics, step)
-        if metrics is None and self.named_metrics:
+        if metrics is None and self.hp_metrics:
             from torch.utils.tensorboard.summary import hparams
 
             params = vars(params) if isinstance(params, Namespace) else dict(params)

@@ -76,7 +76,7 @@ def determines(seen: Mapping[str, Mapping[str, int]]) -> bool:
         for child_class, count in children.items():
             parent_of[child_class].add(parent_class)
             rows[child_class] += count
-    return (len(seen) >= 2 and bool(parent_of) and all(len(p) == 1 for p in parent_of.values())
+    return (len(seen) >= 2 and all(len(p) == 1 for p in parent_of.values())
             and all(count >= MIN_ROWS for count in rows.values()))
 
 

@@ -23,7 +23,7 @@ TINY_BY_COMMAND = {  # the tiny settings each command has options for (a checkpo
 
 
 def compose_config(config_name: str, output_dir, *overrides: str, figures: bool = False):
-    tiny = [o for o in TINY_BY_COMMAND.get(config_name, []) if figures is False or o not in NO_FIGURES]
+    tiny = [o for o in TINY_BY_COMMAND.get(config_name, []) if not figures or o not in NO_FIGURES]
     return api.compose_config(config_name, [*tiny, *overrides], output_dir=output_dir)
 
 
